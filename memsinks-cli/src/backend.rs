@@ -1,0 +1,74 @@
+//! Run-time choice among the backends compiled in (cargo features `flex`, `ndarray`, `wgpu`,
+//! `cuda`). Everything below the CLI is generic; this is the one place that names backends.
+
+use anyhow::{bail, Result};
+use burn::tensor::backend::AutodiffBackend;
+
+/// A piece of work that runs on any autodiff backend.
+pub trait BackendTask {
+    /// What the work returns.
+    type Output;
+    /// Runs on backend `B` (autodiff over one of the compiled backends) and `device`.
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output>;
+}
+
+/// Backend names, in order of preference for the default: the CPU backends first (flex trains
+/// fastest on CPU here: see experiments/bench/RESULTS.md).
+pub const BACKENDS: [&str; 4] = ["flex", "ndarray", "cuda", "wgpu"];
+
+/// Whether `name` was compiled into this binary.
+pub fn is_compiled(name: &str) -> bool {
+    match name {
+        "flex" => cfg!(feature = "flex"),
+        "ndarray" => cfg!(feature = "ndarray"),
+        "wgpu" => cfg!(feature = "wgpu"),
+        "cuda" => cfg!(feature = "cuda"),
+        _ => false,
+    }
+}
+
+/// The backend used when `--backend` is not given: the first compiled one of [`BACKENDS`].
+pub fn default_backend() -> &'static str {
+    BACKENDS.into_iter().find(|b| is_compiled(b)).unwrap_or("flex")
+}
+
+/// Runs `task` on the backend called `name`, on device index `device` (GPU backends).
+pub fn run_on<T: BackendTask>(name: &str, device: usize, task: T) -> Result<T::Output> {
+    if !BACKENDS.contains(&name) {
+        bail!("unknown backend `{name}`; allowed: {}", BACKENDS.join(", "));
+    }
+    if !is_compiled(name) {
+        bail!("backend `{name}` is not compiled into this binary; rebuild with `--features {name}`");
+    }
+    let _ = device;
+    match name {
+        #[cfg(feature = "flex")]
+        "flex" => task.run::<burn::backend::Autodiff<burn::backend::Flex>>(Default::default()),
+        #[cfg(feature = "ndarray")]
+        "ndarray" => task.run::<burn::backend::Autodiff<burn::backend::NdArray>>(Default::default()),
+        #[cfg(feature = "cuda")]
+        "cuda" => {
+            task.run::<burn::backend::Autodiff<burn::backend::Cuda>>(burn::backend::cuda::CudaDevice::new(device))
+        }
+        #[cfg(feature = "wgpu")]
+        "wgpu" => {
+            let dev = burn::backend::wgpu::WgpuDevice::DefaultDevice;
+            probe::<burn::backend::Wgpu>(&dev)?;
+            task.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(dev)
+        }
+        _ => unreachable!("checked above"),
+    }
+}
+
+/// Creates one tensor on the device so that a missing GPU adapter becomes a clear error here
+/// rather than an opaque panic in the middle of training.
+#[cfg(feature = "wgpu")]
+fn probe<B: burn::tensor::backend::Backend>(device: &B::Device) -> Result<()> {
+    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        burn::tensor::Tensor::<B, 1>::ones([4], device).sum().into_scalar();
+    }));
+    if ok.is_err() {
+        bail!("no usable wgpu adapter: install a Vulkan/GL driver (e.g. Mesa's llvmpipe) or pick another --backend");
+    }
+    Ok(())
+}

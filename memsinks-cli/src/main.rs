@@ -1,0 +1,41 @@
+//! `memsinks`: train language models whose memorization of repeated text is isolated in sink
+//! neurons, remove it, and measure the result.
+
+mod backend;
+mod info;
+mod mask;
+
+use clap::{Parser, Subcommand};
+
+/// Memorization Sinks toolkit.
+#[derive(Parser, Debug)]
+#[command(name = "memsinks", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print which sink neurons each sequence ID owns.
+    Mask(mask::MaskArgs),
+    /// Show a model preset's configuration and size.
+    Model(info::ModelArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let mut stdout = std::io::stdout().lock();
+    let result = match &cli.command {
+        Command::Mask(args) => mask::run(args, &mut stdout),
+        Command::Model(args) => info::run(args, &mut stdout),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,46 @@
+//! # memsinks-model
+//!
+//! Backend-generic burn modules for Memorization Sinks (Ghosal, Maini, Raghunathan, ICML 2025):
+//! a Llama-style decoder ([`MemSinkLm`]) whose SwiGLU MLPs split their hidden units into general
+//! neurons (always on) and a sink pool, of which each sequence ID owns a fixed, hashed subset
+//! ([`mask`]). [`MlpMode`] selects how the sinks are used: training, all on, dropped, a sequence's
+//! own subset, or with some sequences' subsets excluded.
+//!
+//! Nothing here names a concrete backend: every module is generic over `B: Backend`.
+
+pub mod config;
+pub mod io;
+pub mod layout;
+pub mod mask;
+pub mod mlp;
+pub mod model;
+
+pub use config::{ModelConfig, PRESET_NAMES};
+pub use layout::SeqLayout;
+pub use mask::{MaskScheme, SinkPool};
+pub use mlp::{HiddenMask, MemSinkMlp, MlpMode, SinkLayout};
+pub use model::{Attention, Block, MemSinkLm, Rope};
+
+/// Errors of the model crate: bad configurations and unreadable or mismatched weight files.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A configuration value is out of range or inconsistent.
+    #[error("{0}")]
+    Config(String),
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file concerned.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A weight file is corrupt or does not fit the configuration.
+    #[error("{path}: {message}")]
+    Weights {
+        /// The file concerned.
+        path: std::path::PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}

@@ -1,0 +1,235 @@
+//! The MemSink MLP (SwiGLU with a per-token hidden mask) and the modes the toolkit runs it in.
+
+use burn::module::Module;
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::tensor::activation::silu;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::layout::SeqLayout;
+use crate::mask::SinkPool;
+
+/// How the MLP's sink neurons are used. One enum for the whole toolkit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub enum MlpMode {
+    /// Training: general neurons on, sinks chosen by each token's sequence ID, no rescaling.
+    #[default]
+    Train,
+    /// Every sink on at its expected activity: sinks × `p_mem`, general × 1. Sinks of the
+    /// `exclude`d sequence IDs are forced off.
+    All {
+        /// Sequence IDs whose sink subsets are switched off.
+        exclude: Vec<i64>,
+    },
+    /// Sinks × 0. With `rescale`, general × `(p_gen + p_mem) / p_gen` (the reference rescales);
+    /// otherwise general × 1.
+    DropSinks {
+        /// Scale the general neurons up to keep the expected hidden activity.
+        rescale: bool,
+    },
+    /// Each token uses its own sequence's training mask, minus the sinks of `exclude`d IDs.
+    ActivateSeq {
+        /// Sequence IDs whose sink subsets are switched off.
+        exclude: Vec<i64>,
+    },
+}
+
+impl MlpMode {
+    /// Parses the CLI spelling: `train`, `all`, `drop-sinks`, `drop-sinks-plain`, `activate-seq`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "train" => MlpMode::Train,
+            "all" => MlpMode::All { exclude: vec![] },
+            "drop-sinks" => MlpMode::DropSinks { rescale: true },
+            "drop-sinks-plain" => MlpMode::DropSinks { rescale: false },
+            "activate-seq" => MlpMode::ActivateSeq { exclude: vec![] },
+            _ => return None,
+        })
+    }
+
+    /// The CLI spelling (inverse of [`MlpMode::parse`], ignoring exclusions).
+    pub fn name(&self) -> &'static str {
+        match self {
+            MlpMode::Train => "train",
+            MlpMode::All { .. } => "all",
+            MlpMode::DropSinks { rescale: true } => "drop-sinks",
+            MlpMode::DropSinks { rescale: false } => "drop-sinks-plain",
+            MlpMode::ActivateSeq { .. } => "activate-seq",
+        }
+    }
+}
+
+/// Per-token multipliers of the hidden units, broadcast over `[batch, seq, hidden]`.
+#[derive(Clone, Debug)]
+pub struct HiddenMask<B: Backend> {
+    /// Multiplier of each hidden unit: shape `[1 | batch, 1 | seq, hidden]`.
+    pub scale: Tensor<B, 3>,
+    /// Gradient gate for gradient masking: where 0, the unit passes its value forward but no
+    /// gradient (`g*h + (1-g)*detach(h)`). Same broadcast shape rules as `scale`.
+    pub grad_gate: Option<Tensor<B, 3>>,
+}
+
+/// The sink-pool geometry of one MLP, shared by all layers.
+#[derive(Clone, Debug)]
+pub struct SinkLayout {
+    /// Hidden units that are always on (the first ones).
+    pub num_general: usize,
+    /// The sink pool (the remaining units).
+    pub pool: SinkPool,
+    /// Share of general units.
+    pub p_gen: f64,
+    /// Probability that a sink is active for a sequence.
+    pub p_mem: f64,
+}
+
+impl SinkLayout {
+    /// Total hidden width.
+    pub fn hidden(&self) -> usize {
+        self.num_general + self.pool.len()
+    }
+
+    /// The mask for `mode` in `layer`, or `None` when no unit is scaled (a model without sinks).
+    pub fn hidden_mask<B: Backend>(
+        &self,
+        mode: &MlpMode,
+        layout: &SeqLayout,
+        layer: usize,
+        device: &B::Device,
+    ) -> Option<HiddenMask<B>> {
+        if self.pool.is_empty() {
+            return None;
+        }
+        let grad_gate = layout.route_to_sinks.as_ref().map(|flags| self.grad_gate(layout, flags, device));
+        let scale = match mode {
+            MlpMode::Train => self.per_sequence_scale(layout, &[], layer, device),
+            MlpMode::ActivateSeq { exclude } => self.per_sequence_scale(layout, exclude, layer, device),
+            MlpMode::All { exclude } => {
+                let excluded = self.excluded(exclude, layer);
+                let sinks = excluded.iter().map(|&off| if off { 0.0 } else { self.p_mem as f32 });
+                self.constant_scale(1.0, sinks, device)
+            }
+            MlpMode::DropSinks { rescale } => {
+                let general = if *rescale { ((self.p_gen + self.p_mem) / self.p_gen) as f32 } else { 1.0 };
+                self.constant_scale(general, std::iter::repeat_n(0.0, self.pool.len()), device)
+            }
+        };
+        Some(HiddenMask { scale, grad_gate })
+    }
+
+    fn constant_scale<B: Backend>(
+        &self,
+        general: f32,
+        sinks: impl Iterator<Item = f32>,
+        device: &B::Device,
+    ) -> Tensor<B, 3> {
+        let row: Vec<f32> = std::iter::repeat_n(general, self.num_general).chain(sinks).collect();
+        Tensor::from_data(TensorData::new(row, [1, 1, self.hidden()]), device)
+    }
+
+    /// Union of the sink subsets of `ids` (true = forced off).
+    fn excluded(&self, ids: &[i64], layer: usize) -> Vec<bool> {
+        let mut off = vec![false; self.pool.len()];
+        for &id in ids {
+            for (o, &on) in off.iter_mut().zip(self.pool.mask_cached(id, layer).iter()) {
+                *o |= on;
+            }
+        }
+        off
+    }
+
+    /// One mask row per distinct sequence ID, gathered per row (uniform rows) or per token.
+    fn per_sequence_scale<B: Backend>(
+        &self,
+        layout: &SeqLayout,
+        exclude: &[i64],
+        layer: usize,
+        device: &B::Device,
+    ) -> Tensor<B, 3> {
+        let excluded = self.excluded(exclude, layer);
+        let (distinct, index) = layout.distinct_ids();
+        let hidden = self.hidden();
+        let mut table = Vec::with_capacity(distinct.len() * hidden);
+        for &id in &distinct {
+            let mask = self.pool.mask_cached(id, layer);
+            table.extend(std::iter::repeat_n(1.0f32, self.num_general));
+            table.extend(mask.iter().zip(&excluded).map(|(&on, &off)| if on && !off { 1.0f32 } else { 0.0 }));
+        }
+        gather_rows(table, hidden, distinct.len(), &index, layout, device)
+    }
+
+    fn grad_gate<B: Backend>(&self, layout: &SeqLayout, flags: &[bool], device: &B::Device) -> Tensor<B, 3> {
+        let hidden = self.hidden();
+        let row = |to_sinks: bool| {
+            let general = if to_sinks { 0.0f32 } else { 1.0 };
+            std::iter::repeat_n(general, self.num_general).chain(std::iter::repeat_n(1.0, self.pool.len()))
+        };
+        let table: Vec<f32> = row(false).chain(row(true)).collect();
+        let index: Vec<usize> = flags.iter().map(|&f| f as usize).collect();
+        gather_rows(table, hidden, 2, &index, layout, device)
+    }
+}
+
+/// Expands a `[rows, hidden]` host table into a `[batch, 1 | seq, hidden]` tensor by a per-token
+/// row index. When every row of the batch uses one table row, the mask is `[batch, 1, hidden]` and
+/// broadcasts over the sequence, which avoids materialising `batch × seq × hidden` values.
+fn gather_rows<B: Backend>(
+    table: Vec<f32>,
+    hidden: usize,
+    rows: usize,
+    index: &[usize],
+    layout: &SeqLayout,
+    device: &B::Device,
+) -> Tensor<B, 3> {
+    let (batch, seq) = (layout.batch, layout.seq_len);
+    let uniform = (0..batch).all(|b| index[b * seq..(b + 1) * seq].iter().all(|&i| i == index[b * seq]));
+    let (picks, per_row): (Vec<i64>, usize) = if uniform {
+        ((0..batch).map(|b| index[b * seq] as i64).collect(), 1)
+    } else {
+        (index.iter().map(|&i| i as i64).collect(), seq)
+    };
+    let table = Tensor::<B, 2>::from_data(TensorData::new(table, [rows, hidden]), device);
+    let picks = Tensor::from_data(TensorData::new(picks, [batch * per_row]), device);
+    table.select(0, picks).reshape([batch, per_row, hidden])
+}
+
+/// SwiGLU MLP: `proj(silu(fc_1 x) * fc_2 x * mask)`; hidden unit `j < num_general` is general,
+/// the rest form the sink pool.
+#[derive(Module, Debug)]
+pub struct MemSinkMlp<B: Backend> {
+    /// Gate projection (`gate_proj` in Llama checkpoints).
+    pub fc_1: Linear<B>,
+    /// Up projection (`up_proj`).
+    pub fc_2: Linear<B>,
+    /// Down projection (`down_proj`).
+    pub proj: Linear<B>,
+}
+
+impl<B: Backend> MemSinkMlp<B> {
+    /// A new MLP with normal(0, `std`) weights; `proj_std` for the residual projection.
+    pub fn new(d_model: usize, d_hidden: usize, std: f64, proj_std: f64, device: &B::Device) -> Self {
+        let linear = |i, o, std| {
+            LinearConfig::new(i, o)
+                .with_bias(false)
+                .with_initializer(Initializer::Normal { mean: 0.0, std })
+                .init(device)
+        };
+        Self {
+            fc_1: linear(d_model, d_hidden, std),
+            fc_2: linear(d_model, d_hidden, std),
+            proj: linear(d_hidden, d_model, proj_std),
+        }
+    }
+
+    /// Applies the MLP to `[batch, seq, d_model]` with an optional hidden mask.
+    pub fn forward(&self, x: Tensor<B, 3>, mask: Option<&HiddenMask<B>>) -> Tensor<B, 3> {
+        let mut h = silu(self.fc_1.forward(x.clone())) * self.fc_2.forward(x);
+        if let Some(mask) = mask {
+            h = h * mask.scale.clone();
+            if let Some(gate) = &mask.grad_gate {
+                h = h.clone() * gate.clone() + h.detach() * (gate.clone().neg() + 1.0);
+            }
+        }
+        self.proj.forward(h)
+    }
+}

@@ -1,0 +1,260 @@
+//! The whole decoder in one file: RoPE, grouped-query attention, the block, the LM.
+//!
+//! Llama layout: token embedding → `n_layers` × (RMSNorm → causal self-attention with RoPE →
+//! residual; RMSNorm → MemSink SwiGLU MLP → residual) → RMSNorm → LM head. No biases.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+
+use crate::config::ModelConfig;
+use crate::layout::SeqLayout;
+use crate::mask::SinkPool;
+use crate::mlp::{MemSinkMlp, MlpMode, SinkLayout};
+use crate::ModelError;
+
+/// Rotary position embedding in the Llama ("rotate half") convention, so exported q/k weights
+/// need no permutation: `x * cos + rotate_half(x) * sin`, frequencies `theta^(-2i/head_dim)`.
+#[derive(Module, Debug)]
+pub struct Rope<B: Backend> {
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+}
+
+impl<B: Backend> Rope<B> {
+    /// Tables for positions `0..max_seq_len`.
+    pub fn new(head_dim: usize, max_seq_len: usize, theta: f64, device: &B::Device) -> Self {
+        let half = head_dim / 2;
+        let mut cos = Vec::with_capacity(max_seq_len * head_dim);
+        let mut sin = Vec::with_capacity(max_seq_len * head_dim);
+        for pos in 0..max_seq_len {
+            for j in 0..head_dim {
+                let inv_freq = theta.powf(-2.0 * (j % half) as f64 / head_dim as f64);
+                let angle = pos as f64 * inv_freq;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        let table = |v| Tensor::from_data(TensorData::new(v, [max_seq_len, head_dim]), device);
+        Self { cos: table(cos), sin: table(sin) }
+    }
+
+    /// Rotates `[batch, heads, seq, head_dim]` for positions `0..seq`.
+    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [_, _, seq, head_dim] = x.dims();
+        let half = head_dim / 2;
+        let cos = self.cos.clone().narrow(0, 0, seq).unsqueeze::<4>();
+        let sin = self.sin.clone().narrow(0, 0, seq).unsqueeze::<4>();
+        let x1 = x.clone().narrow(3, 0, half);
+        let x2 = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x * cos + rotated * sin
+    }
+}
+
+/// Causal self-attention with grouped key/value heads.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// Query projection.
+    pub q_proj: Linear<B>,
+    /// Key projection.
+    pub k_proj: Linear<B>,
+    /// Value projection.
+    pub v_proj: Linear<B>,
+    /// Output projection.
+    pub o_proj: Linear<B>,
+    n_heads: usize,
+    n_kv_heads: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    fn new(cfg: &ModelConfig, proj_std: f64, device: &B::Device) -> Self {
+        let hd = cfg.head_dim();
+        let linear = |i, o, std| {
+            LinearConfig::new(i, o)
+                .with_bias(false)
+                .with_initializer(Initializer::Normal { mean: 0.0, std })
+                .init(device)
+        };
+        Self {
+            q_proj: linear(cfg.d_model, cfg.n_heads * hd, cfg.init_std),
+            k_proj: linear(cfg.d_model, cfg.n_kv_heads * hd, cfg.init_std),
+            v_proj: linear(cfg.d_model, cfg.n_kv_heads * hd, cfg.init_std),
+            o_proj: linear(cfg.n_heads * hd, cfg.d_model, proj_std),
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+        }
+    }
+
+    /// `x`: `[batch, seq, d_model]`; `doc_mask`: `[batch, heads, seq, seq]`, true where a query
+    /// may not see a key of another document (applied on top of the causal mask).
+    pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope<B>, doc_mask: Option<Tensor<B, 4, Bool>>) -> Tensor<B, 3> {
+        let [batch, seq, d_model] = x.dims();
+        let hd = d_model / self.n_heads;
+        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, hd]).swap_dims(1, 2);
+        let q = rope.apply(heads(self.q_proj.forward(x.clone()), self.n_heads));
+        let k = rope.apply(heads(self.k_proj.forward(x.clone()), self.n_kv_heads));
+        let v = heads(self.v_proj.forward(x), self.n_kv_heads);
+        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
+        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
+        let out = attention(q, k, v, doc_mask, None, options);
+        self.o_proj.forward(out.swap_dims(1, 2).reshape([batch, seq, d_model]))
+    }
+
+    /// Each key/value head serves `n_heads / n_kv_heads` consecutive query heads.
+    fn repeat_kv(&self, t: Tensor<B, 4>) -> Tensor<B, 4> {
+        let groups = self.n_heads / self.n_kv_heads;
+        if groups == 1 {
+            return t;
+        }
+        let [b, kv, s, hd] = t.dims();
+        t.unsqueeze_dim::<5>(2).expand([b, kv, groups, s, hd]).reshape([b, kv * groups, s, hd])
+    }
+}
+
+/// One pre-norm transformer block.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    /// Norm before attention (`input_layernorm`).
+    pub attn_norm: RmsNorm<B>,
+    /// Self-attention.
+    pub attn: Attention<B>,
+    /// Norm before the MLP (`post_attention_layernorm`).
+    pub mlp_norm: RmsNorm<B>,
+    /// The MemSink MLP.
+    pub mlp: MemSinkMlp<B>,
+}
+
+/// A Llama-style causal LM whose MLPs carry a sink pool.
+#[derive(Module, Debug)]
+pub struct MemSinkLm<B: Backend> {
+    /// Token embedding.
+    pub embed: Embedding<B>,
+    /// Transformer blocks.
+    pub blocks: Vec<Block<B>>,
+    /// Final norm.
+    pub norm: RmsNorm<B>,
+    /// LM head; `None` when tied to the embedding.
+    pub head: Option<Linear<B>>,
+    /// RoPE tables.
+    pub rope: Rope<B>,
+    #[module(skip)]
+    sinks: SinkLayout,
+}
+
+impl ModelConfig {
+    /// Builds the model with normal(0, `init_std`) weights; residual projections use
+    /// `init_std / sqrt(2 * n_layers)` (GPT-2's scaled initialisation).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<MemSinkLm<B>, ModelError> {
+        self.validate()?;
+        let proj_std = self.init_std / (2.0 * self.n_layers as f64).sqrt();
+        let norm = || RmsNormConfig::new(self.d_model).with_epsilon(self.norm_eps).init(device);
+        let blocks = (0..self.n_layers)
+            .map(|_| Block {
+                attn_norm: norm(),
+                attn: Attention::new(self, proj_std, device),
+                mlp_norm: norm(),
+                mlp: MemSinkMlp::new(self.d_model, self.d_hidden, self.init_std, proj_std, device),
+            })
+            .collect();
+        let head = (!self.tie_embeddings).then(|| {
+            LinearConfig::new(self.d_model, self.vocab_size)
+                .with_bias(false)
+                .with_initializer(Initializer::Normal { mean: 0.0, std: self.init_std })
+                .init(device)
+        });
+        let model = MemSinkLm {
+            embed: EmbeddingConfig::new(self.vocab_size, self.d_model)
+                .with_initializer(Initializer::Normal { mean: 0.0, std: self.init_std })
+                .init(device),
+            blocks,
+            norm: norm(),
+            head,
+            rope: Rope::new(self.head_dim(), self.max_seq_len, self.rope_theta, device),
+            sinks: self.sink_layout(),
+        };
+        // burn initialises parameters lazily, and a clone of an uninitialised parameter draws its
+        // own random values: a saved or forked copy would then differ from the model in use.
+        // Drawing every weight now, in module order, also makes seeded initialisation reproducible.
+        model.visit(&mut Materialize);
+        Ok(model)
+    }
+
+    /// The sink geometry of this configuration.
+    pub fn sink_layout(&self) -> SinkLayout {
+        SinkLayout { num_general: self.num_general(), pool: self.sink_pool(), p_gen: self.p_gen, p_mem: self.p_mem }
+    }
+}
+
+impl<B: Backend> MemSinkLm<B> {
+    /// Logits `[batch, seq, vocab]` for `tokens` (`[batch, seq]`) with the MLPs in `mode`.
+    ///
+    /// # Panics
+    /// If `layout` does not describe `tokens`' shape or the sequence is longer than the RoPE table.
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>, layout: &SeqLayout, mode: &MlpMode) -> Tensor<B, 3> {
+        let [batch, seq] = tokens.dims();
+        assert_eq!((layout.batch, layout.seq_len), (batch, seq), "SeqLayout does not match the token batch");
+        let device = tokens.device();
+        let doc_mask = doc_attention_mask::<B>(layout, self.n_heads(), &device);
+        let shared_mask = (!self.sinks.pool.scheme().is_layer_dependent())
+            .then(|| self.sinks.hidden_mask::<B>(mode, layout, 0, &device));
+        let mut x = self.embed.forward(tokens);
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let mask = match &shared_mask {
+                Some(shared) => shared.clone(),
+                None => self.sinks.hidden_mask::<B>(mode, layout, layer, &device),
+            };
+            x = x.clone() + block.attn.forward(block.attn_norm.forward(x), &self.rope, doc_mask.clone());
+            x = x.clone() + block.mlp.forward(block.mlp_norm.forward(x), mask.as_ref());
+        }
+        let x = self.norm.forward(x);
+        match &self.head {
+            Some(head) => head.forward(x),
+            None => x.matmul(self.embed.weight.val().transpose().unsqueeze()),
+        }
+    }
+
+    /// The sink geometry (general units, pool, `p_gen`, `p_mem`).
+    pub fn sinks(&self) -> &SinkLayout {
+        &self.sinks
+    }
+
+    /// The sink pool masks are drawn from.
+    pub fn sink_pool(&self) -> &SinkPool {
+        &self.sinks.pool
+    }
+
+    fn n_heads(&self) -> usize {
+        self.blocks.first().map_or(1, |b| b.attn.n_heads)
+    }
+}
+
+/// Forces every lazily initialised parameter to draw its value.
+struct Materialize;
+
+impl<B: Backend> ModuleVisitor<B> for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let _ = param.val();
+    }
+}
+
+/// `[batch, heads, seq, seq]`, true where query and key lie in different documents of a packed
+/// row; `None` when no row is packed (the causal mask alone is then exact).
+fn doc_attention_mask<B: Backend>(layout: &SeqLayout, heads: usize, device: &B::Device) -> Option<Tensor<B, 4, Bool>> {
+    if !layout.is_packed() {
+        return None;
+    }
+    let segments = layout.segments.as_ref()?;
+    let (batch, seq) = (layout.batch, layout.seq_len);
+    let mut blocked = Vec::with_capacity(batch * seq * seq);
+    for row in segments.chunks(seq) {
+        for &q in row {
+            blocked.extend(row.iter().map(|&k| k != q));
+        }
+    }
+    let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(blocked, [batch, 1, seq, seq]), device);
+    Some(mask.expand([batch, heads, seq, seq]))
+}
