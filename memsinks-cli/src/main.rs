@@ -2,6 +2,7 @@
 //! neurons, remove it, and measure the result.
 
 mod backend;
+mod bench;
 mod info;
 mod mask;
 
@@ -21,6 +22,8 @@ enum Command {
     Mask(mask::MaskArgs),
     /// Show a model preset's configuration and size.
     Model(info::ModelArgs),
+    /// Benchmarks (`bench train`: training-step throughput).
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -33,6 +36,7 @@ fn main() {
     let result = match &cli.command {
         Command::Mask(args) => mask::run(args, &mut stdout),
         Command::Model(args) => info::run(args, &mut stdout),
+        Command::Bench(args) => bench::run(args, &mut stdout),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

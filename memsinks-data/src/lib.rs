@@ -1,1 +1,8 @@
-//! placeholder
+//! # memsinks-data
+//!
+//! Corpora, tokenizers, splits with sequence IDs, token caches and batchers for MemSinks
+//! experiments.
+
+pub mod batch;
+
+pub use batch::LmBatch;

@@ -18,7 +18,7 @@ pub mod model;
 pub use config::{ModelConfig, PRESET_NAMES};
 pub use layout::SeqLayout;
 pub use mask::{MaskScheme, SinkPool};
-pub use mlp::{HiddenMask, MemSinkMlp, MlpMode, SinkLayout};
+pub use mlp::{mask_build_time, HiddenMask, MemSinkMlp, MlpMode, SinkLayout};
 pub use model::{Attention, Block, MemSinkLm, Rope};
 
 /// Errors of the model crate: bad configurations and unreadable or mismatched weight files.

@@ -7,6 +7,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
 use crate::layout::SeqLayout;
 use crate::mask::SinkPool;
 
@@ -60,6 +63,14 @@ impl MlpMode {
     }
 }
 
+/// Host time spent building hidden masks since the process started (all threads): the speed
+/// benchmark reports it as a share of step time.
+pub fn mask_build_time() -> Duration {
+    Duration::from_nanos(MASK_BUILD_NANOS.load(Ordering::Relaxed))
+}
+
+static MASK_BUILD_NANOS: AtomicU64 = AtomicU64::new(0);
+
 /// Per-token multipliers of the hidden units, broadcast over `[batch, seq, hidden]`.
 #[derive(Clone, Debug)]
 pub struct HiddenMask<B: Backend> {
@@ -100,6 +111,19 @@ impl SinkLayout {
         if self.pool.is_empty() {
             return None;
         }
+        let started = Instant::now();
+        let mask = self.build_hidden_mask(mode, layout, layer, device);
+        MASK_BUILD_NANOS.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        Some(mask)
+    }
+
+    fn build_hidden_mask<B: Backend>(
+        &self,
+        mode: &MlpMode,
+        layout: &SeqLayout,
+        layer: usize,
+        device: &B::Device,
+    ) -> HiddenMask<B> {
         let grad_gate = layout.route_to_sinks.as_ref().map(|flags| self.grad_gate(layout, flags, device));
         let scale = match mode {
             MlpMode::Train => self.per_sequence_scale(layout, &[], layer, device),
@@ -114,7 +138,7 @@ impl SinkLayout {
                 self.constant_scale(general, std::iter::repeat_n(0.0, self.pool.len()), device)
             }
         };
-        Some(HiddenMask { scale, grad_gate })
+        HiddenMask { scale, grad_gate }
     }
 
     fn constant_scale<B: Backend>(

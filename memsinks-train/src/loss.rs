@@ -1,0 +1,23 @@
+//! The causal-LM objective.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use memsinks_data::LmBatch;
+use memsinks_model::{MemSinkLm, MlpMode};
+
+/// Mean next-token negative log-likelihood over the targets the loss mask keeps, with the MLPs
+/// in `mode`. Returns a one-element tensor.
+pub fn lm_loss<B: Backend>(model: &MemSinkLm<B>, batch: &LmBatch<B>, mode: &MlpMode) -> Tensor<B, 1> {
+    let (nll, mask) = token_nll(model, batch, mode);
+    (nll * mask.clone()).sum() / mask.sum().clamp_min(1.0)
+}
+
+/// Per-target negative log-likelihood `[batch, seq]` and the loss mask it should be weighted by.
+pub fn token_nll<B: Backend>(model: &MemSinkLm<B>, batch: &LmBatch<B>, mode: &MlpMode) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let logits = model.forward(batch.inputs.clone(), &batch.layout, mode);
+    let [b, t, v] = logits.dims();
+    let logp = log_softmax(logits.reshape([b * t, v]), 1);
+    let picked = logp.gather(1, batch.targets.clone().reshape([b * t, 1]));
+    (picked.reshape([b, t]).neg(), batch.loss_mask.clone())
+}
