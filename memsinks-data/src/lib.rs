@@ -1,8 +1,90 @@
 //! # memsinks-data
 //!
-//! Corpora, tokenizers, splits with sequence IDs, token caches and batchers for MemSinks
-//! experiments.
+//! Everything the experiments feed on: streaming sources (TinyStories text, JSON/JSONL,
+//! SlimPajama `.jsonl.zst` shards, a seeded synthetic story generator), Hugging Face tokenizers,
+//! the experiment corpus (repeated / canary / unique / validation splits with sequence IDs, a
+//! manifest and a repetition schedule), memory-mapped token caches, and batchers for burn.
 
 pub mod batch;
+pub mod batcher;
+pub mod cache;
+pub mod corpus;
+pub mod download;
+pub mod rng;
+pub mod source;
+pub mod synthetic;
+pub mod tokenizer;
+
+use std::path::{Path, PathBuf};
 
 pub use batch::LmBatch;
+pub use batcher::{Batcher, Cursor, HostBatch};
+pub use cache::TokenCache;
+pub use corpus::{prepare, DataConfig, Manifest, PreparedCorpus, Split};
+pub use tokenizer::TextTokenizer;
+
+/// Errors of the data crate. Each names the file concerned and, where it helps, what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// An I/O error on a file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Bytes that are not UTF-8.
+    #[error("{path}: invalid UTF-8 at byte offset {offset} (set `invalid_utf8: Skip` to skip such documents)")]
+    InvalidUtf8 {
+        /// The file.
+        path: PathBuf,
+        /// Byte offset of the first invalid byte.
+        offset: u64,
+    },
+    /// A file whose content is not in the expected format.
+    #[error("{path}: {message}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A source with no (or too few) documents.
+    #[error("{path}: {what}")]
+    Empty {
+        /// The source.
+        path: PathBuf,
+        /// What is missing.
+        what: String,
+    },
+    /// A bad configuration value.
+    #[error("{0}")]
+    Config(String),
+    /// A tokenizer failure.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A network failure while downloading.
+    #[error("download of {url}: {message}")]
+    Download {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl DataError {
+    /// An I/O error on `path`.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        DataError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// Writes a file atomically (temporary file, sync, rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
+    memsinks_model::io::write_atomic(path, bytes).map_err(|e| match e {
+        memsinks_model::ModelError::Io { path, source } => DataError::Io { path, source },
+        other => DataError::Config(other.to_string()),
+    })
+}

@@ -71,10 +71,10 @@ pub fn mask_build_time() -> Duration {
 
 static MASK_BUILD_NANOS: AtomicU64 = AtomicU64::new(0);
 
-/// Per-token multipliers of the hidden units, broadcast over `[batch, seq, hidden]`.
+/// Per-token multipliers of the hidden units, broadcast against `[batch, seq, hidden]`.
 #[derive(Clone, Debug)]
 pub struct HiddenMask<B: Backend> {
-    /// Multiplier of each hidden unit: shape `[1 | batch, 1 | seq, hidden]`.
+    /// Multiplier of each hidden unit: `[batch, seq, hidden]` per token, or `[1, 1, hidden]` when constant.
     pub scale: Tensor<B, 3>,
     /// Gradient gate for gradient masking: where 0, the unit passes its value forward but no
     /// gradient (`g*h + (1-g)*detach(h)`). Same broadcast shape rules as `scale`.
@@ -162,7 +162,7 @@ impl SinkLayout {
         off
     }
 
-    /// One mask row per distinct sequence ID, gathered per row (uniform rows) or per token.
+    /// One mask row per distinct sequence ID, gathered per token.
     fn per_sequence_scale<B: Backend>(
         &self,
         layout: &SeqLayout,
@@ -194,9 +194,10 @@ impl SinkLayout {
     }
 }
 
-/// Expands a `[rows, hidden]` host table into a `[batch, 1 | seq, hidden]` tensor by a per-token
-/// row index. When every row of the batch uses one table row, the mask is `[batch, 1, hidden]` and
-/// broadcasts over the sequence, which avoids materialising `batch × seq × hidden` values.
+/// Expands a `[rows, hidden]` host table into a `[batch, seq, hidden]` tensor by a per-token row
+/// index (a device-side gather). The mask is materialised per token rather than broadcast from
+/// `[batch, 1, hidden]` even when rows are uniform: burn-flex multiplies contiguous operands of
+/// equal shape faster than broadcast ones (measured: 4 % of a `ts-cpu` training step).
 fn gather_rows<B: Backend>(
     table: Vec<f32>,
     hidden: usize,
@@ -205,16 +206,10 @@ fn gather_rows<B: Backend>(
     layout: &SeqLayout,
     device: &B::Device,
 ) -> Tensor<B, 3> {
-    let (batch, seq) = (layout.batch, layout.seq_len);
-    let uniform = (0..batch).all(|b| index[b * seq..(b + 1) * seq].iter().all(|&i| i == index[b * seq]));
-    let (picks, per_row): (Vec<i64>, usize) = if uniform {
-        ((0..batch).map(|b| index[b * seq] as i64).collect(), 1)
-    } else {
-        (index.iter().map(|&i| i as i64).collect(), seq)
-    };
+    let picks: Vec<i64> = index.iter().map(|&i| i as i64).collect();
     let table = Tensor::<B, 2>::from_data(TensorData::new(table, [rows, hidden]), device);
-    let picks = Tensor::from_data(TensorData::new(picks, [batch * per_row]), device);
-    table.select(0, picks).reshape([batch, per_row, hidden])
+    let picks = Tensor::from_data(TensorData::new(picks, [index.len()]), device);
+    table.select(0, picks).reshape([layout.batch, layout.seq_len, hidden])
 }
 
 /// SwiGLU MLP: `proj(silu(fc_1 x) * fc_2 x * mask)`; hidden unit `j < num_general` is general,

@@ -18,10 +18,15 @@ use crate::ModelError;
 
 /// Rotary position embedding in the Llama ("rotate half") convention, so exported q/k weights
 /// need no permutation: `x * cos + rotate_half(x) * sin`, frequencies `theta^(-2i/head_dim)`.
+///
+/// It is applied in the `[batch, seq, heads, head_dim]` layout the projections produce, where the
+/// tensor is still contiguous; `rotate_half` is a matmul with a fixed signed permutation, which
+/// keeps every operand contiguous (slicing the last dimension would force strided copies).
 #[derive(Module, Debug)]
 pub struct Rope<B: Backend> {
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
+    rotate_half: Tensor<B, 2>,
 }
 
 impl<B: Backend> Rope<B> {
@@ -38,20 +43,23 @@ impl<B: Backend> Rope<B> {
                 sin.push(angle.sin() as f32);
             }
         }
-        let table = |v| Tensor::from_data(TensorData::new(v, [max_seq_len, head_dim]), device);
-        Self { cos: table(cos), sin: table(sin) }
+        // (x @ R)[j] = -x[j + half] for j < half, x[j - half] otherwise.
+        let mut rot = vec![0.0f32; head_dim * head_dim];
+        for j in 0..half {
+            rot[(j + half) * head_dim + j] = -1.0;
+            rot[j * head_dim + j + half] = 1.0;
+        }
+        let table = |v, rows| Tensor::from_data(TensorData::new(v, [rows, head_dim]), device);
+        Self { cos: table(cos, max_seq_len), sin: table(sin, max_seq_len), rotate_half: table(rot, head_dim) }
     }
 
-    /// Rotates `[batch, heads, seq, head_dim]` for positions `0..seq`.
+    /// Rotates `[batch, seq, heads, head_dim]` for positions `0..seq`.
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [_, _, seq, head_dim] = x.dims();
-        let half = head_dim / 2;
-        let cos = self.cos.clone().narrow(0, 0, seq).unsqueeze::<4>();
-        let sin = self.sin.clone().narrow(0, 0, seq).unsqueeze::<4>();
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * cos + rotated * sin
+        let [batch, seq, heads, head_dim] = x.dims();
+        let cos = self.cos.clone().narrow(0, 0, seq).reshape([1, seq, 1, head_dim]);
+        let sin = self.sin.clone().narrow(0, 0, seq).reshape([1, seq, 1, head_dim]);
+        let rotated = x.clone().reshape([batch * seq * heads, head_dim]).matmul(self.rotate_half.clone());
+        x * cos + rotated.reshape([batch, seq, heads, head_dim]) * sin
     }
 }
 
@@ -94,10 +102,10 @@ impl<B: Backend> Attention<B> {
     pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope<B>, doc_mask: Option<Tensor<B, 4, Bool>>) -> Tensor<B, 3> {
         let [batch, seq, d_model] = x.dims();
         let hd = d_model / self.n_heads;
-        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, hd]).swap_dims(1, 2);
-        let q = rope.apply(heads(self.q_proj.forward(x.clone()), self.n_heads));
-        let k = rope.apply(heads(self.k_proj.forward(x.clone()), self.n_kv_heads));
-        let v = heads(self.v_proj.forward(x), self.n_kv_heads);
+        let split = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, hd]);
+        let q = rope.apply(split(self.q_proj.forward(x.clone()), self.n_heads)).swap_dims(1, 2);
+        let k = rope.apply(split(self.k_proj.forward(x.clone()), self.n_kv_heads)).swap_dims(1, 2);
+        let v = split(self.v_proj.forward(x), self.n_kv_heads).swap_dims(1, 2);
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
         let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
         let out = attention(q, k, v, doc_mask, None, options);

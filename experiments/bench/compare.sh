@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Side-by-side training-speed comparison: memsinks (each CPU backend) against the PyTorch
+# reference, run alternately in one session so machine noise hits both alike.
+#
+#   experiments/bench/compare.sh [--install] [--preset ts-cpu] [--steps 10] [--rounds 3] [--backends "flex ndarray"]
+#
+# --install creates a virtualenv with PyTorch from the package registry (large: ~5 GB with its CUDA
+# libraries). This is a benchmark step, never a CI step. Prints every run as a JSON line, then one
+# JSON line per (backend, method) with the ratio of median tokens/s, ours / PyTorch.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+venv="${MEMSINKS_BENCH_VENV:-$HOME/.cache/memsinks-bench-venv}"
+preset=ts-cpu steps=10 rounds=3 backends="flex ndarray" install=0 threads="$(nproc)"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --install) install=1 ;;
+    --preset) preset="$2"; shift ;;
+    --steps) steps="$2"; shift ;;
+    --rounds) rounds="$2"; shift ;;
+    --backends) backends="$2"; shift ;;
+    --threads) threads="$2"; shift ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if [ "$install" = 1 ] && [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet torch
+fi
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+  echo "PyTorch not found in $venv: rerun with --install" >&2
+  exit 1
+fi
+
+cargo build --release --quiet -p memsinks-cli
+target="${CARGO_TARGET_DIR:-target}"
+bin="$target/release/memsinks"
+export RAYON_NUM_THREADS="$threads"
+results="$(mktemp)"
+for round in $(seq "$rounds"); do
+  for method in memsinks standard; do
+    for backend in $backends; do
+      "$bin" bench train --preset "$preset" --method "$method" --steps "$steps" --backend "$backend" | tee -a "$results"
+    done
+    "$venv/bin/python" experiments/bench/torch_reference.py --preset "$preset" --method "$method" \
+      --steps "$steps" --threads "$threads" | tee -a "$results"
+  done
+done
+
+"$venv/bin/python" - "$results" <<'PY'
+import json, statistics, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+def median(backend, method, key="tokens_per_s"):
+    return statistics.median(r[key] for r in runs if r["backend"] == backend and r["method"] == method)
+torch_name = next(r["backend"] for r in runs if r["backend"].startswith("torch"))
+for method in ("memsinks", "standard"):
+    ref = median(torch_name, method)
+    ref_rss = median(torch_name, method, "peak_rss_mb")
+    for backend in sorted({r["backend"] for r in runs} - {torch_name}):
+        print(json.dumps({
+            "summary": True, "backend": backend, "method": method,
+            "tokens_per_s": round(median(backend, method), 1), "torch_tokens_per_s": round(ref, 1),
+            "ratio_vs_torch": round(median(backend, method) / ref, 3),
+            "rss_ratio_vs_torch": round(median(backend, method, "peak_rss_mb") / ref_rss, 3),
+            "mask_share": round(median(backend, method, "mask_share"), 5),
+        }))
+PY
+rm -f "$results"

@@ -1,0 +1,188 @@
+//! Turns a schedule of documents into training rows: one document per row (padded, with a loss
+//! mask) or packed rows with per-token sequence IDs. The order is fixed by the schedule, and a
+//! [`Cursor`] records where the next batch starts, so a run can be resumed exactly.
+
+use std::sync::Arc;
+
+use burn::tensor::backend::Backend;
+use memsinks_model::SeqLayout;
+use serde::{Deserialize, Serialize};
+
+use crate::batch::LmBatch;
+use crate::cache::TokenCache;
+
+/// Where the next batch starts: the epoch, the occurrence in the schedule and, when packing, the
+/// token offset inside that occurrence.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Completed passes over the schedule.
+    pub epoch: u64,
+    /// Next occurrence of the schedule.
+    pub position: u64,
+    /// Tokens of that occurrence already consumed (packing only).
+    pub offset: u32,
+}
+
+/// A batch on the host, before it is moved to a device.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostBatch {
+    /// `batch` rows of `context + 1` tokens.
+    pub rows: Vec<Vec<u32>>,
+    /// Per-target loss weights (`context` per row).
+    pub weights: Vec<Vec<f32>>,
+    /// Sequence IDs and document boundaries.
+    pub layout: SeqLayout,
+    /// Schedule occurrences whose first token is in this batch, as (position, document).
+    pub started: Vec<(u64, u32)>,
+}
+
+impl HostBatch {
+    /// Moves the batch to `device`.
+    pub fn to_device<B: Backend>(&self, device: &B::Device) -> LmBatch<B> {
+        LmBatch::from_rows(&self.rows, &self.weights, self.layout.clone(), device)
+    }
+}
+
+/// Produces batches from a token cache and a schedule.
+#[derive(Clone)]
+pub struct Batcher {
+    cache: Arc<TokenCache>,
+    schedule: Arc<Vec<u32>>,
+    ids: Arc<Vec<i64>>,
+    route_to_sinks: Option<Arc<Vec<bool>>>,
+    context: usize,
+    batch_size: usize,
+    end_of_text: u32,
+    packing: bool,
+}
+
+impl Batcher {
+    /// A batcher over `schedule` (document indices) with `ids[doc]` as each document's sequence
+    /// ID.
+    ///
+    /// # Panics
+    /// If `context` or `batch_size` is 0.
+    pub fn new(
+        cache: Arc<TokenCache>,
+        schedule: Arc<Vec<u32>>,
+        ids: Arc<Vec<i64>>,
+        context: usize,
+        batch_size: usize,
+        end_of_text: u32,
+        packing: bool,
+    ) -> Self {
+        assert!(context > 0 && batch_size > 0, "context and batch size must be positive");
+        Self { cache, schedule, ids, route_to_sinks: None, context, batch_size, end_of_text, packing }
+    }
+
+    /// Gradient masking: tokens of documents flagged here update only the sink pool.
+    pub fn with_route_to_sinks(mut self, flags: Arc<Vec<bool>>) -> Self {
+        self.route_to_sinks = Some(flags);
+        self
+    }
+
+    /// Occurrences in one pass.
+    pub fn schedule_len(&self) -> u64 {
+        self.schedule.len() as u64
+    }
+
+    /// Rows per batch.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// The next batch from `cursor` (advanced past it), or `None` at the end of the schedule, in
+    /// which case the cursor moves to the start of the next epoch. A final partial batch is
+    /// returned with fewer rows.
+    pub fn next_batch(&self, cursor: &mut Cursor) -> Option<HostBatch> {
+        if cursor.position >= self.schedule_len() {
+            *cursor = Cursor { epoch: cursor.epoch + 1, position: 0, offset: 0 };
+            return None;
+        }
+        Some(if self.packing { self.packed(cursor) } else { self.per_document(cursor) })
+    }
+
+    fn stream(&self, doc: u32) -> Vec<u32> {
+        let mut tokens = self.cache.doc(doc as usize);
+        tokens.push(self.end_of_text);
+        tokens
+    }
+
+    fn per_document(&self, cursor: &mut Cursor) -> HostBatch {
+        let width = self.context + 1;
+        let (mut rows, mut weights, mut row_ids, mut started, mut route) = (vec![], vec![], vec![], vec![], vec![]);
+        while rows.len() < self.batch_size && cursor.position < self.schedule_len() {
+            let doc = self.schedule[cursor.position as usize];
+            let mut row = self.stream(doc);
+            row.truncate(width);
+            let real = row.len();
+            row.resize(width, self.end_of_text);
+            weights.push((0..self.context).map(|t| if t + 1 < real { 1.0 } else { 0.0 }).collect());
+            rows.push(row);
+            row_ids.push(self.ids[doc as usize]);
+            started.push((cursor.position, doc));
+            route.push(self.route_to_sinks.as_ref().is_some_and(|f| f[doc as usize]));
+            cursor.position += 1;
+        }
+        let mut layout = SeqLayout::per_row(&row_ids, self.context);
+        if self.route_to_sinks.is_some() {
+            layout =
+                layout.with_route_to_sinks(route.iter().flat_map(|&r| std::iter::repeat_n(r, self.context)).collect());
+        }
+        HostBatch { rows, weights, layout, started }
+    }
+
+    fn packed(&self, cursor: &mut Cursor) -> HostBatch {
+        let width = self.context + 1;
+        let (mut rows, mut weights, mut started) = (vec![], vec![], vec![]);
+        let (mut ids, mut segments, mut route) = (vec![], vec![], vec![]);
+        while rows.len() < self.batch_size && cursor.position < self.schedule_len() {
+            let mut row: Vec<(u32, i64, u32, bool)> = Vec::with_capacity(width);
+            let mut segment = 0u32;
+            // Each row takes `context + 1` tokens and the stream advances by `context`, so the last
+            // token of a row is the first input of the next one and no target is lost.
+            let mut resume_at: Option<Cursor> = None;
+            while row.len() < width && cursor.position < self.schedule_len() {
+                let doc = self.schedule[cursor.position as usize];
+                let tokens = self.stream(doc);
+                if cursor.offset == 0 {
+                    started.push((cursor.position, doc));
+                }
+                let flag = self.route_to_sinks.as_ref().is_some_and(|f| f[doc as usize]);
+                while row.len() < width && (cursor.offset as usize) < tokens.len() {
+                    if row.len() == self.context {
+                        resume_at = Some(*cursor);
+                    }
+                    row.push((tokens[cursor.offset as usize], self.ids[doc as usize], segment, flag));
+                    cursor.offset += 1;
+                }
+                if cursor.offset as usize == tokens.len() {
+                    *cursor = Cursor { epoch: cursor.epoch, position: cursor.position + 1, offset: 0 };
+                    segment += 1;
+                }
+            }
+            if let Some(back) = resume_at {
+                // The started list must not count an occurrence twice when we step back into it.
+                if back.offset == 0 {
+                    started.retain(|&(p, _)| p != back.position);
+                }
+                *cursor = back;
+            }
+            let real = row.len();
+            let last = *row.last().expect("a row holds at least one token");
+            row.resize(width, (self.end_of_text, last.1, last.2, last.3));
+            weights.push((0..self.context).map(|t| if t + 1 < real { 1.0 } else { 0.0 }).collect());
+            rows.push(row.iter().map(|r| r.0).collect());
+            for &(_, id, seg, flag) in &row[..self.context] {
+                ids.push(id);
+                segments.push(seg);
+                route.push(flag);
+            }
+        }
+        let mut layout = SeqLayout::packed(rows.len(), self.context, ids, segments);
+        if self.route_to_sinks.is_some() {
+            layout = layout.with_route_to_sinks(route);
+        }
+        HostBatch { rows, weights, layout, started }
+    }
+}

@@ -1,0 +1,629 @@
+//! The experiment corpus: repeated natural documents, random-token canaries, unique documents
+//! seen once and held-out validation documents, each with a sequence ID; a manifest describing
+//! them; the training schedule (which document each training row starts from, in order) for the
+//! full and the deduplicated corpus; and a token cache.
+//!
+//! Output directory of [`prepare`]:
+//! `manifest.json`, `tokenizer.json` (when trained), `cache/` (token shards), `schedule.bin` and
+//! `schedule_dedup.bin` (little-endian `u32` document indices, one per training occurrence).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::cache::{CacheKey, TokenCache};
+use crate::rng::{mix64, SplitMix64};
+use crate::source::{read_json_array, shard_files, Document, InvalidUtf8, JsonlReader, TinyStoriesReader};
+use crate::synthetic::generate_stories;
+use crate::tokenizer::TextTokenizer;
+use crate::{write_atomic, DataError};
+
+/// Where documents come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum SourceConfig {
+    /// The built-in story generator: the embedded default.
+    Synthetic {
+        /// Stories to generate.
+        stories: usize,
+        /// Generator seed.
+        seed: u64,
+    },
+    /// A TinyStories text file (`<|endoftext|>` separators).
+    TinyStories {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A JSON array or JSON Lines file (`.json`, `.jsonl`, `.jsonl.zst`) with a text field.
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The string field holding the text.
+        field: String,
+    },
+    /// A SlimPajama-style directory of `.jsonl` / `.jsonl.zst` shards, streamed in name order.
+    SlimPajama {
+        /// The directory.
+        dir: PathBuf,
+        /// Keep only records whose `meta.redpajama_set_name` equals this.
+        #[serde(default)]
+        set_name: Option<String>,
+    },
+}
+
+/// The tokenizer to use.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum TokenizerConfig {
+    /// Train a byte-level BPE on the training documents (repeated + unique).
+    Train {
+        /// Vocabulary size including `<|endoftext|>`.
+        vocab_size: usize,
+    },
+    /// Load a Hugging Face `tokenizer.json`.
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// How repetitions are spread over the training run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Ordering {
+    /// Every occurrence at a uniformly random position (seeded).
+    #[default]
+    Shuffled,
+    /// The repetitions of each document evenly spaced over the run, at a random phase.
+    Spaced,
+}
+
+/// A set of documents repeated a number of times.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepeatConfig {
+    /// Number of distinct documents.
+    pub docs: usize,
+    /// Times each is seen in training.
+    pub repetitions: usize,
+}
+
+/// Random-token canaries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryConfig {
+    /// Number of distinct canaries.
+    pub docs: usize,
+    /// Times each is seen in training.
+    pub repetitions: usize,
+    /// Tokens per canary.
+    pub length: usize,
+}
+
+/// Everything that defines a prepared corpus.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Where the unique (and, without `repeated_source`, all other) documents come from.
+    pub source: SourceConfig,
+    /// Where repeated and validation documents come from, when not `source` (SlimPajama with
+    /// repeated TinyStories mixed in).
+    #[serde(default)]
+    pub repeated_source: Option<SourceConfig>,
+    /// The tokenizer.
+    pub tokenizer: TokenizerConfig,
+    /// Repeated natural documents.
+    pub repeated: RepeatConfig,
+    /// Random-token canaries (`docs: 0` for none).
+    pub canary: CanaryConfig,
+    /// Unique documents seen once.
+    pub unique: usize,
+    /// Held-out validation documents.
+    pub validation: usize,
+    /// Training rows hold `context` input tokens.
+    pub context: usize,
+    /// How repetitions are spread.
+    #[serde(default)]
+    pub ordering: Ordering,
+    /// Pack several documents per row (otherwise one document per row, padded).
+    #[serde(default)]
+    pub packing: bool,
+    /// Seed of selection, canaries and order.
+    #[serde(default)]
+    pub seed: u64,
+    /// What to do with invalid UTF-8 in the sources.
+    #[serde(default)]
+    pub invalid_utf8: InvalidUtf8,
+}
+
+impl DataConfig {
+    /// Checks value ranges.
+    pub fn validate(&self) -> Result<(), DataError> {
+        let bad = |m: String| Err(DataError::Config(m));
+        if self.context < 2 {
+            return bad(format!("data.context {} must be at least 2", self.context));
+        }
+        if self.repeated.docs > 0 && self.repeated.repetitions == 0 {
+            return bad("data.repeated.repetitions must be positive".into());
+        }
+        if self.canary.docs > 0 && (self.canary.repetitions == 0 || self.canary.length < 2) {
+            return bad("data.canary needs repetitions > 0 and length >= 2".into());
+        }
+        if self.repeated.docs + self.unique + self.canary.docs == 0 {
+            return bad("the corpus has no training documents: set repeated.docs, canary.docs or unique".into());
+        }
+        if let SourceConfig::Synthetic { stories: 0, .. } = self.source {
+            return bad("data.source Synthetic needs stories > 0".into());
+        }
+        Ok(())
+    }
+
+    /// SHA-256 of the configuration (its RON form): prepared data is keyed by it.
+    pub fn hash(&self) -> String {
+        let text = ron::to_string(self).expect("config serialises");
+        format!("{:x}", Sha256::digest(text.as_bytes()))
+    }
+}
+
+/// The role of a document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// Natural text repeated many times.
+    Repeated,
+    /// Random tokens repeated many times.
+    Canary,
+    /// Natural text seen once.
+    Unique,
+    /// Held out.
+    Validation,
+}
+
+/// One document of the corpus.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DocEntry {
+    /// Sequence ID (63-bit hash of the tokens, never 0).
+    pub id: i64,
+    /// Role.
+    pub split: Split,
+    /// Times seen in training (0 for validation).
+    pub repetitions: u32,
+    /// Tokens (without the end-of-text token).
+    pub tokens: u32,
+    /// Where the text came from (`file:offset`, `synthetic#i`, `canary#i`).
+    pub origin: String,
+    /// Training occurrence indices of this document in `schedule.bin` (repeated and canary only),
+    /// so the dynamics can be related to when each repetition was seen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub positions: Vec<u64>,
+}
+
+/// The description of a prepared corpus that every later stage reads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Format version.
+    pub version: u32,
+    /// Hash of the [`DataConfig`].
+    pub config_hash: String,
+    /// The configuration itself.
+    pub config: DataConfig,
+    /// Tokenizer fingerprint.
+    pub tokenizer_hash: String,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// The end-of-text token appended to every document.
+    pub end_of_text: u32,
+    /// Documents, in cache order.
+    pub documents: Vec<DocEntry>,
+    /// Training occurrences in the full schedule.
+    pub occurrences: u64,
+    /// Training occurrences in the deduplicated schedule.
+    pub occurrences_dedup: u64,
+    /// Duplicate texts dropped while reading the sources.
+    pub duplicates_dropped: u64,
+}
+
+impl Manifest {
+    /// Indices of the documents of one split.
+    pub fn indices(&self, split: Split) -> Vec<usize> {
+        self.documents.iter().enumerate().filter(|(_, d)| d.split == split).map(|(i, _)| i).collect()
+    }
+
+    /// Count of documents per split.
+    pub fn counts(&self) -> HashMap<Split, usize> {
+        let mut c = HashMap::new();
+        for d in &self.documents {
+            *c.entry(d.split).or_default() += 1;
+        }
+        c
+    }
+}
+
+/// File names inside a prepared directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// The tokenizer inside a prepared directory.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// The full training schedule.
+pub const SCHEDULE_FILE: &str = "schedule.bin";
+/// The deduplicated training schedule.
+pub const SCHEDULE_DEDUP_FILE: &str = "schedule_dedup.bin";
+
+/// A prepared corpus opened for reading.
+pub struct PreparedCorpus {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The token cache (memory-mapped).
+    pub cache: TokenCache,
+    /// The tokenizer.
+    pub tokenizer: TextTokenizer,
+    /// The directory.
+    pub dir: PathBuf,
+}
+
+impl PreparedCorpus {
+    /// Opens a directory written by [`prepare`].
+    pub fn open(dir: &Path) -> Result<Self, DataError> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| DataError::Format {
+            path: path.clone(),
+            message: format!("not a memsinks manifest: {e}; rerun `memsinks data prepare`"),
+        })?;
+        let cache = TokenCache::open(&dir.join("cache"))?;
+        if cache.num_docs() != manifest.documents.len() {
+            return Err(DataError::Format {
+                path: dir.join("cache"),
+                message: format!(
+                    "cache holds {} documents, the manifest {}; rerun `memsinks data prepare`",
+                    cache.num_docs(),
+                    manifest.documents.len()
+                ),
+            });
+        }
+        let tokenizer = TextTokenizer::load(&dir.join(TOKENIZER_FILE))?;
+        Ok(Self { manifest, cache, tokenizer, dir: dir.to_path_buf() })
+    }
+
+    /// The training schedule (document index per occurrence), full or deduplicated.
+    pub fn schedule(&self, dedup: bool) -> Result<Vec<u32>, DataError> {
+        read_schedule(&self.dir.join(if dedup { SCHEDULE_DEDUP_FILE } else { SCHEDULE_FILE }))
+    }
+}
+
+fn read_schedule(path: &Path) -> Result<Vec<u32>, DataError> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    if bytes.len() % 4 != 0 {
+        return Err(DataError::Format { path: path.into(), message: "truncated schedule; rerun prepare".into() });
+    }
+    Ok(bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
+}
+
+/// A deterministic 63-bit sequence ID of a token sequence: never 0, identical for identical
+/// sequences.
+pub fn sequence_id(tokens: &[u32]) -> i64 {
+    // FNV-1a over the little-endian bytes, then a bijective mix so nearby sequences spread out.
+    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
+    for t in tokens {
+        for b in t.to_le_bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01B3);
+        }
+    }
+    let id = (mix64(h) >> 1) as i64;
+    if id == 0 {
+        1
+    } else {
+        id
+    }
+}
+
+fn text_hash(text: &str) -> u64 {
+    let digest = Sha256::digest(text.as_bytes());
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// Streams the documents of a source.
+pub fn open_source(
+    source: &SourceConfig,
+    invalid: InvalidUtf8,
+) -> Result<Box<dyn Iterator<Item = Result<Document, DataError>> + Send>, DataError> {
+    Ok(match source {
+        SourceConfig::Synthetic { stories, seed } => {
+            let docs = generate_stories(*stories, *seed);
+            Box::new(
+                docs.into_iter().enumerate().map(|(i, text)| Ok(Document { text, origin: format!("synthetic#{i}") })),
+            )
+        }
+        SourceConfig::TinyStories { path } => Box::new(TinyStoriesReader::open(path, invalid)?),
+        SourceConfig::Json { path, field } => {
+            let name = path.to_string_lossy();
+            if name.ends_with(".jsonl") || name.ends_with(".jsonl.zst") {
+                Box::new(JsonlReader::open(path, field, None, invalid)?)
+            } else {
+                Box::new(read_json_array(path, field)?.into_iter().map(Ok))
+            }
+        }
+        SourceConfig::SlimPajama { dir, set_name } => {
+            let files = shard_files(dir)?;
+            let set_name = set_name.clone();
+            Box::new(files.into_iter().flat_map(move |f| -> Box<dyn Iterator<Item = _> + Send> {
+                match JsonlReader::open(&f, "text", set_name.as_deref(), invalid) {
+                    Ok(r) => Box::new(r),
+                    Err(e) => Box::new(std::iter::once(Err(e))),
+                }
+            }))
+        }
+    })
+}
+
+fn source_name(source: &SourceConfig) -> String {
+    match source {
+        SourceConfig::Synthetic { stories, seed } => format!("synthetic stories={stories} seed={seed}"),
+        SourceConfig::TinyStories { path } | SourceConfig::Json { path, .. } => path.display().to_string(),
+        SourceConfig::SlimPajama { dir, .. } => dir.display().to_string(),
+    }
+}
+
+/// Fingerprint of a source's content identity: file paths, sizes and modification times (or the
+/// generator's parameters), so a changed file invalidates caches without rereading it.
+fn source_fingerprint(source: &SourceConfig) -> Result<String, DataError> {
+    let mut h = Sha256::new();
+    let stamp = |h: &mut Sha256, p: &Path| -> Result<(), DataError> {
+        let meta = std::fs::metadata(p).map_err(|e| DataError::io(p, e))?;
+        let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        h.update(format!("{}|{}|{:?};", p.display(), meta.len(), mtime).as_bytes());
+        Ok(())
+    };
+    match source {
+        SourceConfig::Synthetic { .. } => h.update(ron::to_string(source).expect("serialises").as_bytes()),
+        SourceConfig::TinyStories { path } | SourceConfig::Json { path, .. } => stamp(&mut h, path)?,
+        SourceConfig::SlimPajama { dir, .. } => {
+            for f in shard_files(dir)? {
+                stamp(&mut h, &f)?;
+            }
+        }
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// Reads up to `n` distinct documents (by text hash) not in `taken`.
+fn take_distinct(
+    iter: &mut dyn Iterator<Item = Result<Document, DataError>>,
+    n: usize,
+    taken: &mut std::collections::HashSet<u64>,
+    duplicates: &mut u64,
+) -> Result<Vec<Document>, DataError> {
+    let mut out = Vec::with_capacity(n.min(1 << 20));
+    while out.len() < n {
+        let Some(doc) = iter.next() else { break };
+        let doc = doc?;
+        if doc.text.is_empty() {
+            continue;
+        }
+        if !taken.insert(text_hash(&doc.text)) {
+            *duplicates += 1;
+            continue;
+        }
+        out.push(doc);
+    }
+    Ok(out)
+}
+
+/// Builds (or reuses) the corpus described by `cfg` in `out`. A corpus whose manifest already
+/// carries the same configuration hash and whose cache matches source and tokenizer is reused.
+pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<PreparedCorpus, DataError> {
+    cfg.validate()?;
+    std::fs::create_dir_all(out).map_err(|e| DataError::io(out, e))?;
+    let config_hash = cfg.hash();
+    let mut fingerprint = source_fingerprint(&cfg.source)?;
+    if let Some(rep) = &cfg.repeated_source {
+        fingerprint.push_str(&source_fingerprint(rep)?);
+    }
+    if let Ok(existing) = PreparedCorpus::open(out) {
+        let key = existing.cache.key();
+        if existing.manifest.config_hash == config_hash
+            && key.source_hash == fingerprint
+            && key.tokenizer_hash == existing.tokenizer.fingerprint()
+        {
+            tracing::info!("reusing prepared corpus in {}", out.display());
+            return Ok(existing);
+        }
+    }
+
+    // 1. Select documents. Repeated and validation documents are drawn at random from the first
+    //    `repeated + validation` distinct documents of their source; unique documents are the next
+    //    ones in stream order (so a huge source is never held in memory at once: see step 4).
+    let mut seen = std::collections::HashSet::new();
+    let mut duplicates = 0u64;
+    let mut rng = SplitMix64::new(cfg.seed ^ 0xC0_4B05);
+    let mut main = open_source(&cfg.source, cfg.invalid_utf8)?;
+    let held_out_need = cfg.repeated.docs + cfg.validation;
+    let mut pool = match &cfg.repeated_source {
+        Some(rep) => {
+            take_distinct(&mut *open_source(rep, cfg.invalid_utf8)?, held_out_need, &mut seen, &mut duplicates)?
+        }
+        None => take_distinct(&mut *main, held_out_need, &mut seen, &mut duplicates)?,
+    };
+    let pool_source = cfg.repeated_source.as_ref().unwrap_or(&cfg.source);
+    if pool.len() < held_out_need {
+        return Err(DataError::Empty {
+            path: PathBuf::from(source_name(pool_source)),
+            what: format!(
+                "too few distinct documents: need {} repeated + {} validation = {held_out_need}, found {}; lower the counts or use a larger source",
+                cfg.repeated.docs,
+                cfg.validation,
+                pool.len()
+            ),
+        });
+    }
+    rng.shuffle(&mut pool);
+    let validation_docs = pool.split_off(cfg.repeated.docs);
+    let repeated_docs = pool;
+
+    // 2. The tokenizer: trained on training text only (never on validation documents).
+    let mut unique_buffer: Vec<Document> = Vec::new();
+    let tokenizer = match &cfg.tokenizer {
+        TokenizerConfig::File { path } => TextTokenizer::load(path)?,
+        TokenizerConfig::Train { vocab_size } => {
+            // Train on the repeated documents and up to 50k unique ones, buffered for step 4.
+            unique_buffer = take_distinct(&mut *main, cfg.unique.min(50_000), &mut seen, &mut duplicates)?;
+            let texts = repeated_docs.iter().chain(&unique_buffer).map(|d| d.text.as_str());
+            TextTokenizer::train(texts, *vocab_size, show_progress)?
+        }
+    };
+    tokenizer.save(&out.join(TOKENIZER_FILE))?;
+
+    // 3. Canaries: uniform random token IDs, never the end-of-text token.
+    let canaries: Vec<Vec<u32>> = (0..cfg.canary.docs)
+        .map(|_| {
+            (0..cfg.canary.length)
+                .map(|_| loop {
+                    let t = rng.below(tokenizer.vocab_size()) as u32;
+                    if t != tokenizer.end_of_text() {
+                        break t;
+                    }
+                })
+                .collect()
+        })
+        .collect();
+
+    // 4. Tokenize into the cache: repeated, canary, validation, then unique documents streamed in
+    //    chunks.
+    let key = CacheKey {
+        source_hash: fingerprint,
+        tokenizer_hash: tokenizer.fingerprint().to_string(),
+        config_hash: config_hash.clone(),
+    };
+    let mut writer = TokenCache::writer(&out.join("cache"), tokenizer.vocab_size(), key)?;
+    let mut documents: Vec<DocEntry> = Vec::new();
+    let mut ids: HashMap<i64, usize> = HashMap::new();
+    let mut add =
+        |tokens: &[u32], split: Split, repetitions: usize, origin: String, writer: &mut crate::cache::CacheWriter| {
+            let id = sequence_id(tokens);
+            if let Some(&other) = ids.get(&id) {
+                return Err(DataError::Config(format!(
+                "sequence ID collision: {origin} and document {other} both hash to {id}; change data.seed or drop one"
+            )));
+            }
+            ids.insert(id, documents.len());
+            writer.push(tokens)?;
+            documents.push(DocEntry {
+                id,
+                split,
+                repetitions: repetitions as u32,
+                tokens: tokens.len() as u32,
+                origin,
+                positions: Vec::new(),
+            });
+            Ok(())
+        };
+    let encode = |docs: &[Document]| tokenizer.encode_many(&docs.iter().map(|d| d.text.as_str()).collect::<Vec<_>>());
+    for (doc, tokens) in repeated_docs.iter().zip(encode(&repeated_docs)?) {
+        add(&tokens, Split::Repeated, cfg.repeated.repetitions, doc.origin.clone(), &mut writer)?;
+    }
+    for (i, tokens) in canaries.iter().enumerate() {
+        add(tokens, Split::Canary, cfg.canary.repetitions, format!("canary#{i}"), &mut writer)?;
+    }
+    for (doc, tokens) in validation_docs.iter().zip(encode(&validation_docs)?) {
+        add(&tokens, Split::Validation, 0, doc.origin.clone(), &mut writer)?;
+    }
+    let progress = progress_bar(show_progress, cfg.unique as u64, "tokenizing unique documents");
+    let mut unique_count = 0usize;
+    loop {
+        let chunk = if unique_buffer.is_empty() {
+            take_distinct(&mut *main, (cfg.unique - unique_count).min(4096), &mut seen, &mut duplicates)?
+        } else {
+            std::mem::take(&mut unique_buffer)
+        };
+        if chunk.is_empty() {
+            break;
+        }
+        for (doc, tokens) in chunk.iter().zip(encode(&chunk)?) {
+            add(&tokens, Split::Unique, 1, doc.origin.clone(), &mut writer)?;
+        }
+        unique_count += chunk.len();
+        progress.set_position(unique_count as u64);
+        if unique_count >= cfg.unique {
+            break;
+        }
+    }
+    progress.finish_and_clear();
+    if unique_count < cfg.unique {
+        return Err(DataError::Empty {
+            path: PathBuf::from(source_name(&cfg.source)),
+            what: format!(
+                "too few distinct documents: {} unique requested, {unique_count} left after the repeated and validation sets",
+                cfg.unique
+            ),
+        });
+    }
+    if let Some(short) = documents.iter().find(|d| d.tokens == 0) {
+        return Err(DataError::Config(format!("document {} tokenizes to nothing", short.origin)));
+    }
+    let cache = writer.finish()?;
+
+    // 5. Schedules: every training occurrence gets a sort key; shuffled keys are uniform, spaced
+    //    keys put repetition k of a document at (k + phase) / R.
+    let schedule = build_schedule(&documents, cfg.ordering, &mut rng, false);
+    let dedup = build_schedule(&documents, cfg.ordering, &mut rng, true);
+    for (pos, &doc) in schedule.iter().enumerate() {
+        if documents[doc as usize].split != Split::Unique {
+            documents[doc as usize].positions.push(pos as u64);
+        }
+    }
+    let as_bytes = |s: &[u32]| s.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    write_atomic(&out.join(SCHEDULE_FILE), &as_bytes(&schedule))?;
+    write_atomic(&out.join(SCHEDULE_DEDUP_FILE), &as_bytes(&dedup))?;
+
+    let manifest = Manifest {
+        version: 1,
+        config_hash,
+        config: cfg.clone(),
+        tokenizer_hash: tokenizer.fingerprint().to_string(),
+        vocab_size: tokenizer.vocab_size(),
+        end_of_text: tokenizer.end_of_text(),
+        documents,
+        occurrences: schedule.len() as u64,
+        occurrences_dedup: dedup.len() as u64,
+        duplicates_dropped: duplicates,
+    };
+    // The manifest is written last: its presence marks a complete corpus.
+    let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+    write_atomic(&out.join(MANIFEST_FILE), &json)?;
+    Ok(PreparedCorpus { manifest, cache, tokenizer, dir: out.to_path_buf() })
+}
+
+fn build_schedule(docs: &[DocEntry], ordering: Ordering, rng: &mut SplitMix64, dedup: bool) -> Vec<u32> {
+    let mut keyed: Vec<(f64, u32)> = Vec::new();
+    for (i, d) in docs.iter().enumerate() {
+        let reps = if dedup { d.repetitions.min(1) } else { d.repetitions };
+        let phase = rng.unit();
+        for k in 0..reps {
+            let key = match ordering {
+                Ordering::Shuffled => rng.unit(),
+                Ordering::Spaced => (k as f64 + phase) / reps as f64,
+            };
+            keyed.push((key, i as u32));
+        }
+    }
+    // Ties (spaced keys of equal value) are broken by a random permutation first.
+    rng.shuffle(&mut keyed);
+    keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
+    keyed.into_iter().map(|(_, i)| i).collect()
+}
+
+/// A progress bar on stderr, hidden when not wanted.
+pub fn progress_bar(show: bool, len: u64, message: &str) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(message.to_string());
+    bar
+}

@@ -1,0 +1,304 @@
+//! Streaming document sources: TinyStories text files, JSON/JSONL with a text field, and
+//! SlimPajama directories of `.jsonl` / `.jsonl.zst` shards. Nothing is loaded whole: each source
+//! yields one document at a time.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::DataError;
+
+/// The separator line of the TinyStories text format.
+pub const END_OF_TEXT: &str = "<|endoftext|>";
+
+/// What to do with bytes that are not UTF-8.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum InvalidUtf8 {
+    /// Stop with an error naming the file and byte offset.
+    #[default]
+    Fail,
+    /// Skip the offending document (TinyStories) or line (JSONL) and go on.
+    Skip,
+}
+
+/// A document read from a source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Document {
+    /// The text, trimmed of surrounding blank lines.
+    pub text: String,
+    /// Where it came from (`file:byte_offset`).
+    pub origin: String,
+}
+
+/// Streams TinyStories-format documents: stories separated by lines holding only `<|endoftext|>`.
+pub struct TinyStoriesReader<R: BufRead> {
+    reader: R,
+    path: PathBuf,
+    offset: u64,
+    invalid: InvalidUtf8,
+    done: bool,
+}
+
+impl TinyStoriesReader<BufReader<File>> {
+    /// Opens a TinyStories text file.
+    pub fn open(path: &Path, invalid: InvalidUtf8) -> Result<Self, DataError> {
+        let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+        Ok(Self::new(BufReader::with_capacity(1 << 20, file), path, invalid))
+    }
+}
+
+impl<R: BufRead> TinyStoriesReader<R> {
+    /// Streams from any buffered reader; `path` is used in messages.
+    pub fn new(reader: R, path: &Path, invalid: InvalidUtf8) -> Self {
+        Self { reader, path: path.to_path_buf(), offset: 0, invalid, done: false }
+    }
+
+    fn next_raw(&mut self) -> Result<Option<(Vec<u8>, u64)>, DataError> {
+        let start = self.offset;
+        let mut doc = Vec::new();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = self.reader.read_until(b'\n', &mut line).map_err(|e| DataError::io(&self.path, e))?;
+            if n == 0 {
+                self.done = true;
+                return Ok((!doc.iter().all(u8::is_ascii_whitespace)).then_some((doc, start)));
+            }
+            self.offset += n as u64;
+            if line.trim_ascii() == END_OF_TEXT.as_bytes() {
+                if doc.iter().all(u8::is_ascii_whitespace) {
+                    doc.clear();
+                    continue;
+                }
+                return Ok(Some((doc, start)));
+            }
+            doc.extend_from_slice(&line);
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for TinyStoriesReader<R> {
+    type Item = Result<Document, DataError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            let (bytes, start) = match self.next_raw() {
+                Ok(Some(raw)) => raw,
+                Ok(None) => return None,
+                Err(e) => return Some(Err(e)),
+            };
+            match String::from_utf8(bytes) {
+                Ok(text) => {
+                    let origin = format!("{}:{start}", self.path.display());
+                    return Some(Ok(Document { text: text.trim().to_string(), origin }));
+                }
+                Err(e) if self.invalid == InvalidUtf8::Fail => {
+                    let at = start + e.utf8_error().valid_up_to() as u64;
+                    return Some(Err(DataError::InvalidUtf8 { path: self.path.clone(), offset: at }));
+                }
+                Err(_) => continue,
+            }
+        }
+        None
+    }
+}
+
+/// Streams documents from JSON Lines (`.jsonl`, optionally `.zst`-compressed) or a JSON array
+/// file, taking the string field `field`; with `set_name`, only records whose
+/// `meta.redpajama_set_name` equals it (SlimPajama).
+pub struct JsonlReader {
+    lines: Box<dyn BufRead + Send>,
+    path: PathBuf,
+    field: String,
+    set_name: Option<String>,
+    offset: u64,
+    invalid: InvalidUtf8,
+}
+
+impl JsonlReader {
+    /// Opens a `.jsonl` or `.jsonl.zst` file.
+    pub fn open(path: &Path, field: &str, set_name: Option<&str>, invalid: InvalidUtf8) -> Result<Self, DataError> {
+        let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+        let lines: Box<dyn BufRead + Send> = if path.extension().is_some_and(|e| e == "zst") {
+            let decoder = zstd::stream::read::Decoder::new(file).map_err(|e| DataError::io(path, e))?;
+            Box::new(BufReader::with_capacity(1 << 20, decoder))
+        } else {
+            Box::new(BufReader::with_capacity(1 << 20, file))
+        };
+        Ok(Self {
+            lines,
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            set_name: set_name.map(str::to_string),
+            offset: 0,
+            invalid,
+        })
+    }
+}
+
+impl Iterator for JsonlReader {
+    type Item = Result<Document, DataError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let start = self.offset;
+            match self.lines.read_until(b'\n', &mut line) {
+                Ok(0) => return None,
+                Ok(n) => self.offset += n as u64,
+                Err(e) => return Some(Err(DataError::io(&self.path, e))),
+            }
+            if line.trim_ascii().is_empty() {
+                continue;
+            }
+            if let Err(e) = std::str::from_utf8(&line) {
+                if self.invalid == InvalidUtf8::Skip {
+                    continue;
+                }
+                let offset = start + e.valid_up_to() as u64;
+                return Some(Err(DataError::InvalidUtf8 { path: self.path.clone(), offset }));
+            }
+            let record: serde_json::Value = match serde_json::from_slice(&line) {
+                Ok(v) => v,
+                Err(e) => {
+                    return Some(Err(DataError::Format {
+                        path: self.path.clone(),
+                        message: format!("line at byte {start} is not JSON: {e}"),
+                    }))
+                }
+            };
+            if let Some(want) = &self.set_name {
+                if record.pointer("/meta/redpajama_set_name").and_then(|v| v.as_str()) != Some(want) {
+                    continue;
+                }
+            }
+            let Some(text) = record.get(&self.field).and_then(|v| v.as_str()) else {
+                return Some(Err(DataError::Format {
+                    path: self.path.clone(),
+                    message: format!("record at byte {start} has no string field `{}`", self.field),
+                }));
+            };
+            return Some(Ok(Document { text: text.to_string(), origin: format!("{}:{start}", self.path.display()) }));
+        }
+    }
+}
+
+/// Reads a JSON array of objects (or of strings) whole: meant for small files only.
+pub fn read_json_array(path: &Path, field: &str) -> Result<Vec<Document>, DataError> {
+    let mut text = String::new();
+    File::open(path).and_then(|mut f| f.read_to_string(&mut text)).map_err(|e| DataError::io(path, e))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| DataError::Format { path: path.to_path_buf(), message: format!("not JSON: {e}") })?;
+    let items = value
+        .as_array()
+        .ok_or_else(|| DataError::Format { path: path.to_path_buf(), message: "expected a JSON array".into() })?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let text = item.as_str().or_else(|| item.get(field).and_then(|v| v.as_str())).ok_or_else(|| {
+                DataError::Format {
+                    path: path.to_path_buf(),
+                    message: format!("item {i} has no string field `{field}`"),
+                }
+            })?;
+            Ok(Document { text: text.to_string(), origin: format!("{}#{i}", path.display()) })
+        })
+        .collect()
+}
+
+/// The `.jsonl` and `.jsonl.zst` files of a SlimPajama-style directory, sorted (recursively).
+pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).map_err(|e| DataError::io(&d, e))? {
+            let path = entry.map_err(|e| DataError::io(&d, e))?.path();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if path.is_dir() {
+                stack.push(path);
+            } else if name.ends_with(".jsonl") || name.ends_with(".jsonl.zst") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    if out.is_empty() {
+        return Err(DataError::Empty { path: dir.to_path_buf(), what: "no .jsonl or .jsonl.zst shards".into() });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stories(text: &[u8], invalid: InvalidUtf8) -> Vec<Result<Document, DataError>> {
+        TinyStoriesReader::new(text, Path::new("mem.txt"), invalid).collect()
+    }
+
+    #[test]
+    fn splits_on_end_of_text_lines() {
+        let docs =
+            stories(b"One.\nTwo lines.\n<|endoftext|>\n\n<|endoftext|>\nThird\n<|endoftext|>\n", InvalidUtf8::Fail);
+        let texts: Vec<String> = docs.into_iter().map(|d| d.unwrap().text).collect();
+        assert_eq!(texts, vec!["One.\nTwo lines.", "Third"]);
+        let last = stories(b"A\n<|endoftext|>\nB without separator", InvalidUtf8::Fail);
+        assert_eq!(last.len(), 2);
+    }
+
+    #[test]
+    fn invalid_utf8_names_the_offset_or_is_skipped() {
+        let bytes = b"Good.\n<|endoftext|>\nBad \xff here\n<|endoftext|>\nFine\n";
+        let docs = stories(bytes, InvalidUtf8::Fail);
+        match &docs[1] {
+            Err(DataError::InvalidUtf8 { offset, .. }) => assert_eq!(*offset, 24),
+            other => panic!("expected an UTF-8 error, got {other:?}"),
+        }
+        let skipped: Vec<String> = stories(bytes, InvalidUtf8::Skip).into_iter().map(|d| d.unwrap().text).collect();
+        assert_eq!(skipped, vec!["Good.", "Fine"]);
+    }
+
+    #[test]
+    fn jsonl_plain_and_zstd_with_set_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = concat!(
+            r#"{"text": "alpha", "meta": {"redpajama_set_name": "RedPajamaC4"}}"#,
+            "\n",
+            r#"{"text": "beta", "meta": {"redpajama_set_name": "RedPajamaBook"}}"#,
+            "\n"
+        );
+        let plain = dir.path().join("a.jsonl");
+        std::fs::write(&plain, lines).unwrap();
+        let zst = dir.path().join("sub").join("b.jsonl.zst");
+        std::fs::create_dir_all(zst.parent().unwrap()).unwrap();
+        std::fs::write(&zst, zstd::encode_all(lines.as_bytes(), 3).unwrap()).unwrap();
+        let files = shard_files(dir.path()).unwrap();
+        assert_eq!(files, vec![plain.clone(), zst.clone()]);
+        for f in &files {
+            let all: Vec<String> =
+                JsonlReader::open(f, "text", None, InvalidUtf8::Fail).unwrap().map(|d| d.unwrap().text).collect();
+            assert_eq!(all, vec!["alpha", "beta"]);
+            let c4: Vec<String> = JsonlReader::open(f, "text", Some("RedPajamaC4"), InvalidUtf8::Fail)
+                .unwrap()
+                .map(|d| d.unwrap().text)
+                .collect();
+            assert_eq!(c4, vec!["alpha"]);
+        }
+        let err = JsonlReader::open(&plain, "body", None, InvalidUtf8::Fail).unwrap().next().unwrap().unwrap_err();
+        assert!(err.to_string().contains("body"), "{err}");
+        assert!(shard_files(&dir.path().join("sub/none")).is_err());
+    }
+
+    #[test]
+    fn json_arrays_of_objects_or_strings() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.json");
+        std::fs::write(&p, r#"[{"story": "s1"}, "s2"]"#).unwrap();
+        let docs = read_json_array(&p, "story").unwrap();
+        assert_eq!(docs.iter().map(|d| d.text.as_str()).collect::<Vec<_>>(), vec!["s1", "s2"]);
+    }
+}
