@@ -3,6 +3,7 @@
 
 mod backend;
 mod bench;
+mod data;
 mod info;
 mod mask;
 
@@ -22,6 +23,8 @@ enum Command {
     Mask(mask::MaskArgs),
     /// Show a model preset's configuration and size.
     Model(info::ModelArgs),
+    /// Corpora: prepare, generate, stats, download.
+    Data(data::DataArgs),
     /// Benchmarks (`bench train`: training-step throughput).
     Bench(bench::BenchArgs),
 }
@@ -37,6 +40,7 @@ fn main() {
         Command::Mask(args) => mask::run(args, &mut stdout),
         Command::Model(args) => info::run(args, &mut stdout),
         Command::Bench(args) => bench::run(args, &mut stdout),
+        Command::Data(args) => data::run(args, &mut stdout),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -10,6 +10,7 @@ pub mod batcher;
 pub mod cache;
 pub mod corpus;
 pub mod download;
+pub mod overrides;
 pub mod rng;
 pub mod source;
 pub mod synthetic;

@@ -1,0 +1,157 @@
+//! `memsinks data`: prepare corpora, generate synthetic stories, show statistics, download the
+//! public corpora.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use memsinks_data::corpus::{Split, TOKENIZER_FILE};
+use memsinks_data::download::{download_file, slimpajama_url, TINYSTORIES_FILES};
+use memsinks_data::overrides::{apply_overrides, read_ron};
+use memsinks_data::synthetic::{distinct_ngram_rate, distinct_story_rate, generate_stories, to_tinystories_text};
+use memsinks_data::{prepare, write_atomic, DataConfig, PreparedCorpus};
+use serde::{Deserialize, Serialize};
+
+/// Corpora: prepare, generate, stats, download.
+#[derive(Args, Debug)]
+pub struct DataArgs {
+    #[command(subcommand)]
+    command: DataCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum DataCommand {
+    /// Build the corpus of an experiment config: tokenizer, token cache, manifest, schedules.
+    #[command(
+        after_help = "Example:\n  memsinks data prepare --config experiments/ts-quick.ron --out runs/ts-quick/data"
+    )]
+    Prepare {
+        /// Experiment config (RON) with a `data` section.
+        #[arg(long)]
+        config: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Overrides of the data section, e.g. `--set data.unique=500`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Write synthetic stories in the TinyStories text format.
+    #[command(after_help = "Example:\n  memsinks data generate --stories 1000 --seed 1 --out stories.txt")]
+    Generate {
+        /// Number of stories.
+        #[arg(long)]
+        stories: usize,
+        /// Generator seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the counts of a prepared corpus.
+    #[command(after_help = "Example:\n  memsinks data stats runs/ts-quick/data")]
+    Stats {
+        /// Prepared corpus directory.
+        dir: PathBuf,
+    },
+    /// Download TinyStories or SlimPajama shards (resumable).
+    #[command(
+        after_help = "Examples:\n  memsinks data download tinystories --to data/tinystories\n  memsinks data download slimpajama --to data/slimpajama --shards 4"
+    )]
+    Download {
+        /// `tinystories` or `slimpajama`.
+        corpus: String,
+        /// Target directory.
+        #[arg(long)]
+        to: PathBuf,
+        /// SlimPajama shards to fetch.
+        #[arg(long, default_value_t = 1)]
+        shards: usize,
+    },
+}
+
+/// The part of an experiment config this command reads: the `data` section (serde skips the
+/// other sections, which `train` reads).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct DataSection {
+    data: DataConfig,
+}
+
+/// Loads the `data` section of an experiment config and applies `--set data.*` overrides.
+pub fn load_data_config(path: &std::path::Path, sets: &[String]) -> Result<DataConfig> {
+    let section: DataSection =
+        read_ron(path).with_context(|| format!("{}: the config needs a valid `data` section", path.display()))?;
+    let data_sets: Vec<String> = sets.iter().filter(|s| s.starts_with("data.")).cloned().collect();
+    Ok(apply_overrides(&section, &data_sets)?.data)
+}
+
+/// Runs the subcommand, writing results to `out`.
+pub fn run(args: &DataArgs, out: &mut impl std::io::Write) -> Result<()> {
+    match &args.command {
+        DataCommand::Prepare { config, out: dir, sets } => {
+            let cfg = load_data_config(config, sets)?;
+            let started = std::time::Instant::now();
+            let corpus = prepare(&cfg, dir, true)?;
+            writeln!(out, "prepared {} in {:.1}s", dir.display(), started.elapsed().as_secs_f64())?;
+            stats(&corpus, out)
+        }
+        DataCommand::Generate { stories, seed, out: path } => {
+            if *stories == 0 {
+                bail!("--stories must be positive");
+            }
+            let texts = generate_stories(*stories, *seed);
+            write_atomic(path, to_tinystories_text(&texts).as_bytes())?;
+            let line = serde_json::json!({
+                "stories": stories,
+                "distinct_stories": distinct_story_rate(&texts),
+                "distinct_4grams": distinct_ngram_rate(&texts, 4),
+                "distinct_8grams": distinct_ngram_rate(&texts, 8),
+                "out": path,
+            });
+            writeln!(out, "{line}")?;
+            Ok(())
+        }
+        DataCommand::Stats { dir } => stats(&PreparedCorpus::open(dir)?, out),
+        DataCommand::Download { corpus, to, shards } => {
+            let urls: Vec<String> = match corpus.as_str() {
+                "tinystories" => TINYSTORIES_FILES.iter().map(|s| s.to_string()).collect(),
+                "slimpajama" => (0..*shards).map(slimpajama_url).collect(),
+                other => bail!("unknown corpus `{other}`; allowed: tinystories, slimpajama"),
+            };
+            for url in urls {
+                let name = url.rsplit('/').next().unwrap_or("file");
+                let path = download_file(&url, &to.join(name), 5, true)?;
+                writeln!(out, "{}", path.display())?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn stats(corpus: &PreparedCorpus, out: &mut impl std::io::Write) -> Result<()> {
+    let m = &corpus.manifest;
+    let mut splits = serde_json::Map::new();
+    for split in [Split::Repeated, Split::Canary, Split::Unique, Split::Validation] {
+        let idx = m.indices(split);
+        let tokens: u64 = idx.iter().map(|&i| m.documents[i].tokens as u64).sum();
+        let reps = idx.first().map_or(0, |&i| m.documents[i].repetitions);
+        splits.insert(
+            format!("{split:?}").to_lowercase(),
+            serde_json::json!({"documents": idx.len(), "tokens": tokens, "repetitions": reps}),
+        );
+    }
+    let line = serde_json::json!({
+        "dir": corpus.dir,
+        "config_hash": m.config_hash,
+        "vocab_size": m.vocab_size,
+        "tokenizer": corpus.dir.join(TOKENIZER_FILE),
+        "splits": splits,
+        "occurrences": m.occurrences,
+        "occurrences_dedup": m.occurrences_dedup,
+        "cache_tokens": corpus.cache.num_tokens(),
+        "duplicates_dropped": m.duplicates_dropped,
+    });
+    writeln!(out, "{}", serde_json::to_string_pretty(&line)?)?;
+    Ok(())
+}
