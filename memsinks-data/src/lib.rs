@@ -28,12 +28,12 @@ pub use tokenizer::TextTokenizer;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// An I/O error on a file.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file concerned.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (shown in the message, not chained: it would print twice).
+        cause: std::io::Error,
     },
     /// Bytes that are not UTF-8.
     #[error("{path}: invalid UTF-8 at byte offset {offset} (set `invalid_utf8: Skip` to skip such documents)")]
@@ -78,14 +78,14 @@ pub enum DataError {
 impl DataError {
     /// An I/O error on `path`.
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        DataError::Io { path: path.to_path_buf(), source }
+        DataError::Io { path: path.to_path_buf(), cause: source }
     }
 }
 
 /// Writes a file atomically (temporary file, sync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
     memsinks_model::io::write_atomic(path, bytes).map_err(|e| match e {
-        memsinks_model::ModelError::Io { path, source } => DataError::Io { path, source },
+        memsinks_model::ModelError::Io { path, cause } => DataError::Io { path, cause },
         other => DataError::Config(other.to_string()),
     })
 }

@@ -22,7 +22,7 @@ pub const CONFIG_FILE: &str = "model.ron";
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then
 /// renamed over the target, so a crash leaves either the old file or the new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    let io_err = |source| ModelError::Io { path: path.to_path_buf(), source };
+    let io_err = |source| ModelError::Io { path: path.to_path_buf(), cause: source };
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io_err)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -51,11 +51,11 @@ pub fn save_model<B: Backend>(model: &MemSinkLm<B>, cfg: &ModelConfig, dir: &Pat
 /// Loads a model saved by [`save_model`].
 pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<(MemSinkLm<B>, ModelConfig), ModelError> {
     let cfg_path = dir.join(CONFIG_FILE);
-    let text = fs::read_to_string(&cfg_path).map_err(|source| ModelError::Io { path: cfg_path.clone(), source })?;
+    let text = fs::read_to_string(&cfg_path).map_err(|source| ModelError::Io { path: cfg_path.clone(), cause: source })?;
     let cfg =
         ModelConfig::from_ron(&text).map_err(|e| ModelError::Weights { path: cfg_path, message: e.to_string() })?;
     let weights = dir.join(WEIGHTS_FILE);
-    let bytes = fs::read(&weights).map_err(|source| ModelError::Io { path: weights.clone(), source })?;
+    let bytes = fs::read(&weights).map_err(|source| ModelError::Io { path: weights.clone(), cause: source })?;
     let model = load_weights(cfg.init::<B>(device)?, bytes, &weights, device)?;
     Ok((model, cfg))
 }

@@ -28,12 +28,12 @@ pub enum ModelError {
     #[error("{0}")]
     Config(String),
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file concerned.
         path: std::path::PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (shown in the message, not chained: it would print twice).
+        cause: std::io::Error,
     },
     /// A weight file is corrupt or does not fit the configuration.
     #[error("{path}: {message}")]
