@@ -8,8 +8,9 @@ use burn::tensor::backend::AutodiffBackend;
 pub trait BackendTask {
     /// What the work returns.
     type Output;
-    /// Runs on backend `B` (autodiff over one of the compiled backends) and `device`.
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output>;
+    /// Runs on backend `B` (autodiff over one of the compiled backends) with `devices` (one
+    /// for the CPU backends; the first is the main device).
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<Self::Output>;
 }
 
 /// Backend names, in order of preference for the default: the CPU backends first (flex trains
@@ -32,29 +33,40 @@ pub fn default_backend() -> &'static str {
     BACKENDS.into_iter().find(|b| is_compiled(b)).unwrap_or("flex")
 }
 
-/// Runs `task` on the backend called `name`, on device index `device` (GPU backends).
-pub fn run_on<T: BackendTask>(name: &str, device: usize, task: T) -> Result<T::Output> {
+/// Runs `task` on the backend called `name` with `count` devices starting at index `first`
+/// (GPU backends; the CPU backends have one device).
+pub fn run_on<T: BackendTask>(name: &str, first: usize, count: usize, task: T) -> Result<T::Output> {
     if !BACKENDS.contains(&name) {
         bail!("unknown backend `{name}`; allowed: {}", BACKENDS.join(", "));
     }
     if !is_compiled(name) {
         bail!("backend `{name}` is not compiled into this binary; rebuild with `--features {name}`");
     }
-    let _ = device;
+    if count > 1 && matches!(name, "flex" | "ndarray") {
+        bail!(
+            "{count} devices requested: the CPU backends have one device; use cuda or wgpu for data-parallel training"
+        );
+    }
+    let indices = first..first + count.max(1);
+    let _ = &indices;
     match name {
         #[cfg(feature = "flex")]
-        "flex" => task.run::<burn::backend::Autodiff<burn::backend::Flex>>(Default::default()),
+        "flex" => task.run::<burn::backend::Autodiff<burn::backend::Flex>>(vec![Default::default()]),
         #[cfg(feature = "ndarray")]
-        "ndarray" => task.run::<burn::backend::Autodiff<burn::backend::NdArray>>(Default::default()),
+        "ndarray" => task.run::<burn::backend::Autodiff<burn::backend::NdArray>>(vec![Default::default()]),
         #[cfg(feature = "cuda")]
-        "cuda" => {
-            task.run::<burn::backend::Autodiff<burn::backend::Cuda>>(burn::backend::cuda::CudaDevice::new(device))
-        }
+        "cuda" => task.run::<burn::backend::Autodiff<burn::backend::Cuda>>(
+            indices.map(burn::backend::cuda::CudaDevice::new).collect(),
+        ),
         #[cfg(feature = "wgpu")]
         "wgpu" => {
-            let dev = burn::backend::wgpu::WgpuDevice::DefaultDevice;
-            probe::<burn::backend::Wgpu>(&dev)?;
-            task.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(dev)
+            let devices: Vec<_> = if count <= 1 {
+                vec![burn::backend::wgpu::WgpuDevice::DefaultDevice]
+            } else {
+                indices.map(burn::backend::wgpu::WgpuDevice::DiscreteGpu).collect()
+            };
+            probe::<burn::backend::Wgpu>(&devices[0])?;
+            task.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(devices)
         }
         _ => unreachable!("checked above"),
     }

@@ -104,7 +104,7 @@ pub fn run(args: &BenchArgs, out: &mut impl std::io::Write) -> Result<()> {
         bail!("--steps and --batch must be positive");
     }
     let backend = train.backend.clone().unwrap_or_else(|| default_backend().to_string());
-    let mut result = run_on(&backend, train.device, train.clone())?;
+    let mut result = run_on(&backend, train.device, 1, train.clone())?;
     result.backend = backend;
     writeln!(out, "{}", serde_json::to_string(&result)?)?;
     Ok(())
@@ -113,7 +113,8 @@ pub fn run(args: &BenchArgs, out: &mut impl std::io::Write) -> Result<()> {
 impl BackendTask for TrainBench {
     type Output = TrainBenchResult;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<TrainBenchResult> {
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<TrainBenchResult> {
+        let device = devices.into_iter().next().expect("one device");
         let mut cfg = ModelConfig::preset(&self.preset)?;
         if self.method == "standard" {
             cfg.p_gen = 1.0;
@@ -135,7 +136,7 @@ impl BackendTask for TrainBench {
             let started = Instant::now();
             let loss = lm_loss(&model, &batch, &MlpMode::Train);
             let value: f64 = loss.clone().into_scalar().elem();
-            model = step(&mut optim, model, loss, 1e-4);
+            model = step(&mut optim, model, loss, 1e-4, Some(1.0));
             B::sync(&device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))?;
             if i >= self.warmup {
                 step_ms.push(started.elapsed().as_secs_f64() * 1e3);

@@ -6,6 +6,7 @@ mod bench;
 mod data;
 mod info;
 mod mask;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -25,22 +26,29 @@ enum Command {
     Model(info::ModelArgs),
     /// Corpora: prepare, generate, stats, download.
     Data(data::DataArgs),
+    /// Train a model of an experiment (standard, dedup, memsinks, gradient masking).
+    Train(train::TrainArgs),
     /// Benchmarks (`bench train`: training-step throughput).
     Bench(bench::BenchArgs),
 }
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,burn_train=warn,burn_core=warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let mut stdout = std::io::stdout().lock();
+    // Not locked for the whole command: burn-train's renderer prints from worker threads.
+    let mut stdout = std::io::stdout();
     let result = match &cli.command {
         Command::Mask(args) => mask::run(args, &mut stdout),
         Command::Model(args) => info::run(args, &mut stdout),
         Command::Bench(args) => bench::run(args, &mut stdout),
         Command::Data(args) => data::run(args, &mut stdout),
+        Command::Train(args) => train::run(args, &mut stdout),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
@@ -137,13 +138,14 @@ impl Drop for CacheWriter {
     }
 }
 
-/// A memory-mapped token cache.
+/// A memory-mapped token cache. Cloning shares the maps.
+#[derive(Clone)]
 pub struct TokenCache {
-    meta: CacheMeta,
+    meta: Arc<CacheMeta>,
     /// One read-only map per shard (`None` for an empty shard, which cannot be mapped).
-    maps: Vec<Option<Mmap>>,
+    maps: Arc<Vec<Option<Mmap>>>,
     /// Per document: (shard, token offset within shard, length).
-    docs: Vec<(u32, u64, u32)>,
+    docs: Arc<Vec<(u32, u64, u32)>>,
 }
 
 impl TokenCache {
@@ -211,7 +213,7 @@ impl TokenCache {
             }
             maps.push(map);
         }
-        Ok(Self { meta, maps, docs })
+        Ok(Self { meta: Arc::new(meta), maps: Arc::new(maps), docs: Arc::new(docs) })
     }
 
     /// Number of documents.

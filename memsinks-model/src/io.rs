@@ -51,7 +51,8 @@ pub fn save_model<B: Backend>(model: &MemSinkLm<B>, cfg: &ModelConfig, dir: &Pat
 /// Loads a model saved by [`save_model`].
 pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<(MemSinkLm<B>, ModelConfig), ModelError> {
     let cfg_path = dir.join(CONFIG_FILE);
-    let text = fs::read_to_string(&cfg_path).map_err(|source| ModelError::Io { path: cfg_path.clone(), cause: source })?;
+    let text =
+        fs::read_to_string(&cfg_path).map_err(|source| ModelError::Io { path: cfg_path.clone(), cause: source })?;
     let cfg =
         ModelConfig::from_ron(&text).map_err(|e| ModelError::Weights { path: cfg_path, message: e.to_string() })?;
     let weights = dir.join(WEIGHTS_FILE);

@@ -77,7 +77,7 @@ pub struct HiddenMask<B: Backend> {
     /// Multiplier of each hidden unit: `[batch, seq, hidden]` per token, or `[1, 1, hidden]` when constant.
     pub scale: Tensor<B, 3>,
     /// Gradient gate for gradient masking: where 0, the unit passes its value forward but no
-    /// gradient (`g*h + (1-g)*detach(h)`). Same broadcast shape rules as `scale`.
+    /// gradient reaches its weights (see [`MemSinkMlp::forward`]). Same shapes as `scale`.
     pub grad_gate: Option<Tensor<B, 3>>,
 }
 
@@ -241,14 +241,21 @@ impl<B: Backend> MemSinkMlp<B> {
     }
 
     /// Applies the MLP to `[batch, seq, d_model]` with an optional hidden mask.
+    ///
+    /// With a gradient gate (gradient masking), gated-off units pass their value forward but
+    /// neither their input weights (`fc_1`/`fc_2` columns) nor their output weights (`proj` rows)
+    /// receive gradient from those tokens: `proj(h·g) + (detach(h)·(1-g)) @ detach(W_proj)`.
     pub fn forward(&self, x: Tensor<B, 3>, mask: Option<&HiddenMask<B>>) -> Tensor<B, 3> {
         let mut h = silu(self.fc_1.forward(x.clone())) * self.fc_2.forward(x);
-        if let Some(mask) = mask {
-            h = h * mask.scale.clone();
-            if let Some(gate) = &mask.grad_gate {
-                h = h.clone() * gate.clone() + h.detach() * (gate.clone().neg() + 1.0);
+        let Some(mask) = mask else { return self.proj.forward(h) };
+        h = h * mask.scale.clone();
+        match &mask.grad_gate {
+            None => self.proj.forward(h),
+            Some(gate) => {
+                let blocked = h.clone().detach() * (gate.clone().neg() + 1.0);
+                let frozen = self.proj.weight.val().detach().unsqueeze::<3>();
+                self.proj.forward(h * gate.clone()) + blocked.matmul(frozen)
             }
         }
-        self.proj.forward(h)
     }
 }

@@ -290,13 +290,22 @@ fn gradient_masking_routes_flagged_tokens_to_sinks_only() {
     let row: Vec<Vec<i64>> = vec![(0..8).collect()];
     let grads = model.forward(tokens(&row), &layout, &MlpMode::Train).sum().backward();
     let n_gen = model.sinks().num_general;
-    let g = values(model.blocks[0].mlp.fc_1.weight.grad(&grads).unwrap());
-    let hidden = cfg.d_hidden;
-    let general: f32 = (0..cfg.d_model).flat_map(|i| (0..n_gen).map(move |j| i * hidden + j)).map(|k| g[k].abs()).sum();
-    let sinks: f32 =
-        (0..cfg.d_model).flat_map(|i| (n_gen..hidden).map(move |j| i * hidden + j)).map(|k| g[k].abs()).sum();
-    assert_eq!(general, 0.0);
-    assert!(sinks > 0.0);
+    let (d, hidden) = (cfg.d_model, cfg.d_hidden);
+    let g1 = values(model.blocks[0].mlp.fc_1.weight.grad(&grads).unwrap()); // [d, I]
+    let g3 = values(model.blocks[0].mlp.proj.weight.grad(&grads).unwrap()); // [I, d]
+    let column = |g: &[f32], units: std::ops::Range<usize>| -> f32 {
+        (0..d).flat_map(|i| units.clone().map(move |j| i * hidden + j)).map(|k| g[k].abs()).sum()
+    };
+    let rows =
+        |units: std::ops::Range<usize>| -> f32 { g3[units.start * d..units.end * d].iter().map(|v| v.abs()).sum() };
+    assert_eq!(column(&g1, 0..n_gen), 0.0, "general fc_1 columns got gradient");
+    assert_eq!(rows(0..n_gen), 0.0, "general proj rows got gradient");
+    assert!(column(&g1, n_gen..hidden) > 0.0 && rows(n_gen..hidden) > 0.0, "sinks must learn");
+    // The forward value is unchanged by routing.
+    let plain = SeqLayout::per_row(&[5], 8);
+    let a = values(model.forward(tokens(&row), &layout, &MlpMode::Train));
+    let b = values(model.forward(tokens(&row), &plain, &MlpMode::Train));
+    assert_close(&a, &b, 1e-5, "routing changes no value");
 }
 
 #[test]

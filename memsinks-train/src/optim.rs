@@ -1,23 +1,26 @@
-//! Optimiser settings shared by training and the speed benchmark.
+//! Optimisation: AdamW with weight decay on matrices only, global gradient-norm clipping, and the
+//! warm-up + cosine learning-rate schedule.
 
-use burn::grad_clipping::GradientClippingConfig;
-use burn::module::AutodiffModule;
-use burn::optim::{adaptor::OptimizerAdaptor, AdamW, AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::AutodiffBackend;
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::lr_scheduler::LrScheduler;
+use burn::optim::{AdamW, AdamWConfig, AdamWState, GradientsParams, Optimizer, SimpleOptimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Device, ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
 
-/// AdamW with gradient clipping: the paper's settings by default.
+/// AdamW settings: the paper's by default (β 0.9/0.95, weight decay 0.1, clip 1.0).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OptimConfig {
     /// First-moment decay.
     pub beta_1: f32,
     /// Second-moment decay.
     pub beta_2: f32,
-    /// Decoupled weight decay.
+    /// Decoupled weight decay, applied to parameters of rank ≥ 2 only (not norm gains).
     pub weight_decay: f32,
     /// Numerical-stability term.
     pub epsilon: f32,
-    /// Gradient norm clip (per parameter tensor, as burn implements it); `None` disables it.
+    /// Global gradient-norm clip (as `torch.nn.utils.clip_grad_norm_`); `None` disables it.
     pub clip_norm: Option<f32>,
 }
 
@@ -28,25 +31,171 @@ impl Default for OptimConfig {
 }
 
 impl OptimConfig {
-    /// The burn optimiser for module `M`.
-    pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(&self) -> OptimizerAdaptor<AdamW, M, B> {
-        AdamWConfig::new()
-            .with_beta_1(self.beta_1)
-            .with_beta_2(self.beta_2)
-            .with_weight_decay(self.weight_decay)
-            .with_epsilon(self.epsilon)
-            .with_grad_clipping(self.clip_norm.map(GradientClippingConfig::Norm))
-            .init()
+    /// The optimiser for module `M`.
+    pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(&self) -> OptimizerAdaptor<MatrixDecayAdamW, M, B> {
+        let base = AdamWConfig::new().with_beta_1(self.beta_1).with_beta_2(self.beta_2).with_epsilon(self.epsilon);
+        MatrixDecayAdamW {
+            decayed: base.clone().with_weight_decay(self.weight_decay).build(),
+            plain: base.with_weight_decay(0.0).build(),
+        }
+        .into()
     }
 }
 
-/// One optimiser update from a loss: backward, clip, AdamW.
+/// burn's AdamW, with decay on matrices and none on vectors (RMSNorm gains), as in the paper's
+/// setup (`weight decay 0.1 on matrices only`).
+#[derive(Clone)]
+pub struct MatrixDecayAdamW {
+    decayed: AdamW,
+    plain: AdamW,
+}
+
+impl<B: Backend> SimpleOptimizer<B> for MatrixDecayAdamW {
+    type State<const D: usize> = AdamWState<B, D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: f64,
+        tensor: Tensor<B, D>,
+        grad: Tensor<B, D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<B, D>, Option<Self::State<D>>) {
+        if D >= 2 {
+            SimpleOptimizer::<B>::step(&self.decayed, lr, tensor, grad, state)
+        } else {
+            SimpleOptimizer::<B>::step(&self.plain, lr, tensor, grad, state)
+        }
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device<B>) -> Self::State<D> {
+        <AdamW as SimpleOptimizer<B>>::to_device(state, device)
+    }
+}
+
+/// Scales all gradients so that their global L2 norm is at most `max_norm`; returns the norm
+/// before clipping.
+pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+) -> f64 {
+    struct Squares<'a, B: AutodiffBackend> {
+        grads: &'a GradientsParams,
+        sums: Vec<Tensor<B::InnerBackend, 1>>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Squares<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+                self.sums.push(g.square().sum());
+            }
+        }
+    }
+    struct Scale<'a, B: AutodiffBackend> {
+        grads: &'a mut GradientsParams,
+        factor: f64,
+        _b: std::marker::PhantomData<B>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+                self.grads.register::<B::InnerBackend, D>(param.id, g.mul_scalar(self.factor));
+            }
+        }
+    }
+    let mut squares = Squares::<B> { grads, sums: Vec::new() };
+    model.visit(&mut squares);
+    if squares.sums.is_empty() {
+        return 0.0;
+    }
+    // One device read for the whole model.
+    let total: f64 = Tensor::cat(squares.sums, 0).sum().into_scalar().elem();
+    let norm = total.sqrt();
+    if norm > max_norm {
+        let mut scale = Scale::<B> { grads, factor: max_norm / (norm + 1e-6), _b: std::marker::PhantomData };
+        model.visit(&mut scale);
+    }
+    norm
+}
+
+/// One optimiser update from a loss: backward, global clip, AdamW. Used by the benchmark and
+/// the unlearning baselines; training goes through burn-train's learner.
 pub fn step<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
     optim: &mut O,
     model: M,
-    loss: burn::tensor::Tensor<B, 1>,
+    loss: Tensor<B, 1>,
     lr: f64,
+    clip_norm: Option<f32>,
 ) -> M {
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+    if let Some(max) = clip_norm {
+        clip_global_norm(&model, &mut grads, max as f64);
+    }
     optim.step(lr, model, grads)
+}
+
+/// Linear warm-up to `peak`, then cosine decay to `min` at `total` steps (constant after).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WarmupCosine {
+    /// Peak learning rate.
+    pub peak: f64,
+    /// Final learning rate.
+    pub min: f64,
+    /// Warm-up steps.
+    pub warmup: usize,
+    /// Total steps.
+    pub total: usize,
+    /// Steps taken so far.
+    pub step: usize,
+}
+
+impl WarmupCosine {
+    /// The learning rate at step `s` (1-based, as burn-train steps the scheduler before each
+    /// iteration).
+    pub fn lr_at(&self, s: usize) -> f64 {
+        if self.warmup > 0 && s <= self.warmup {
+            return self.peak * s as f64 / self.warmup as f64;
+        }
+        let span = self.total.saturating_sub(self.warmup).max(1);
+        let progress = ((s - self.warmup.min(s)) as f64 / span as f64).min(1.0);
+        self.min + 0.5 * (self.peak - self.min) * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+impl LrScheduler for WarmupCosine {
+    type Record<B: Backend> = usize;
+
+    fn step(&mut self) -> f64 {
+        self.step += 1;
+        self.lr_at(self.step)
+    }
+
+    fn to_record<B: Backend>(&self) -> Self::Record<B> {
+        self.step
+    }
+
+    fn load_record<B: Backend>(mut self, record: Self::Record<B>) -> Self {
+        self.step = record;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_min() {
+        let s = WarmupCosine { peak: 1e-3, min: 1e-4, warmup: 10, total: 110, step: 0 };
+        assert!((s.lr_at(5) - 5e-4).abs() < 1e-12);
+        assert!((s.lr_at(10) - 1e-3).abs() < 1e-12);
+        assert!((s.lr_at(60) - 5.5e-4).abs() < 1e-9);
+        assert!((s.lr_at(110) - 1e-4).abs() < 1e-12);
+        assert!((s.lr_at(500) - 1e-4).abs() < 1e-12);
+        let mut live = s.clone();
+        let lrs: Vec<f64> = (0..20).map(|_| live.step()).collect();
+        assert!(lrs.windows(2).take(9).all(|w| w[1] > w[0]));
+        let restored =
+            WarmupCosine { step: 0, ..s }.load_record::<burn::backend::Flex>(live.to_record::<burn::backend::Flex>());
+        assert_eq!(restored.step, 20);
+    }
 }

@@ -1,0 +1,81 @@
+//! `memsinks train`: train one model of an experiment through burn-train's learner.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use memsinks_train::run::load_run_config;
+use memsinks_train::{train, ExperimentConfig, TrainSummary};
+
+use crate::backend::{default_backend, run_on, BackendTask};
+
+/// Train a model (method from the config's `train.method`).
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  memsinks train --config experiments/ts-quick.ron --set train.method=Standard --out runs/std\n  memsinks train --resume runs/std"
+)]
+pub struct TrainArgs {
+    /// Experiment config (RON).
+    #[arg(long, required_unless_present = "resume")]
+    pub config: Option<PathBuf>,
+    /// Overrides, e.g. `--set train.method=Memsinks --set train.lr=3e-4`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Run directory (default: runs/NAME-METHOD-RUNID).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this directory from its newest complete checkpoint.
+    #[arg(long, conflicts_with = "config")]
+    pub resume: Option<PathBuf>,
+    /// Prepared corpus to use or create (default: RUN_DIR/data).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Backend: flex, ndarray, cuda, wgpu (those compiled in).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// First GPU index (GPU backends); `train.devices` consecutive devices are used.
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
+}
+
+struct TrainTask {
+    cfg: ExperimentConfig,
+    run_dir: PathBuf,
+    data: Option<PathBuf>,
+    resume: bool,
+}
+
+impl BackendTask for TrainTask {
+    type Output = TrainSummary;
+
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<TrainSummary> {
+        Ok(train::<B>(&self.cfg, &self.run_dir, self.data.as_deref(), self.resume, devices)?)
+    }
+}
+
+/// Runs the subcommand.
+pub fn run(args: &TrainArgs, out: &mut impl std::io::Write) -> Result<()> {
+    let (cfg, run_dir, resume) = match (&args.resume, &args.config) {
+        (Some(dir), _) => {
+            let cfg = load_run_config(dir).with_context(|| format!("cannot resume {}", dir.display()))?;
+            (cfg, dir.clone(), true)
+        }
+        (None, Some(path)) => {
+            let cfg = ExperimentConfig::load(path, &args.sets)?;
+            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+            let dir = args.out.clone().unwrap_or_else(|| {
+                PathBuf::from("runs").join(format!("{name}-{}-{}", cfg.train.method.name(), cfg.run_id()))
+            });
+            (cfg, dir, false)
+        }
+        (None, None) => bail!("give --config FILE or --resume RUN_DIR"),
+    };
+    let backend = args.backend.clone().unwrap_or_else(|| default_backend().to_string());
+    let devices = cfg.train.devices;
+    let task = TrainTask { cfg, run_dir: run_dir.clone(), data: args.data.clone(), resume };
+    let summary = run_on(&backend, args.device, devices, task)?;
+    writeln!(out, "{}", serde_json::to_string(&summary)?)?;
+    writeln!(out, "run directory: {}", run_dir.display())?;
+    Ok(())
+}

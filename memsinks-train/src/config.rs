@@ -1,0 +1,296 @@
+//! Experiment configuration (RON): the data, model and training sections, with `--set`
+//! overrides and validation.
+
+use std::path::Path;
+
+use memsinks_data::overrides::{apply_overrides, read_ron};
+use memsinks_data::DataConfig;
+use memsinks_model::{MaskScheme, ModelConfig};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::TrainError;
+
+/// The four models the paper compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Method {
+    /// No sinks (`p_gen = 1`), the full corpus.
+    Standard,
+    /// No sinks, each repeated or canary document kept once.
+    Dedup,
+    /// Sinks selected by each token's sequence ID.
+    Memsinks,
+    /// The negative control: repeated and canary documents update only the sink pool.
+    GradientMasking,
+}
+
+impl Method {
+    /// Every method, in report order.
+    pub const ALL: [Method; 4] = [Method::Standard, Method::Dedup, Method::Memsinks, Method::GradientMasking];
+
+    /// Whether the model has a sink pool.
+    pub fn has_sinks(self) -> bool {
+        matches!(self, Method::Memsinks | Method::GradientMasking)
+    }
+
+    /// The lower-case name used in files and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Standard => "standard",
+            Method::Dedup => "dedup",
+            Method::Memsinks => "memsinks",
+            Method::GradientMasking => "gradient-masking",
+        }
+    }
+}
+
+/// How the dedup model's token budget relates to the others'.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum DedupBudget {
+    /// As many optimizer steps (and tokens) as the other methods: the shorter deduplicated
+    /// schedule is cycled.
+    #[default]
+    SameSteps,
+    /// As many passes over its (shorter) schedule as the others make over theirs.
+    SameEpochs,
+}
+
+/// The model: a preset plus the MemSinks parameters. The vocabulary comes from the tokenizer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// A preset of `memsinks-model` (`tiny`, `ts-cpu`, ...).
+    pub preset: String,
+    /// Share of general neurons for the sink methods.
+    #[serde(default = "default_p_gen")]
+    pub p_gen: f64,
+    /// Sink activity per sequence.
+    #[serde(default = "default_p_mem")]
+    pub p_mem: f64,
+    /// Mask scheme.
+    #[serde(default)]
+    pub mask_scheme: MaskScheme,
+    /// Override of the preset's width (for regime sweeps).
+    #[serde(default)]
+    pub d_model: Option<usize>,
+    /// Override of the preset's MLP hidden size.
+    #[serde(default)]
+    pub d_hidden: Option<usize>,
+    /// Override of the preset's depth.
+    #[serde(default)]
+    pub n_layers: Option<usize>,
+}
+
+fn default_p_gen() -> f64 {
+    0.7
+}
+fn default_p_mem() -> f64 {
+    0.3
+}
+
+/// Optimisation and logging.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Which model to train.
+    pub method: Method,
+    /// Rows per optimizer step (before accumulation).
+    pub batch_size: usize,
+    /// Micro-batches accumulated per optimizer step.
+    #[serde(default = "one")]
+    pub grad_accumulation: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Final learning rate of the cosine decay.
+    #[serde(default)]
+    pub min_lr: f64,
+    /// Linear warm-up steps.
+    #[serde(default)]
+    pub warmup_steps: usize,
+    /// Passes over the training schedule.
+    #[serde(default = "one")]
+    pub epochs: usize,
+    /// Total optimizer steps; overrides `epochs` when set.
+    #[serde(default)]
+    pub steps: Option<usize>,
+    /// Decoupled weight decay (applied to matrices only).
+    #[serde(default = "default_wd")]
+    pub weight_decay: f64,
+    /// Adam β1.
+    #[serde(default = "default_beta1")]
+    pub beta_1: f64,
+    /// Adam β2.
+    #[serde(default = "default_beta2")]
+    pub beta_2: f64,
+    /// Global gradient-norm clip; `None` disables it.
+    #[serde(default = "default_clip")]
+    pub clip_norm: Option<f64>,
+    /// Seed of the weights.
+    #[serde(default)]
+    pub seed: u64,
+    /// Steps between evaluations and checkpoints.
+    pub eval_every: usize,
+    /// Steps between training-loss log lines.
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+    /// Documents per split in each evaluation.
+    #[serde(default = "default_eval_docs")]
+    pub eval_docs: usize,
+    /// Checkpoints kept.
+    #[serde(default = "default_keep")]
+    pub keep_checkpoints: usize,
+    /// Devices for data-parallel training (burn-train's multi-device strategy).
+    #[serde(default = "one")]
+    pub devices: usize,
+    /// Token budget rule of the dedup model.
+    #[serde(default)]
+    pub dedup_budget: DedupBudget,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_wd() -> f64 {
+    0.1
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.95
+}
+fn default_clip() -> Option<f64> {
+    Some(1.0)
+}
+fn default_log_every() -> usize {
+    10
+}
+fn default_eval_docs() -> usize {
+    64
+}
+fn default_keep() -> usize {
+    2
+}
+
+/// A whole experiment: data, model, training.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// The corpus.
+    pub data: DataConfig,
+    /// The model.
+    pub model: ModelSection,
+    /// Training.
+    pub train: TrainConfig,
+}
+
+impl ExperimentConfig {
+    /// Reads a RON file and applies `key=value` overrides.
+    pub fn load(path: &Path, sets: &[String]) -> Result<Self, TrainError> {
+        let cfg: Self = read_ron(path)?;
+        let cfg = apply_overrides(&cfg, sets)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        self.data.validate()?;
+        let t = &self.train;
+        let bad = |m: &str| Err(TrainError::Config(m.to_string()));
+        if t.batch_size == 0 || t.grad_accumulation == 0 || t.eval_every == 0 || t.devices == 0 || t.log_every == 0 {
+            return bad("train.batch_size, grad_accumulation, eval_every, log_every and devices must be positive");
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) || t.min_lr < 0.0 || t.min_lr > t.lr {
+            return bad("train.lr must be positive and train.min_lr in [0, lr]");
+        }
+        if t.epochs == 0 && t.steps.is_none() {
+            return bad("train.epochs must be positive (or set train.steps)");
+        }
+        if t.keep_checkpoints == 0 {
+            return bad("train.keep_checkpoints must be at least 1");
+        }
+        ModelConfig::preset(&self.model.preset).map_err(|e| TrainError::Config(format!("model.preset: {e}")))?;
+        Ok(())
+    }
+
+    /// The configuration as RON.
+    pub fn to_ron(&self) -> String {
+        ron::ser::to_string_pretty(self, ron::ser::PrettyConfig::default()).expect("config serialises")
+    }
+
+    /// Run ID: a short hash of the resolved configuration.
+    pub fn run_id(&self) -> String {
+        let digest = Sha256::digest(self.to_ron().as_bytes());
+        digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The model configuration for `method` with the tokenizer's vocabulary.
+    pub fn model_config(&self, vocab_size: usize) -> Result<ModelConfig, TrainError> {
+        let m = &self.model;
+        let mut cfg = ModelConfig::preset(&m.preset)?;
+        cfg.vocab_size = vocab_size;
+        cfg.max_seq_len = cfg.max_seq_len.max(self.data.context);
+        cfg.mask_scheme = m.mask_scheme;
+        if let Some(d) = m.d_model {
+            cfg.d_model = d;
+        }
+        if let Some(i) = m.d_hidden {
+            cfg.d_hidden = i;
+        }
+        if let Some(l) = m.n_layers {
+            cfg.n_layers = l;
+        }
+        if self.train.method.has_sinks() {
+            cfg.p_gen = m.p_gen;
+            cfg.p_mem = m.p_mem;
+        } else {
+            cfg.p_gen = 1.0;
+            cfg.p_mem = 0.0;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smoke() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/smoke.ron")
+    }
+
+    #[test]
+    fn shipped_configs_parse_and_overrides_apply() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "ron") {
+                ExperimentConfig::load(&p, &[]).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            }
+        }
+        let c =
+            ExperimentConfig::load(&smoke(), &["train.method=\"Standard\"".into(), "train.lr=0.01".into()]).unwrap();
+        assert_eq!(c.train.method, Method::Standard);
+        assert_eq!(c.model_config(300).unwrap().num_sink(), 0);
+        let m = ExperimentConfig::load(&smoke(), &["train.method=Memsinks".into()]).unwrap();
+        assert!(m.model_config(300).unwrap().num_sink() > 0);
+    }
+
+    #[test]
+    fn bad_keys_and_values_name_what_is_allowed() {
+        let err = ExperimentConfig::load(&smoke(), &["train.lrr=1".into()]).unwrap_err().to_string();
+        assert!(err.contains("lrr") && err.contains("warmup_steps"), "{err}");
+        let err = ExperimentConfig::load(&smoke(), &["train.method=Fancy".into()]).unwrap_err().to_string();
+        assert!(err.contains("Memsinks") && err.contains("GradientMasking"), "{err}");
+        let err = ExperimentConfig::load(&smoke(), &["train.batch_size=0".into()]).unwrap_err().to_string();
+        assert!(err.contains("batch_size"), "{err}");
+        let err = ExperimentConfig::load(&smoke(), &["model.preset=huge".into()]).unwrap_err().to_string();
+        assert!(err.contains("ts-cpu"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.ron");
+        std::fs::write(&p, "(data: (), surprise: 1)").unwrap();
+        assert!(ExperimentConfig::load(&p, &[]).unwrap_err().to_string().contains("x.ron"));
+    }
+}

@@ -1,0 +1,187 @@
+//! Training: the loss goes down on `smoke`, isolation holds through one optimizer step, gradient
+//! masking spares the general MLP weights, non-finite losses stop the run.
+
+use std::path::Path;
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::Tensor;
+use memsinks_data::LmBatch;
+use memsinks_model::{MemSinkLm, MlpMode, ModelConfig, SeqLayout};
+use memsinks_train::optim::step;
+use memsinks_train::{lm_loss, train, ExperimentConfig, OptimConfig, TrainError};
+
+type AD = Autodiff<Flex>;
+
+fn smoke(sets: &[&str]) -> ExperimentConfig {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/smoke.ron");
+    ExperimentConfig::load(&path, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+}
+
+fn metric_lines(run: &Path, kind: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == kind)
+        .collect()
+}
+
+#[test]
+fn loss_goes_down_on_smoke_and_the_run_directory_is_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = smoke(&["train.steps=60", "train.eval_every=20"]);
+    let summary = train::<AD>(&cfg, dir.path(), None, false, vec![Default::default()]).unwrap();
+    assert_eq!(summary.steps, 60);
+    let train_lines = metric_lines(dir.path(), "train");
+    let first = train_lines.first().unwrap()["loss"].as_f64().unwrap();
+    let last = train_lines.last().unwrap()["loss"].as_f64().unwrap();
+    assert!(last < first - 0.5, "training loss {first} -> {last}");
+    let evals = metric_lines(dir.path(), "eval");
+    assert_eq!(evals.len(), 3);
+    for key in ["val_loss", "rep_loss_sinks", "rep_loss_nosinks", "canary_loss_sinks", "canary_loss_nosinks"] {
+        assert!(evals[2][key].as_f64().unwrap().is_finite(), "{key}");
+    }
+    for f in ["config.ron", "train.json", "final/model.mpk", "final/model.ron", "checkpoint/cursor-3.json"] {
+        assert!(dir.path().join(f).exists(), "{f} missing");
+    }
+    // The run refuses to overwrite itself without --resume.
+    let again = train::<AD>(&cfg, dir.path(), None, false, vec![Default::default()]).unwrap_err();
+    assert!(again.to_string().contains("--resume"), "{again}");
+}
+
+fn one_batch(cfg: &ModelConfig, id: i64, route: bool) -> LmBatch<AD> {
+    let rows: Vec<Vec<u32>> =
+        (0..4).map(|r| (0..17).map(|i| ((i * 7 + r * 3) % cfg.vocab_size) as u32).collect()).collect();
+    let mut layout = SeqLayout::per_row(&[id; 4], 16);
+    if route {
+        layout = layout.with_route_to_sinks(vec![true; 64]);
+    }
+    LmBatch::from_rows(&rows, &vec![vec![1.0; 16]; 4], layout, &Default::default())
+}
+
+fn values(t: Tensor<AD, 2>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().unwrap()
+}
+
+/// Hidden-unit slices of every MLP weight: fc_1/fc_2 columns and proj rows, per layer.
+fn unit_weights(model: &MemSinkLm<AD>) -> Vec<Vec<Vec<f32>>> {
+    model
+        .blocks
+        .iter()
+        .map(|b| {
+            let (w1, w2, w3) =
+                (values(b.mlp.fc_1.weight.val()), values(b.mlp.fc_2.weight.val()), values(b.mlp.proj.weight.val()));
+            let [d, hidden] = b.mlp.fc_1.weight.val().dims();
+            (0..hidden)
+                .map(|j| {
+                    let mut v: Vec<f32> = (0..d).map(|i| w1[i * hidden + j]).collect();
+                    v.extend((0..d).map(|i| w2[i * hidden + j]));
+                    v.extend_from_slice(&w3[j * d..(j + 1) * d]);
+                    v
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn one_step_leaves_sinks_outside_the_mask_unchanged() {
+    let cfg = ModelConfig::preset("tiny").unwrap();
+    let model: MemSinkLm<AD> = cfg.init(&Default::default()).unwrap();
+    let before = unit_weights(&model);
+    let id = 4242;
+    let mask = model.sink_pool().mask(id, 0);
+    let n_gen = model.sinks().num_general;
+    let mut optim = OptimConfig { weight_decay: 0.0, ..Default::default() }.init::<AD, MemSinkLm<AD>>();
+    let loss = lm_loss(&model, &one_batch(&cfg, id, false), &MlpMode::Train);
+    let model = step(&mut optim, model, loss, 1e-2, Some(1.0));
+    let after = unit_weights(&model);
+    for (layer, (b, a)) in before.iter().zip(&after).enumerate() {
+        for j in 0..cfg.d_hidden {
+            let active = j < n_gen || mask[j - n_gen];
+            if active {
+                assert_ne!(b[j], a[j], "layer {layer} unit {j} is active and must move");
+            } else {
+                assert_eq!(b[j], a[j], "layer {layer} sink {j} is outside the mask and must not move");
+            }
+        }
+    }
+}
+
+#[test]
+fn gradient_masking_leaves_general_mlp_weights_untouched() {
+    let cfg = ModelConfig::preset("tiny").unwrap();
+    let model: MemSinkLm<AD> = cfg.init(&Default::default()).unwrap();
+    let before = unit_weights(&model);
+    let attn_before = values(model.blocks[0].attn.q_proj.weight.val());
+    let n_gen = model.sinks().num_general;
+    let mut optim = OptimConfig { weight_decay: 0.0, ..Default::default() }.init::<AD, MemSinkLm<AD>>();
+    let loss = lm_loss(&model, &one_batch(&cfg, 99, true), &MlpMode::Train);
+    let model = step(&mut optim, model, loss, 1e-2, Some(1.0));
+    let after = unit_weights(&model);
+    for (b, a) in before.iter().zip(&after) {
+        for j in 0..n_gen {
+            assert_eq!(b[j], a[j], "general unit {j} moved under gradient masking");
+        }
+        assert!((n_gen..cfg.d_hidden).any(|j| b[j] != a[j]), "no sink unit moved");
+    }
+    // Attention is not routed: it still learns from the batch.
+    assert_ne!(attn_before, values(model.blocks[0].attn.q_proj.weight.val()));
+}
+
+#[test]
+fn every_method_trains_through_the_same_path() {
+    for method in ["Standard", "Dedup", "GradientMasking"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = smoke(&[&format!("train.method={method}"), "train.steps=12", "train.eval_every=6"]);
+        let summary = train::<AD>(&cfg, dir.path(), None, false, vec![Default::default()]).unwrap();
+        assert_eq!(summary.steps, 12, "{method}");
+        let evals = metric_lines(dir.path(), "eval");
+        if method != "GradientMasking" {
+            // Without sinks, both modes are the same model.
+            assert_eq!(evals[1]["rep_loss_sinks"], evals[1]["rep_loss_nosinks"], "{method}");
+        }
+    }
+}
+
+#[test]
+fn dedup_budget_rule_is_explicit() {
+    let dir = tempfile::tempdir().unwrap();
+    let same_steps =
+        train::<AD>(&smoke(&["train.method=Dedup"]), &dir.path().join("a"), None, false, vec![Default::default()])
+            .unwrap();
+    let standard =
+        train::<AD>(&smoke(&["train.method=Standard"]), &dir.path().join("b"), None, false, vec![Default::default()])
+            .unwrap();
+    assert_eq!(same_steps.steps, standard.steps);
+    assert!(same_steps.schedule_passes > 1.5, "dedup cycles its shorter schedule: {}", same_steps.schedule_passes);
+    let epochs = train::<AD>(
+        &smoke(&["train.method=Dedup", "train.dedup_budget=SameEpochs"]),
+        &dir.path().join("c"),
+        None,
+        false,
+        vec![Default::default()],
+    )
+    .unwrap();
+    assert!(epochs.steps < standard.steps);
+}
+
+#[test]
+fn non_finite_loss_stops_with_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = smoke(&[
+        "train.lr=1e9",
+        "train.min_lr=1e9",
+        "train.warmup_steps=0",
+        "train.clip_norm=null",
+        "train.steps=40",
+        "train.eval_every=5",
+    ]);
+    match train::<AD>(&cfg, dir.path(), None, false, vec![Default::default()]) {
+        Err(TrainError::NonFinite(msg)) => {
+            assert!(msg.contains("step"), "{msg}");
+            assert!(!dir.path().join("final").exists());
+        }
+        other => panic!("expected a non-finite stop, got {other:?}"),
+    }
+}
