@@ -1,0 +1,120 @@
+//! End-to-end tests of the `memsinks` binary: kill-and-resume bit-identity, CLI errors, masks.
+//! (Declared as a test of `memsinks-cli`, which gives it the built binary.)
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use burn::backend::Flex;
+use memsinks_model::io::{load_model, named_tensors};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_memsinks"));
+    c.env("RAYON_NUM_THREADS", "2").stdout(Stdio::null()).stderr(Stdio::null());
+    c
+}
+
+fn smoke() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/smoke.ron")
+}
+
+fn train_cmd(out: &Path) -> Command {
+    let mut c = bin();
+    c.arg("train").arg("--config").arg(smoke()).arg("--out").arg(out);
+    c.args(["--set", "train.steps=150", "--set", "train.eval_every=10"]);
+    c
+}
+
+fn resume_cmd(run: &Path) -> Command {
+    let mut c = bin();
+    c.arg("train").arg("--resume").arg(run);
+    c
+}
+
+fn weights(run: &Path) -> Vec<(String, Vec<f32>)> {
+    let (model, _) = load_model::<Flex>(&run.join("final"), &Default::default()).unwrap();
+    named_tensors(&model)
+        .into_iter()
+        .map(|(name, t, _)| (name, t.into_data().convert::<f32>().to_vec().unwrap()))
+        .collect()
+}
+
+fn eval_losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "eval")
+        .map(|v| v["val_loss"].as_f64().unwrap())
+        .collect()
+}
+
+/// Starts a run and SIGKILLs it after `after`; returns whether it was still running then.
+fn kill_after(mut cmd: Command, after: Duration) -> bool {
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + after;
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    true
+}
+
+#[test]
+fn killed_and_resumed_runs_end_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let (whole, broken) = (dir.path().join("whole"), dir.path().join("broken"));
+    let started = Instant::now();
+    assert!(train_cmd(&whole).status().unwrap().success());
+    let full = started.elapsed();
+
+    // Kill twice at different points (the second time during a resumed run), then finish.
+    let first = kill_after(train_cmd(&broken), full.mul_f64(0.4));
+    let second = kill_after(resume_cmd(&broken), full.mul_f64(0.55));
+    assert!(resume_cmd(&broken).status().unwrap().success(), "the final resume failed");
+    assert!(first && second, "a run finished before it was killed ({full:?} for a whole run)");
+
+    let (a, b) = (weights(&whole), weights(&broken));
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()), "{name} differs after kill and resume");
+    }
+    // The metric log continues without gaps or duplicates.
+    assert_eq!(eval_losses(&whole), eval_losses(&broken));
+}
+
+#[test]
+fn cli_errors_are_one_clear_line_and_nonzero() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_memsinks")).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let cfg = smoke().display().to_string();
+    let (ok, err) = run(&["train", "--config", &cfg, "--set", "train.lrr=1", "--out", "/nonexistent/x"]);
+    assert!(!ok && err.contains("lrr") && err.contains("allowed"), "{err}");
+    let (ok, err) = run(&["train", "--config", "/no/such.ron"]);
+    assert!(!ok && err.contains("/no/such.ron"), "{err}");
+    let (ok, err) = run(&["train", "--resume", "/no/such/run"]);
+    assert!(!ok && err.contains("/no/such/run"), "{err}");
+    let (ok, err) = run(&["bench", "train", "--preset", "tiny", "--backend", "tpu"]);
+    assert!(!ok && err.contains("allowed"), "{err}");
+    let (ok, err) = run(&["data", "stats", "/no/such/dir"]);
+    assert!(!ok && err.contains("manifest.json"), "{err}");
+}
+
+#[test]
+fn mask_command_prints_reference_masks() {
+    let out = Command::new(env!("CARGO_BIN_EXE_memsinks"))
+        .args(["mask", "--seq-ids", "1,7,42", "--sink-neurons", "32", "--p-mem", "0.3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "10000000010001010110100001100011\n10000000010101110010110001001011\n10101110000010010000100100001010\n"
+    );
+}
