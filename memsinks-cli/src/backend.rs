@@ -33,9 +33,18 @@ pub fn default_backend() -> &'static str {
     BACKENDS.into_iter().find(|b| is_compiled(b)).unwrap_or("flex")
 }
 
-/// Runs `task` on the backend called `name` with `count` devices starting at index `first`
-/// (GPU backends; the CPU backends have one device).
-pub fn run_on<T: BackendTask>(name: &str, first: usize, count: usize, task: T) -> Result<T::Output> {
+/// Float precisions: `f32` everywhere, `f16` and `bf16` on the GPU backends.
+pub const PRECISIONS: [&str; 3] = ["f32", "f16", "bf16"];
+
+/// Runs `task` on the backend called `name` in `precision`, with `count` devices starting at
+/// index `first` (GPU backends; the CPU backends have one device).
+pub fn run_on<T: BackendTask>(name: &str, precision: &str, first: usize, count: usize, task: T) -> Result<T::Output> {
+    if !PRECISIONS.contains(&precision) {
+        bail!("unknown precision `{precision}`; allowed: {}", PRECISIONS.join(", "));
+    }
+    if precision != "f32" && matches!(name, "flex" | "ndarray") {
+        bail!("precision {precision} needs a GPU backend (cuda or wgpu); the CPU backends train in f32");
+    }
     if !BACKENDS.contains(&name) {
         bail!("unknown backend `{name}`; allowed: {}", BACKENDS.join(", "));
     }
@@ -55,9 +64,15 @@ pub fn run_on<T: BackendTask>(name: &str, first: usize, count: usize, task: T) -
         #[cfg(feature = "ndarray")]
         "ndarray" => task.run::<burn::backend::Autodiff<burn::backend::NdArray>>(vec![Default::default()]),
         #[cfg(feature = "cuda")]
-        "cuda" => task.run::<burn::backend::Autodiff<burn::backend::Cuda>>(
-            indices.map(burn::backend::cuda::CudaDevice::new).collect(),
-        ),
+        "cuda" => {
+            use burn::backend::{cuda::CudaDevice, Autodiff, Cuda};
+            let devices: Vec<CudaDevice> = indices.map(CudaDevice::new).collect();
+            match precision {
+                "f16" => task.run::<Autodiff<Cuda<burn::tensor::f16>>>(devices),
+                "bf16" => task.run::<Autodiff<Cuda<burn::tensor::bf16>>>(devices),
+                _ => task.run::<Autodiff<Cuda>>(devices),
+            }
+        }
         #[cfg(feature = "wgpu")]
         "wgpu" => {
             let devices: Vec<_> = if count <= 1 {
@@ -66,7 +81,12 @@ pub fn run_on<T: BackendTask>(name: &str, first: usize, count: usize, task: T) -
                 indices.map(burn::backend::wgpu::WgpuDevice::DiscreteGpu).collect()
             };
             probe::<burn::backend::Wgpu>(&devices[0])?;
-            task.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(devices)
+            use burn::backend::{Autodiff, Wgpu};
+            match precision {
+                "f16" => task.run::<Autodiff<Wgpu<burn::tensor::f16>>>(devices),
+                "bf16" => bail!("wgpu has no bf16 support; use f16 or f32"),
+                _ => task.run::<Autodiff<Wgpu>>(devices),
+            }
         }
         _ => unreachable!("checked above"),
     }

@@ -55,6 +55,9 @@ pub struct TrainBench {
     /// Backend: flex, ndarray, cuda, wgpu (those compiled in).
     #[arg(long)]
     backend: Option<String>,
+    /// Float precision: f32, or f16 / bf16 on the GPU backends.
+    #[arg(long, default_value = "f32")]
+    precision: String,
     /// GPU index for the GPU backends.
     #[arg(long, default_value_t = 0)]
     device: usize,
@@ -104,8 +107,8 @@ pub fn run(args: &BenchArgs, out: &mut impl std::io::Write) -> Result<()> {
         bail!("--steps and --batch must be positive");
     }
     let backend = train.backend.clone().unwrap_or_else(|| default_backend().to_string());
-    let mut result = run_on(&backend, train.device, 1, train.clone())?;
-    result.backend = backend;
+    let mut result = run_on(&backend, &train.precision, train.device, 1, train.clone())?;
+    result.backend = if train.precision == "f32" { backend } else { format!("{backend}-{}", train.precision) };
     writeln!(out, "{}", serde_json::to_string(&result)?)?;
     Ok(())
 }

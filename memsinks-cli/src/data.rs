@@ -133,12 +133,10 @@ fn stats(corpus: &PreparedCorpus, out: &mut impl std::io::Write) -> Result<()> {
     let m = &corpus.manifest;
     let mut splits = serde_json::Map::new();
     for split in [Split::Repeated, Split::Canary, Split::Unique, Split::Validation] {
-        let idx = m.indices(split);
-        let tokens: u64 = idx.iter().map(|&i| m.documents[i].tokens as u64).sum();
-        let reps = idx.first().map_or(0, |&i| m.documents[i].repetitions);
+        let reps = m.documents.iter().find(|d| d.split == split).map_or(u32::from(split == Split::Unique), |d| d.repetitions);
         splits.insert(
             format!("{split:?}").to_lowercase(),
-            serde_json::json!({"documents": idx.len(), "tokens": tokens, "repetitions": reps}),
+            serde_json::json!({"documents": m.counts()[&split], "tokens": m.tokens(split), "repetitions": reps}),
         );
     }
     let line = serde_json::json!({

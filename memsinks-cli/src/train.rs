@@ -73,8 +73,10 @@ pub fn run(args: &TrainArgs, out: &mut impl std::io::Write) -> Result<()> {
     };
     let backend = args.backend.clone().unwrap_or_else(|| default_backend().to_string());
     let devices = cfg.train.devices;
+    let cfg_precision = cfg.train.precision.name().to_string();
     let task = TrainTask { cfg, run_dir: run_dir.clone(), data: args.data.clone(), resume };
-    let summary = run_on(&backend, args.device, devices, task)?;
+    let precision = cfg_precision.clone();
+    let summary = run_on(&backend, &precision, args.device, devices, task)?;
     writeln!(out, "{}", serde_json::to_string(&summary)?)?;
     writeln!(out, "run directory: {}", run_dir.display())?;
     Ok(())

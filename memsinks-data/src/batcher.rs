@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::LmBatch;
 use crate::cache::TokenCache;
+use crate::corpus::sequence_id;
 
 /// Where the next batch starts: the epoch, the occurrence in the schedule and, when packing, the
 /// token offset inside that occurrence.
@@ -48,7 +49,6 @@ impl HostBatch {
 pub struct Batcher {
     cache: Arc<TokenCache>,
     schedule: Arc<Vec<u32>>,
-    ids: Arc<Vec<i64>>,
     route_to_sinks: Option<Arc<Vec<bool>>>,
     context: usize,
     batch_size: usize,
@@ -57,25 +57,26 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// A batcher over `schedule` (document indices) with `ids[doc]` as each document's sequence
-    /// ID.
+    /// A batcher over `schedule` (document indices). Each document's sequence ID is the hash of
+    /// its tokens ([`sequence_id`]), recomputed here rather than stored, so no per-document table
+    /// has to fit in memory.
     ///
     /// # Panics
     /// If `context` or `batch_size` is 0.
     pub fn new(
         cache: Arc<TokenCache>,
         schedule: Arc<Vec<u32>>,
-        ids: Arc<Vec<i64>>,
         context: usize,
         batch_size: usize,
         end_of_text: u32,
         packing: bool,
     ) -> Self {
         assert!(context > 0 && batch_size > 0, "context and batch size must be positive");
-        Self { cache, schedule, ids, route_to_sinks: None, context, batch_size, end_of_text, packing }
+        Self { cache, schedule, route_to_sinks: None, context, batch_size, end_of_text, packing }
     }
 
-    /// Gradient masking: tokens of documents flagged here update only the sink pool.
+    /// Gradient masking: tokens of documents flagged here update only the sink pool (documents
+    /// beyond the end of `flags` are not flagged).
     pub fn with_route_to_sinks(mut self, flags: Arc<Vec<bool>>) -> Self {
         self.route_to_sinks = Some(flags);
         self
@@ -102,10 +103,16 @@ impl Batcher {
         Some(if self.packing { self.packed(cursor) } else { self.per_document(cursor) })
     }
 
-    fn stream(&self, doc: u32) -> Vec<u32> {
+    /// The document's tokens followed by end-of-text, with its sequence ID.
+    fn stream(&self, doc: u32) -> (Vec<u32>, i64) {
         let mut tokens = self.cache.doc(doc as usize);
+        let id = sequence_id(&tokens);
         tokens.push(self.end_of_text);
-        tokens
+        (tokens, id)
+    }
+
+    fn routed(&self, doc: u32) -> bool {
+        self.route_to_sinks.as_ref().is_some_and(|f| f.get(doc as usize).copied().unwrap_or(false))
     }
 
     fn per_document(&self, cursor: &mut Cursor) -> HostBatch {
@@ -113,15 +120,15 @@ impl Batcher {
         let (mut rows, mut weights, mut row_ids, mut started, mut route) = (vec![], vec![], vec![], vec![], vec![]);
         while rows.len() < self.batch_size && cursor.position < self.schedule_len() {
             let doc = self.schedule[cursor.position as usize];
-            let mut row = self.stream(doc);
+            let (mut row, id) = self.stream(doc);
             row.truncate(width);
             let real = row.len();
             row.resize(width, self.end_of_text);
             weights.push((0..self.context).map(|t| if t + 1 < real { 1.0 } else { 0.0 }).collect());
             rows.push(row);
-            row_ids.push(self.ids[doc as usize]);
+            row_ids.push(id);
             started.push((cursor.position, doc));
-            route.push(self.route_to_sinks.as_ref().is_some_and(|f| f[doc as usize]));
+            route.push(self.routed(doc));
             cursor.position += 1;
         }
         let mut layout = SeqLayout::per_row(&row_ids, self.context);
@@ -144,16 +151,16 @@ impl Batcher {
             let mut resume_at: Option<Cursor> = None;
             while row.len() < width && cursor.position < self.schedule_len() {
                 let doc = self.schedule[cursor.position as usize];
-                let tokens = self.stream(doc);
+                let (tokens, id) = self.stream(doc);
                 if cursor.offset == 0 {
                     started.push((cursor.position, doc));
                 }
-                let flag = self.route_to_sinks.as_ref().is_some_and(|f| f[doc as usize]);
+                let flag = self.routed(doc);
                 while row.len() < width && (cursor.offset as usize) < tokens.len() {
                     if row.len() == self.context {
                         resume_at = Some(*cursor);
                     }
-                    row.push((tokens[cursor.offset as usize], self.ids[doc as usize], segment, flag));
+                    row.push((tokens[cursor.offset as usize], id, segment, flag));
                     cursor.offset += 1;
                 }
                 if cursor.offset as usize == tokens.len() {

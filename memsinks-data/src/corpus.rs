@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::cache::{CacheKey, TokenCache};
 use crate::rng::{mix64, SplitMix64};
 use crate::source::{read_json_array, shard_files, Document, InvalidUtf8, JsonlReader, TinyStoriesReader};
-use crate::synthetic::generate_stories;
+use crate::synthetic::StoryGenerator;
 use crate::tokenizer::TextTokenizer;
 use crate::{write_atomic, DataError};
 
@@ -214,8 +214,13 @@ pub struct Manifest {
     pub vocab_size: usize,
     /// The end-of-text token appended to every document.
     pub end_of_text: u32,
-    /// Documents, in cache order.
+    /// Repeated, canary and validation documents, in cache order (indices `0..documents.len()`).
     pub documents: Vec<DocEntry>,
+    /// Unique documents: cache indices `documents.len()..documents.len() + unique_docs`. They are
+    /// counted, not listed, so a corpus of billions of documents keeps a small manifest.
+    pub unique_docs: u64,
+    /// Tokens of the unique documents.
+    pub unique_tokens: u64,
     /// Training occurrences in the full schedule.
     pub occurrences: u64,
     /// Training occurrences in the deduplicated schedule.
@@ -225,8 +230,21 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Documents in the corpus.
+    pub fn num_docs(&self) -> usize {
+        self.documents.len() + self.unique_docs as usize
+    }
+
+    /// The split of document `i`.
+    pub fn split_of(&self, i: usize) -> Split {
+        self.documents.get(i).map_or(Split::Unique, |d| d.split)
+    }
+
     /// Indices of the documents of one split.
     pub fn indices(&self, split: Split) -> Vec<usize> {
+        if split == Split::Unique {
+            return (self.documents.len()..self.num_docs()).collect();
+        }
         self.documents.iter().enumerate().filter(|(_, d)| d.split == split).map(|(i, _)| i).collect()
     }
 
@@ -236,7 +254,16 @@ impl Manifest {
         for d in &self.documents {
             *c.entry(d.split).or_default() += 1;
         }
+        c.insert(Split::Unique, self.unique_docs as usize);
         c
+    }
+
+    /// Tokens per split.
+    pub fn tokens(&self, split: Split) -> u64 {
+        if split == Split::Unique {
+            return self.unique_tokens;
+        }
+        self.documents.iter().filter(|d| d.split == split).map(|d| d.tokens as u64).sum()
     }
 }
 
@@ -271,13 +298,13 @@ impl PreparedCorpus {
             message: format!("not a memsinks manifest: {e}; rerun `memsinks data prepare`"),
         })?;
         let cache = TokenCache::open(&dir.join("cache"))?;
-        if cache.num_docs() != manifest.documents.len() {
+        if cache.num_docs() != manifest.num_docs() {
             return Err(DataError::Format {
                 path: dir.join("cache"),
                 message: format!(
                     "cache holds {} documents, the manifest {}; rerun `memsinks data prepare`",
                     cache.num_docs(),
-                    manifest.documents.len()
+                    manifest.num_docs()
                 ),
             });
         }
@@ -329,12 +356,12 @@ pub fn open_source(
     invalid: InvalidUtf8,
 ) -> Result<Box<dyn Iterator<Item = Result<Document, DataError>> + Send>, DataError> {
     Ok(match source {
-        SourceConfig::Synthetic { stories, seed } => {
-            let docs = generate_stories(*stories, *seed);
-            Box::new(
-                docs.into_iter().enumerate().map(|(i, text)| Ok(Document { text, origin: format!("synthetic#{i}") })),
-            )
-        }
+        SourceConfig::Synthetic { stories, seed } => Box::new(
+            StoryGenerator::new(*seed)
+                .take(*stories)
+                .enumerate()
+                .map(|(i, text)| Ok(Document { text, origin: format!("synthetic#{i}") })),
+        ),
         SourceConfig::TinyStories { path } => Box::new(TinyStoriesReader::open(path, invalid)?),
         SourceConfig::Json { path, field } => {
             let name = path.to_string_lossy();
@@ -387,21 +414,27 @@ fn source_fingerprint(source: &SourceConfig) -> Result<String, DataError> {
     Ok(format!("{:x}", h.finalize()))
 }
 
-/// Reads up to `n` distinct documents (by text hash) not in `taken`.
+/// Reads up to `n` non-empty documents whose text is not in `held_out`. With `remember`, their
+/// hashes join `held_out` (for the repeated and validation sets, which must be distinct and
+/// disjoint from everything else); unique documents are only checked, so memory stays flat
+/// however many stream past.
 fn take_distinct(
     iter: &mut dyn Iterator<Item = Result<Document, DataError>>,
     n: usize,
-    taken: &mut std::collections::HashSet<u64>,
+    held_out: &mut std::collections::HashSet<u64>,
+    remember: bool,
     duplicates: &mut u64,
 ) -> Result<Vec<Document>, DataError> {
-    let mut out = Vec::with_capacity(n.min(1 << 20));
+    let mut out = Vec::with_capacity(n.min(1 << 16));
     while out.len() < n {
         let Some(doc) = iter.next() else { break };
         let doc = doc?;
         if doc.text.is_empty() {
             continue;
         }
-        if !taken.insert(text_hash(&doc.text)) {
+        let hash = text_hash(&doc.text);
+        let fresh = if remember { held_out.insert(hash) } else { !held_out.contains(&hash) };
+        if !fresh {
             *duplicates += 1;
             continue;
         }
@@ -441,9 +474,9 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
     let held_out_need = cfg.repeated.docs + cfg.validation;
     let mut pool = match &cfg.repeated_source {
         Some(rep) => {
-            take_distinct(&mut *open_source(rep, cfg.invalid_utf8)?, held_out_need, &mut seen, &mut duplicates)?
+            take_distinct(&mut *open_source(rep, cfg.invalid_utf8)?, held_out_need, &mut seen, true, &mut duplicates)?
         }
-        None => take_distinct(&mut *main, held_out_need, &mut seen, &mut duplicates)?,
+        None => take_distinct(&mut *main, held_out_need, &mut seen, true, &mut duplicates)?,
     };
     let pool_source = cfg.repeated_source.as_ref().unwrap_or(&cfg.source);
     if pool.len() < held_out_need {
@@ -467,7 +500,7 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
         TokenizerConfig::File { path } => TextTokenizer::load(path)?,
         TokenizerConfig::Train { vocab_size } => {
             // Train on the repeated documents and up to 50k unique ones, buffered for step 4.
-            unique_buffer = take_distinct(&mut *main, cfg.unique.min(50_000), &mut seen, &mut duplicates)?;
+            unique_buffer = take_distinct(&mut *main, cfg.unique.min(50_000), &mut seen, false, &mut duplicates)?;
             let texts = repeated_docs.iter().chain(&unique_buffer).map(|d| d.text.as_str());
             TextTokenizer::train(texts, *vocab_size, show_progress)?
         }
@@ -498,26 +531,35 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
     let mut writer = TokenCache::writer(&out.join("cache"), tokenizer.vocab_size(), key)?;
     let mut documents: Vec<DocEntry> = Vec::new();
     let mut ids: HashMap<i64, usize> = HashMap::new();
-    let mut add =
-        |tokens: &[u32], split: Split, repetitions: usize, origin: String, writer: &mut crate::cache::CacheWriter| {
-            let id = sequence_id(tokens);
-            if let Some(&other) = ids.get(&id) {
-                return Err(DataError::Config(format!(
+    let mut unique_tokens = 0u64;
+    let mut add = |tokens: &[u32], split: Split, repetitions: usize, origin: String, writer: &mut crate::cache::CacheWriter| {
+        if tokens.is_empty() {
+            return Err(DataError::Config(format!("document {origin} tokenizes to nothing")));
+        }
+        let id = sequence_id(tokens);
+        if let Some(&other) = ids.get(&id) {
+            return Err(DataError::Config(format!(
                 "sequence ID collision: {origin} and document {other} both hash to {id}; change data.seed or drop one"
             )));
-            }
-            ids.insert(id, documents.len());
-            writer.push(tokens)?;
-            documents.push(DocEntry {
-                id,
-                split,
-                repetitions: repetitions as u32,
-                tokens: tokens.len() as u32,
-                origin,
-                positions: Vec::new(),
-            });
-            Ok(())
-        };
+        }
+        writer.push(tokens)?;
+        if split == Split::Unique {
+            // Counted, not listed (see `Manifest::unique_docs`). Unique documents are checked for
+            // collisions with the listed ones; among themselves a 63-bit collision is negligible.
+            unique_tokens += tokens.len() as u64;
+            return Ok(());
+        }
+        ids.insert(id, documents.len());
+        documents.push(DocEntry {
+            id,
+            split,
+            repetitions: repetitions as u32,
+            tokens: tokens.len() as u32,
+            origin,
+            positions: Vec::new(),
+        });
+        Ok(())
+    };
     let encode = |docs: &[Document]| tokenizer.encode_many(&docs.iter().map(|d| d.text.as_str()).collect::<Vec<_>>());
     for (doc, tokens) in repeated_docs.iter().zip(encode(&repeated_docs)?) {
         add(&tokens, Split::Repeated, cfg.repeated.repetitions, doc.origin.clone(), &mut writer)?;
@@ -532,7 +574,7 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
     let mut unique_count = 0usize;
     loop {
         let chunk = if unique_buffer.is_empty() {
-            take_distinct(&mut *main, (cfg.unique - unique_count).min(4096), &mut seen, &mut duplicates)?
+            take_distinct(&mut *main, (cfg.unique - unique_count).min(4096), &mut seen, false, &mut duplicates)?
         } else {
             std::mem::take(&mut unique_buffer)
         };
@@ -558,18 +600,17 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
             ),
         });
     }
-    if let Some(short) = documents.iter().find(|d| d.tokens == 0) {
-        return Err(DataError::Config(format!("document {} tokenizes to nothing", short.origin)));
-    }
+    drop(add);
     let cache = writer.finish()?;
 
     // 5. Schedules: every training occurrence gets a sort key; shuffled keys are uniform, spaced
     //    keys put repetition k of a document at (k + phase) / R.
-    let schedule = build_schedule(&documents, cfg.ordering, &mut rng, false);
-    let dedup = build_schedule(&documents, cfg.ordering, &mut rng, true);
+    let unique = documents.len()..documents.len() + unique_count;
+    let schedule = build_schedule(&documents, unique.clone(), cfg.ordering, &mut rng, false);
+    let dedup = build_schedule(&documents, unique, cfg.ordering, &mut rng, true);
     for (pos, &doc) in schedule.iter().enumerate() {
-        if documents[doc as usize].split != Split::Unique {
-            documents[doc as usize].positions.push(pos as u64);
+        if let Some(entry) = documents.get_mut(doc as usize) {
+            entry.positions.push(pos as u64);
         }
     }
     let as_bytes = |s: &[u32]| s.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
@@ -584,6 +625,8 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
         vocab_size: tokenizer.vocab_size(),
         end_of_text: tokenizer.end_of_text(),
         documents,
+        unique_docs: unique_count as u64,
+        unique_tokens,
         occurrences: schedule.len() as u64,
         occurrences_dedup: dedup.len() as u64,
         duplicates_dropped: duplicates,
@@ -594,10 +637,17 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
     Ok(PreparedCorpus { manifest, cache, tokenizer, dir: out.to_path_buf() })
 }
 
-fn build_schedule(docs: &[DocEntry], ordering: Ordering, rng: &mut SplitMix64, dedup: bool) -> Vec<u32> {
-    let mut keyed: Vec<(f64, u32)> = Vec::new();
-    for (i, d) in docs.iter().enumerate() {
-        let reps = if dedup { d.repetitions.min(1) } else { d.repetitions };
+fn build_schedule(
+    docs: &[DocEntry],
+    unique: std::ops::Range<usize>,
+    ordering: Ordering,
+    rng: &mut SplitMix64,
+    dedup: bool,
+) -> Vec<u32> {
+    let mut keyed: Vec<(f64, u32)> = Vec::with_capacity(unique.len());
+    let listed = docs.iter().map(|d| d.repetitions);
+    for (i, repetitions) in listed.chain(unique.map(|_| 1)).enumerate() {
+        let reps = if dedup { repetitions.min(1) } else { repetitions };
         let phase = rng.unit();
         for k in 0..reps {
             let key = match ordering {

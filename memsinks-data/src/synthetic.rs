@@ -152,10 +152,28 @@ const HELP: &[&str] = &[
     "a bright lamp",
 ];
 
+/// An endless, seeded stream of stories (nothing is held in memory).
+pub struct StoryGenerator {
+    rng: SplitMix64,
+}
+
+impl StoryGenerator {
+    /// The stream for `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self { rng: SplitMix64::new(seed ^ 0x5709_1E5) }
+    }
+}
+
+impl Iterator for StoryGenerator {
+    type Item = String;
+    fn next(&mut self) -> Option<String> {
+        Some(story(&mut self.rng))
+    }
+}
+
 /// Generates `count` stories from `seed`; each is a few sentences in the TinyStories style.
 pub fn generate_stories(count: usize, seed: u64) -> Vec<String> {
-    let mut rng = SplitMix64::new(seed ^ 0x5709_1E5);
-    (0..count).map(|_| story(&mut rng)).collect()
+    StoryGenerator::new(seed).take(count).collect()
 }
 
 /// Writes `stories` in the TinyStories text format (each followed by a `<|endoftext|>` line).

@@ -39,19 +39,21 @@ fn check_invariants(corpus: &PreparedCorpus, cfg: &DataConfig) {
     assert_eq!(counts[&Split::Canary], cfg.canary.docs);
     assert_eq!(counts[&Split::Unique], cfg.unique);
     assert_eq!(counts[&Split::Validation], cfg.validation);
-    // IDs: non-zero, distinct per document, recomputable from the cached tokens.
-    let ids: HashSet<i64> = m.documents.iter().map(|d| d.id).collect();
-    assert_eq!(ids.len(), m.documents.len());
+    // IDs: non-zero, distinct per document, the hash of the cached tokens.
+    let ids: HashSet<i64> = (0..m.num_docs()).map(|i| sequence_id(&corpus.cache.doc(i))).collect();
+    assert_eq!(ids.len(), m.num_docs());
+    assert!(!ids.contains(&0));
     for (i, d) in m.documents.iter().enumerate() {
-        assert_ne!(d.id, 0);
         let tokens = corpus.cache.doc(i);
         assert_eq!(tokens.len(), d.tokens as usize);
         assert_eq!(sequence_id(&tokens), d.id, "ID of {} is not the hash of its tokens", d.origin);
     }
+    let unique_tokens: u64 = m.indices(Split::Unique).iter().map(|&i| corpus.cache.doc_len(i) as u64).sum();
+    assert_eq!(unique_tokens, m.unique_tokens);
     // Validation is disjoint in content from every training document.
     let text = |i: usize| corpus.tokenizer.decode(&corpus.cache.doc(i)).unwrap();
     let train_texts: HashSet<String> =
-        m.documents.iter().enumerate().filter(|(_, d)| d.split != Split::Validation).map(|(i, _)| text(i)).collect();
+        (0..m.num_docs()).filter(|&i| m.split_of(i) != Split::Validation).map(text).collect();
     for i in m.indices(Split::Validation) {
         assert!(!train_texts.contains(&text(i)), "validation document {i} also in training");
     }
@@ -60,13 +62,13 @@ fn check_invariants(corpus: &PreparedCorpus, cfg: &DataConfig) {
     let mut seen: HashMap<u32, u32> = HashMap::new();
     for (pos, &d) in schedule.iter().enumerate() {
         *seen.entry(d).or_default() += 1;
-        let entry = &m.documents[d as usize];
-        if entry.split != Split::Unique {
+        if let Some(entry) = m.documents.get(d as usize) {
             assert!(entry.positions.contains(&(pos as u64)));
         }
     }
-    for (i, d) in m.documents.iter().enumerate() {
-        assert_eq!(seen.get(&(i as u32)).copied().unwrap_or(0), d.repetitions, "{}", d.origin);
+    for i in 0..m.num_docs() {
+        let expected = m.documents.get(i).map_or(1, |d| d.repetitions);
+        assert_eq!(seen.get(&(i as u32)).copied().unwrap_or(0), expected, "document {i}");
     }
     // Dedup keeps every training document exactly once.
     let dedup = corpus.schedule(true).unwrap();
@@ -98,11 +100,10 @@ fn synthetic_corpus_invariants_cache_reuse_and_batches() {
     assert_ne!(rebuilt.manifest.config_hash, corpus.manifest.config_hash);
 
     // One document per row: every batch row starts with its document and masks the padding.
-    let ids: Arc<Vec<i64>> = Arc::new(rebuilt.manifest.documents.iter().map(|d| d.id).collect());
     let cache = Arc::new(rebuilt.cache);
     let schedule = Arc::new(PreparedCorpus::open(dir.path()).unwrap().schedule(false).unwrap());
     let eot = rebuilt.manifest.end_of_text;
-    let batcher = Batcher::new(cache.clone(), schedule.clone(), ids.clone(), 64, 8, eot, false);
+    let batcher = Batcher::new(cache.clone(), schedule.clone(), 64, 8, eot, false);
     let mut cursor = Cursor::default();
     let first = batcher.next_batch(&mut cursor).unwrap();
     assert_eq!(first.rows.len(), 8);
@@ -113,7 +114,8 @@ fn synthetic_corpus_invariants_cache_reuse_and_batches() {
         assert_eq!(&first.rows[r][..n], &tokens[..n]);
         let kept = first.weights[r].iter().filter(|&&w| w > 0.0).count();
         assert_eq!(kept, tokens.len().min(64), "targets up to and including end-of-text");
-        assert!(first.layout.seq_ids[r * 64..(r + 1) * 64].iter().all(|&id| id == ids[*doc as usize]));
+        let id = sequence_id(&tokens);
+        assert!(first.layout.seq_ids[r * 64..(r + 1) * 64].iter().all(|&x| x == id));
     }
     // Saving and restoring the cursor continues identically.
     let saved = cursor;
@@ -137,16 +139,18 @@ fn packed_batches_cover_the_token_stream_exactly() {
     cfg.packing = true;
     cfg.context = 32;
     let corpus = prepare(&cfg, dir.path(), false).unwrap();
-    let ids: Arc<Vec<i64>> = Arc::new(corpus.manifest.documents.iter().map(|d| d.id).collect());
     let schedule = Arc::new(corpus.schedule(false).unwrap());
     let eot = corpus.manifest.end_of_text;
     let cache = Arc::new(corpus.cache);
-    let batcher = Batcher::new(cache.clone(), schedule.clone(), ids.clone(), 32, 4, eot, true);
+    let batcher = Batcher::new(cache.clone(), schedule.clone(), 32, 4, eot, true);
     // The expected stream: every scheduled document followed by end-of-text.
     let stream: Vec<(u32, i64)> = schedule
         .iter()
-        .flat_map(|&d| cache.doc(d as usize).into_iter().chain([eot]).map(move |t| (t, d as i64)))
-        .map(|(t, d)| (t, ids[d as usize]))
+        .flat_map(|&d| {
+            let tokens = cache.doc(d as usize);
+            let id = sequence_id(&tokens);
+            tokens.into_iter().chain([eot]).map(move |t| (t, id))
+        })
         .collect();
     let mut cursor = Cursor::default();
     let mut inputs: Vec<(u32, i64)> = Vec::new();

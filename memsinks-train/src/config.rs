@@ -44,6 +44,29 @@ impl Method {
     }
 }
 
+/// Float precision of training (f16/bf16 need a GPU backend).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Precision {
+    /// 32-bit floats (all backends).
+    #[default]
+    F32,
+    /// IEEE half precision (cuda, wgpu).
+    F16,
+    /// bfloat16 (cuda).
+    Bf16,
+}
+
+impl Precision {
+    /// The backend spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
 /// How the dedup model's token budget relates to the others'.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum DedupBudget {
@@ -145,6 +168,9 @@ pub struct TrainConfig {
     /// Token budget rule of the dedup model.
     #[serde(default)]
     pub dedup_budget: DedupBudget,
+    /// Float precision.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn one() -> usize {

@@ -133,7 +133,6 @@ fn truncate_metrics(path: &Path, max_step: u64, max_round: u64) -> Result<(), Tr
 /// Evaluation batches: the first `eval_docs` documents of the validation, repeated and canary
 /// splits, one document per row.
 fn eval_batches(corpus: &PreparedCorpus, cfg: &ExperimentConfig) -> Vec<(HostBatch, Split, Vec<usize>)> {
-    let ids: Arc<Vec<i64>> = Arc::new(corpus.manifest.documents.iter().map(|d| d.id).collect());
     let cache = Arc::new(corpus.cache.clone());
     let mut out = Vec::new();
     for split in [Split::Validation, Split::Repeated, Split::Canary] {
@@ -145,7 +144,6 @@ fn eval_batches(corpus: &PreparedCorpus, cfg: &ExperimentConfig) -> Vec<(HostBat
         let batcher = Batcher::new(
             cache.clone(),
             schedule,
-            ids.clone(),
             cfg.data.context,
             cfg.train.batch_size,
             corpus.manifest.end_of_text,
@@ -210,13 +208,11 @@ pub fn train<B: AutodiffBackend>(
     let rounds = total_steps.div_ceil(t.eval_every);
     let micro_per_step = (t.grad_accumulation * devices.len()) as u64;
 
-    let ids: Arc<Vec<i64>> = Arc::new(corpus.manifest.documents.iter().map(|d| d.id).collect());
     let schedule = Arc::new(corpus.schedule(dedup)?);
     let own_rows = rows_per_pass(dedup)?;
     let mut batcher = Batcher::new(
         Arc::new(corpus.cache.clone()),
         schedule,
-        ids,
         cfg.data.context,
         t.batch_size,
         corpus.manifest.end_of_text,
