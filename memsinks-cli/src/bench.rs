@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ElementConversion;
 use clap::{Args, Subcommand};
+use memsinks_data::rng::SplitMix64;
 use memsinks_data::LmBatch;
 use memsinks_model::{mask_build_time, MlpMode, ModelConfig, SeqLayout};
 use memsinks_train::optim::step;
@@ -129,7 +130,7 @@ impl BackendTask for TrainBench {
         B::seed(&device, self.seed);
         let mut model = cfg.init::<B>(&device)?;
         let mut optim = OptimConfig::default().init::<B, _>();
-        let mut rng = SplitMix(self.seed ^ 0xBE4C);
+        let mut rng = SplitMix64::new(self.seed ^ 0xBE4C);
         let mut step_ms = Vec::with_capacity(self.steps);
         let mut losses = Vec::with_capacity(self.steps);
         let mut timed_mask = std::time::Duration::ZERO;
@@ -170,29 +171,15 @@ impl BackendTask for TrainBench {
 
 /// A random batch: uniform tokens, one random non-zero sequence ID per row.
 fn random_batch<B: Backend>(
-    rng: &mut SplitMix,
+    rng: &mut SplitMix64,
     batch: usize,
     seq: usize,
     vocab: usize,
     device: &B::Device,
 ) -> LmBatch<B> {
-    let rows: Vec<Vec<u32>> =
-        (0..batch).map(|_| (0..=seq).map(|_| (rng.next() % vocab as u64) as u32).collect()).collect();
-    let ids: Vec<i64> = (0..batch).map(|_| (rng.next() >> 1).max(1) as i64).collect();
+    let rows: Vec<Vec<u32>> = (0..batch).map(|_| (0..=seq).map(|_| rng.below(vocab) as u32).collect()).collect();
+    let ids: Vec<i64> = (0..batch).map(|_| (rng.next_u64() >> 1).max(1) as i64).collect();
     LmBatch::from_rows(&rows, &vec![vec![1.0; seq]; batch], SeqLayout::per_row(&ids, seq), device)
-}
-
-/// SplitMix64: a tiny, well-mixed generator for benchmark data.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
 }
 
 /// Peak resident set size (`VmHWM`) in MiB; 0 where `/proc` is unavailable.

@@ -8,7 +8,9 @@ use clap::{Args, Subcommand};
 use memsinks_data::corpus::{Split, TOKENIZER_FILE};
 use memsinks_data::download::{download_file, slimpajama_url, TINYSTORIES_FILES};
 use memsinks_data::overrides::{apply_overrides, read_ron};
-use memsinks_data::synthetic::{distinct_ngram_rate, distinct_story_rate, generate_stories, to_tinystories_text};
+use memsinks_data::synthetic::{
+    distinct_ngram_rate, distinct_story_rate, generate_stories, to_tinystories_text, StoryGenerator,
+};
 use memsinks_data::{prepare, write_atomic, DataConfig, PreparedCorpus};
 use serde::{Deserialize, Serialize};
 
@@ -36,8 +38,11 @@ enum DataCommand {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
-    /// Write synthetic stories in the TinyStories text format.
-    #[command(after_help = "Example:\n  memsinks data generate --stories 1000 --seed 1 --out stories.txt")]
+    /// Write synthetic stories: TinyStories text format, or JSON Lines (`{"text": ...}`, zstd-compressed
+    /// when the file ends in `.zst`) with `--jsonl`.
+    #[command(
+        after_help = "Examples:\n  memsinks data generate --stories 1000 --seed 1 --out stories.txt\n  memsinks data generate --stories 1000000 --jsonl --out shards/part-0.jsonl.zst"
+    )]
     Generate {
         /// Number of stories.
         #[arg(long)]
@@ -48,6 +53,9 @@ enum DataCommand {
         /// Output file.
         #[arg(long)]
         out: PathBuf,
+        /// Write JSON Lines (SlimPajama's layout) instead of TinyStories text.
+        #[arg(long)]
+        jsonl: bool,
     },
     /// Print the counts of a prepared corpus.
     #[command(after_help = "Example:\n  memsinks data stats runs/ts-quick/data")]
@@ -96,7 +104,12 @@ pub fn run(args: &DataArgs, out: &mut impl std::io::Write) -> Result<()> {
             writeln!(out, "prepared {} in {:.1}s", dir.display(), started.elapsed().as_secs_f64())?;
             stats(&corpus, out)
         }
-        DataCommand::Generate { stories, seed, out: path } => {
+        DataCommand::Generate { stories, seed, out: path, jsonl: true } => {
+            write_jsonl_stories(*stories, *seed, path)?;
+            writeln!(out, "{}", serde_json::json!({"stories": stories, "out": path}))?;
+            Ok(())
+        }
+        DataCommand::Generate { stories, seed, out: path, jsonl: false } => {
             if *stories == 0 {
                 bail!("--stories must be positive");
             }
@@ -129,14 +142,40 @@ pub fn run(args: &DataArgs, out: &mut impl std::io::Write) -> Result<()> {
     }
 }
 
+/// Streams `count` stories as JSON Lines into `path` (zstd when it ends in `.zst`), through a
+/// temporary file renamed at the end.
+fn write_jsonl_stories(count: usize, seed: u64, path: &std::path::Path) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("partial");
+    let file = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut sink: Box<dyn Write> = if path.extension().is_some_and(|e| e == "zst") {
+        Box::new(zstd::stream::write::Encoder::new(file, 3)?.auto_finish())
+    } else {
+        Box::new(std::io::BufWriter::new(file))
+    };
+    let bar = memsinks_data::corpus::progress_bar(true, count as u64, "generating stories");
+    for (i, story) in StoryGenerator::new(seed).take(count).enumerate() {
+        writeln!(sink, "{}", serde_json::json!({ "text": story }))?;
+        if i % 10_000 == 0 {
+            bar.set_position(i as u64);
+        }
+    }
+    sink.flush()?;
+    drop(sink);
+    bar.finish_and_clear();
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
 fn stats(corpus: &PreparedCorpus, out: &mut impl std::io::Write) -> Result<()> {
     let m = &corpus.manifest;
     let mut splits = serde_json::Map::new();
     for split in [Split::Repeated, Split::Canary, Split::Unique, Split::Validation] {
-        let reps = m.documents.iter().find(|d| d.split == split).map_or(u32::from(split == Split::Unique), |d| d.repetitions);
+        let reps =
+            m.documents.iter().find(|d| d.split == split).map_or(u32::from(split == Split::Unique), |d| d.repetitions);
         splits.insert(
             format!("{split:?}").to_lowercase(),
-            serde_json::json!({"documents": m.counts()[&split], "tokens": m.tokens(split), "repetitions": reps}),
+            serde_json::json!({"documents": m.counts().get(&split).copied().unwrap_or(0), "tokens": m.tokens(split), "repetitions": reps}),
         );
     }
     let line = serde_json::json!({

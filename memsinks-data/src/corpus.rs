@@ -532,34 +532,35 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
     let mut documents: Vec<DocEntry> = Vec::new();
     let mut ids: HashMap<i64, usize> = HashMap::new();
     let mut unique_tokens = 0u64;
-    let mut add = |tokens: &[u32], split: Split, repetitions: usize, origin: String, writer: &mut crate::cache::CacheWriter| {
-        if tokens.is_empty() {
-            return Err(DataError::Config(format!("document {origin} tokenizes to nothing")));
-        }
-        let id = sequence_id(tokens);
-        if let Some(&other) = ids.get(&id) {
-            return Err(DataError::Config(format!(
+    let mut add =
+        |tokens: &[u32], split: Split, repetitions: usize, origin: String, writer: &mut crate::cache::CacheWriter| {
+            if tokens.is_empty() {
+                return Err(DataError::Config(format!("document {origin} tokenizes to nothing")));
+            }
+            let id = sequence_id(tokens);
+            if let Some(&other) = ids.get(&id) {
+                return Err(DataError::Config(format!(
                 "sequence ID collision: {origin} and document {other} both hash to {id}; change data.seed or drop one"
             )));
-        }
-        writer.push(tokens)?;
-        if split == Split::Unique {
-            // Counted, not listed (see `Manifest::unique_docs`). Unique documents are checked for
-            // collisions with the listed ones; among themselves a 63-bit collision is negligible.
-            unique_tokens += tokens.len() as u64;
-            return Ok(());
-        }
-        ids.insert(id, documents.len());
-        documents.push(DocEntry {
-            id,
-            split,
-            repetitions: repetitions as u32,
-            tokens: tokens.len() as u32,
-            origin,
-            positions: Vec::new(),
-        });
-        Ok(())
-    };
+            }
+            writer.push(tokens)?;
+            if split == Split::Unique {
+                // Counted, not listed (see `Manifest::unique_docs`). Unique documents are checked for
+                // collisions with the listed ones; among themselves a 63-bit collision is negligible.
+                unique_tokens += tokens.len() as u64;
+                return Ok(());
+            }
+            ids.insert(id, documents.len());
+            documents.push(DocEntry {
+                id,
+                split,
+                repetitions: repetitions as u32,
+                tokens: tokens.len() as u32,
+                origin,
+                positions: Vec::new(),
+            });
+            Ok(())
+        };
     let encode = |docs: &[Document]| tokenizer.encode_many(&docs.iter().map(|d| d.text.as_str()).collect::<Vec<_>>());
     for (doc, tokens) in repeated_docs.iter().zip(encode(&repeated_docs)?) {
         add(&tokens, Split::Repeated, cfg.repeated.repetitions, doc.origin.clone(), &mut writer)?;

@@ -45,12 +45,7 @@ impl SplitMix64 {
     }
 }
 
-/// The SplitMix64 finaliser: a bijective mix of 64 bits.
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub use memsinks_model::mask::mix64;
 
 #[cfg(test)]
 mod tests {

@@ -212,6 +212,14 @@ fn gather_rows<B: Backend>(
     table.select(0, picks).reshape([layout.batch, layout.seq_len, hidden])
 }
 
+/// A bias-free linear layer with N(0, `std`) weights: every projection of the model.
+pub fn normal_linear<B: Backend>(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Linear<B> {
+    LinearConfig::new(d_in, d_out)
+        .with_bias(false)
+        .with_initializer(Initializer::Normal { mean: 0.0, std })
+        .init(device)
+}
+
 /// SwiGLU MLP: `proj(silu(fc_1 x) * fc_2 x * mask)`; hidden unit `j < num_general` is general,
 /// the rest form the sink pool.
 #[derive(Module, Debug)]
@@ -227,16 +235,10 @@ pub struct MemSinkMlp<B: Backend> {
 impl<B: Backend> MemSinkMlp<B> {
     /// A new MLP with normal(0, `std`) weights; `proj_std` for the residual projection.
     pub fn new(d_model: usize, d_hidden: usize, std: f64, proj_std: f64, device: &B::Device) -> Self {
-        let linear = |i, o, std| {
-            LinearConfig::new(i, o)
-                .with_bias(false)
-                .with_initializer(Initializer::Normal { mean: 0.0, std })
-                .init(device)
-        };
         Self {
-            fc_1: linear(d_model, d_hidden, std),
-            fc_2: linear(d_model, d_hidden, std),
-            proj: linear(d_hidden, d_model, proj_std),
+            fc_1: normal_linear(d_model, d_hidden, std, device),
+            fc_2: normal_linear(d_model, d_hidden, std, device),
+            proj: normal_linear(d_hidden, d_model, proj_std, device),
         }
     }
 

@@ -4,7 +4,7 @@
 //! residual; RMSNorm → MemSink SwiGLU MLP → residual) → RMSNorm → LM head. No biases.
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, RmsNorm, RmsNormConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -13,7 +13,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use crate::config::ModelConfig;
 use crate::layout::SeqLayout;
 use crate::mask::SinkPool;
-use crate::mlp::{MemSinkMlp, MlpMode, SinkLayout};
+use crate::mlp::{normal_linear, MemSinkMlp, MlpMode, SinkLayout};
 use crate::ModelError;
 
 /// Rotary position embedding in the Llama ("rotate half") convention, so exported q/k weights
@@ -81,12 +81,7 @@ pub struct Attention<B: Backend> {
 impl<B: Backend> Attention<B> {
     fn new(cfg: &ModelConfig, proj_std: f64, device: &B::Device) -> Self {
         let hd = cfg.head_dim();
-        let linear = |i, o, std| {
-            LinearConfig::new(i, o)
-                .with_bias(false)
-                .with_initializer(Initializer::Normal { mean: 0.0, std })
-                .init(device)
-        };
+        let linear = |i, o, std| normal_linear(i, o, std, device);
         Self {
             q_proj: linear(cfg.d_model, cfg.n_heads * hd, cfg.init_std),
             k_proj: linear(cfg.d_model, cfg.n_kv_heads * hd, cfg.init_std),
@@ -168,12 +163,7 @@ impl ModelConfig {
                 mlp: MemSinkMlp::new(self.d_model, self.d_hidden, self.init_std, proj_std, device),
             })
             .collect();
-        let head = (!self.tie_embeddings).then(|| {
-            LinearConfig::new(self.d_model, self.vocab_size)
-                .with_bias(false)
-                .with_initializer(Initializer::Normal { mean: 0.0, std: self.init_std })
-                .init(device)
-        });
+        let head = (!self.tie_embeddings).then(|| normal_linear(self.d_model, self.vocab_size, self.init_std, device));
         let model = MemSinkLm {
             embed: EmbeddingConfig::new(self.vocab_size, self.d_model)
                 .with_initializer(Initializer::Normal { mean: 0.0, std: self.init_std })
