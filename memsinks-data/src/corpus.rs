@@ -150,6 +150,12 @@ impl DataConfig {
         if self.canary.docs > 0 && (self.canary.repetitions == 0 || self.canary.length < 2) {
             return bad("data.canary needs repetitions > 0 and length >= 2".into());
         }
+        if self.canary.docs > 0 && self.canary.length > self.context {
+            return bad(format!(
+                "data.canary.length {} exceeds data.context {}: a canary would be cut; shorten it or widen the context",
+                self.canary.length, self.context
+            ));
+        }
         if self.repeated.docs + self.unique + self.canary.docs == 0 {
             return bad("the corpus has no training documents: set repeated.docs, canary.docs or unique".into());
         }

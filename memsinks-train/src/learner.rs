@@ -120,6 +120,7 @@ pub const EVAL_KEYS: [&str; 5] =
 pub struct RunLog {
     path: PathBuf,
     micro_per_step: u64,
+    iterations_per_step: u64,
     log_every: u64,
     schedule: WarmupCosine,
     /// Micro-batches trained so far.
@@ -146,9 +147,12 @@ struct EvalAccumulator {
 
 impl RunLog {
     /// A log appending to `path`; `micro_done` micro-batches were trained before (resume).
+    /// `micro_per_step` counts micro-batches over all devices, `iterations_per_step` the
+    /// scheduler steps (gradient accumulation) per optimizer step.
     pub fn new(
         path: PathBuf,
         micro_per_step: u64,
+        iterations_per_step: u64,
         log_every: u64,
         schedule: WarmupCosine,
         micro_done: u64,
@@ -158,6 +162,7 @@ impl RunLog {
         Self {
             path,
             micro_per_step,
+            iterations_per_step,
             log_every,
             schedule,
             micro: AtomicU64::new(micro_done),
@@ -204,7 +209,7 @@ impl RunLog {
                 "kind": "train",
                 "step": step,
                 "loss": w.2 / w.3 as f64,
-                "lr": self.schedule.lr_at(step.max(1) as usize),
+                "lr": self.schedule.lr_at((step.max(1) * self.iterations_per_step) as usize),
                 "tokens_per_s": w.1 as f64 / secs.max(1e-9),
                 "tokens_seen": micro * tokens,
             });

@@ -240,11 +240,16 @@ pub fn train<B: AutodiffBackend>(
     } else {
         let _ = std::fs::remove_file(&metrics);
     }
-    let schedule_lr = WarmupCosine { peak: t.lr, min: t.min_lr, warmup: t.warmup_steps, total: total_steps, step: 0 };
+    // burn-train steps the scheduler once per iteration (one micro-batch per device), so with
+    // gradient accumulation the schedule is laid out in iterations, not optimizer steps.
+    let accum = t.grad_accumulation;
+    let schedule_lr =
+        WarmupCosine { peak: t.lr, min: t.min_lr, warmup: t.warmup_steps * accum, total: total_steps * accum, step: 0 };
     let interrupter = Interrupter::new();
     let log = Arc::new(RunLog::new(
         metrics,
         micro_per_step,
+        accum as u64,
         t.log_every as u64,
         schedule_lr.clone(),
         (round * t.eval_every) as u64 * micro_per_step,

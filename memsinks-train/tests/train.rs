@@ -145,6 +145,16 @@ fn every_method_trains_through_the_same_path() {
 }
 
 #[test]
+fn gradient_accumulation_takes_the_same_steps_with_more_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = smoke(&["train.grad_accumulation=2", "train.steps=8", "train.eval_every=4"]);
+    let summary = train::<AD>(&cfg, dir.path(), None, false, vec![Default::default()]).unwrap();
+    assert_eq!((summary.steps, summary.rows_per_step), (8, 16));
+    assert_eq!(summary.tokens_seen, 8 * 16 * cfg.data.context as u64);
+    assert_eq!(metric_lines(dir.path(), "eval").last().unwrap()["step"], 8);
+}
+
+#[test]
 fn dedup_budget_rule_is_explicit() {
     let dir = tempfile::tempdir().unwrap();
     let same_steps =
