@@ -1,0 +1,101 @@
+//! Metrics on models with known answers, and the fold against `DropSinks`.
+
+use std::sync::Arc;
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::AutodiffModule;
+use burn::tensor::{Int, Tensor, TensorData};
+use memsinks_data::cache::{CacheKey, TokenCache};
+use memsinks_data::LmBatch;
+use memsinks_model::{MemSinkLm, MlpMode, ModelConfig, SeqLayout};
+use memsinks_train::optim::step;
+use memsinks_train::{lm_loss, OptimConfig};
+use memsinks_unlearn::fold_drop_sinks;
+use memsinks_unlearn::metrics::{greedy_extraction, loss_mia_auc, score_docs};
+
+type AD = Autodiff<Flex>;
+const EOT: u32 = 0;
+
+fn cache_of(docs: &[Vec<u32>], dir: &std::path::Path) -> TokenCache {
+    let key = CacheKey { source_hash: "s".into(), tokenizer_hash: "t".into(), config_hash: "c".into() };
+    let mut w = TokenCache::writer(&dir.join("cache"), 64, key).unwrap();
+    for d in docs {
+        w.push(d).unwrap();
+    }
+    w.finish().unwrap()
+}
+
+/// `tiny` trained until it reproduces `docs[..memorize]` verbatim.
+fn memorizer(memorize: usize, cache: &TokenCache) -> MemSinkLm<Flex> {
+    let cfg = ModelConfig::preset("tiny").unwrap();
+    let mut model: MemSinkLm<AD> = cfg.init(&Default::default()).unwrap();
+    let mut optim = OptimConfig { weight_decay: 0.0, ..Default::default() }.init::<AD, MemSinkLm<AD>>();
+    let batcher = memsinks_data::Batcher::new(
+        Arc::new(cache.clone()),
+        Arc::new((0..memorize as u32).collect()),
+        40,
+        memorize,
+        EOT,
+        false,
+    );
+    let host = batcher.next_batch(&mut Default::default()).unwrap();
+    let batch: LmBatch<AD> = host.to_device(&Default::default());
+    for _ in 0..400 {
+        let loss = lm_loss(&model, &batch, &MlpMode::Train);
+        model = step(&mut optim, model, loss, 1e-2, Some(1.0));
+    }
+    model.valid()
+}
+
+fn random_docs(n: usize, len: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut rng = memsinks_data::rng::SplitMix64::new(seed);
+    (0..n).map(|_| (0..len).map(|_| 1 + rng.below(63) as u32).collect()).collect()
+}
+
+#[test]
+fn memorized_documents_are_extracted_and_separated_from_held_out_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = random_docs(8, 40, 5);
+    let cache = cache_of(&docs, dir.path());
+    let model = memorizer(4, &cache);
+    let device = Default::default();
+    let mode = MlpMode::ActivateSeq { exclude: vec![] };
+    let seen = greedy_extraction(&model, &cache, &[0, 1, 2, 3], &mode, 8, 16, &device);
+    assert_eq!(seen.len(), 4);
+    for e in &seen {
+        assert_eq!(e.match_rate, 1.0, "memorized document {} not extracted", e.doc);
+        assert!(e.extracted && e.verbatim_len == 16);
+    }
+    // Random held-out documents cannot be continued.
+    let unseen = greedy_extraction(&model, &cache, &[4, 5, 6, 7], &mode, 8, 16, &device);
+    let rate = unseen.iter().map(|e| e.match_rate).sum::<f64>() / 4.0;
+    assert!(rate < 0.3, "held-out match rate {rate}");
+    assert!(unseen.iter().all(|e| !e.extracted));
+    // Teacher-forced: members have low loss and high accuracy; the loss separates them.
+    let members = score_docs(&model, &cache, &[0, 1, 2, 3], &mode, 40, 4, EOT, &device);
+    let held_out = score_docs(&model, &cache, &[4, 5, 6, 7], &mode, 40, 4, EOT, &device);
+    assert!(members.accuracy > 0.95 && members.nll < 0.2, "{} {}", members.accuracy, members.nll);
+    assert!(held_out.nll > 2.0);
+    assert_eq!(loss_mia_auc(&members, &held_out), 1.0);
+    assert_eq!(members.docs.len(), 4);
+    // Short documents are skipped by extraction.
+    assert!(greedy_extraction(&model, &cache, &[0], &mode, 30, 16, &device).is_empty());
+}
+
+#[test]
+fn folded_model_equals_drop_sinks_mode() {
+    let cfg = ModelConfig::preset("tiny").unwrap().with_init_std(0.2);
+    let model: MemSinkLm<Flex> = cfg.init(&Default::default()).unwrap();
+    let rows: Vec<i64> = (0..24).map(|i| (i * 5 + 2) % 64).collect();
+    let tokens = || Tensor::<Flex, 2, Int>::from_data(TensorData::new(rows.clone(), [2, 12]), &Default::default());
+    let layout = SeqLayout::per_row(&[3, 77], 12);
+    for rescale in [true, false] {
+        let want = model.forward(tokens(), &layout, &MlpMode::DropSinks { rescale });
+        let (folded, folded_cfg) = fold_drop_sinks(&model, &cfg, rescale, &Default::default()).unwrap();
+        assert_eq!(folded_cfg.d_hidden, cfg.num_general());
+        assert_eq!(folded_cfg.num_sink(), 0);
+        let got = folded.forward(tokens(), &layout, &MlpMode::Train);
+        let diff: f32 = (got - want).abs().max().into_scalar();
+        assert!(diff < 1e-5, "rescale {rescale}: max difference {diff}");
+    }
+}
