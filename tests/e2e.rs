@@ -118,3 +118,32 @@ fn mask_command_prints_reference_masks() {
         "10000000010001010110100001100011\n10000000010101110010110001001011\n10101110000010010000100100001010\n"
     );
 }
+
+#[test]
+fn train_eval_and_export_a_folded_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut train = bin();
+    train.arg("train").arg("--config").arg(smoke()).arg("--out").arg(&run).args(["--set", "train.steps=20"]);
+    assert!(train.status().unwrap().success());
+    let out = Command::new(env!("CARGO_BIN_EXE_memsinks"))
+        .args(["eval", "--max-docs", "8", "--k", "8", "--m", "8", "--run"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("eval.json")).unwrap()).unwrap();
+    let modes: Vec<&str> = eval["modes"].as_array().unwrap().iter().map(|m| m["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["activate-seq", "all", "drop-sinks", "drop-sinks-plain"]);
+    assert!(eval["gap_closure_vs_sinks_on"].as_f64().unwrap().is_finite());
+    // A model with sinks exports only folded; the folded export has no sink neurons.
+    let plain = bin().arg("export").arg("--run").arg(&run).arg("--out").arg(dir.path().join("x")).status().unwrap();
+    assert!(!plain.success());
+    let folded = dir.path().join("folded");
+    let ok = bin().arg("export").arg("--run").arg(&run).arg("--drop-sinks").arg("--out").arg(&folded).status().unwrap();
+    assert!(ok.success());
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folded.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["intermediate_size"], 44); // floor(64 * 0.7)
+    assert!(std::fs::metadata(folded.join("model.safetensors")).unwrap().len() > 0);
+}

@@ -4,6 +4,7 @@
 mod backend;
 mod bench;
 mod data;
+mod eval;
 mod info;
 mod mask;
 mod train;
@@ -28,6 +29,10 @@ enum Command {
     Data(data::DataArgs),
     /// Train a model of an experiment (standard, dedup, memsinks, gradient masking).
     Train(train::TrainArgs),
+    /// Evaluate a trained run in each MLP mode (writes eval.json).
+    Eval(eval::EvalArgs),
+    /// Export a run's weights as safetensors (optionally folded with sinks dropped).
+    Export(eval::ExportArgs),
     /// Benchmarks (`bench train`: training-step throughput).
     Bench(bench::BenchArgs),
 }
@@ -49,6 +54,8 @@ fn main() {
         Command::Bench(args) => bench::run(args, &mut stdout),
         Command::Data(args) => data::run(args, &mut stdout),
         Command::Train(args) => train::run(args, &mut stdout),
+        Command::Eval(args) => eval::run_eval(args, &mut stdout),
+        Command::Export(args) => eval::run_export(args, &mut stdout),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

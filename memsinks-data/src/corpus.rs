@@ -508,7 +508,8 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
             // Train on the repeated documents and up to 50k unique ones, buffered for step 4.
             unique_buffer = take_distinct(&mut *main, cfg.unique.min(50_000), &mut seen, false, &mut duplicates)?;
             let texts = repeated_docs.iter().chain(&unique_buffer).map(|d| d.text.as_str());
-            TextTokenizer::train(texts, *vocab_size, show_progress)?
+            // The trainer's own progress output goes to stdout, which carries results: keep it quiet.
+            TextTokenizer::train(texts, *vocab_size, false)?
         }
     };
     tokenizer.save(&out.join(TOKENIZER_FILE))?;

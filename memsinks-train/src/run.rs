@@ -53,6 +53,8 @@ pub struct TrainSummary {
     pub wall_s: f64,
     /// Whether the run resumed from a checkpoint, and which.
     pub resumed_from: Option<usize>,
+    /// The prepared corpus the run trained on.
+    pub data_dir: PathBuf,
 }
 
 /// Writes burn records atomically: to a temporary file in the same directory, synced, then
@@ -321,9 +323,18 @@ pub fn train<B: AutodiffBackend>(
         budget_rule: budget_rule.to_string(),
         wall_s: started.elapsed().as_secs_f64(),
         resumed_from: resume_round,
+        data_dir: std::path::absolute(&data_dir).unwrap_or(data_dir.clone()),
     };
     write_atomic(&run_dir.join("train.json"), &serde_json::to_vec_pretty(&summary).expect("serialises"))?;
     Ok(summary)
+}
+
+/// Reads `train.json` of a finished run.
+pub fn load_summary(run_dir: &Path) -> Result<TrainSummary, TrainError> {
+    let path = run_dir.join("train.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| TrainError::Config(format!("{}: {e}; the run did not finish", path.display())))
 }
 
 /// Reads the resolved configuration of a run directory (for `--resume`).

@@ -4,6 +4,7 @@
 //! method is judged by. (The post-hoc baselines, neuron localization and pruning and fine-tuning
 //! unlearning, are not implemented yet.)
 
+pub mod eval;
 pub mod fold;
 pub mod metrics;
 

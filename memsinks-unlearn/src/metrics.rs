@@ -60,7 +60,8 @@ pub fn score_docs<B: Backend>(
         let [b, t, v] = logits.dims();
         let logp = log_softmax(logits.reshape([b * t, v]), 1);
         let targets = batch.targets.clone().reshape([b * t, 1]);
-        let nll: Vec<f32> = logp.clone().gather(1, targets.clone()).neg().into_data().convert::<f32>().to_vec().expect("f32");
+        let nll: Vec<f32> =
+            logp.clone().gather(1, targets.clone()).neg().into_data().convert::<f32>().to_vec().expect("f32");
         let argmax: Vec<i64> = logp.argmax(1).into_data().convert::<i64>().to_vec().expect("i64");
         let target: Vec<i64> = targets.into_data().convert::<i64>().to_vec().expect("i64");
         for (r, &(_, doc)) in host.started.iter().enumerate() {
@@ -72,11 +73,17 @@ pub fn score_docs<B: Backend>(
                     n += 1;
                 }
             }
-            out.push(DocScore { doc: doc as usize, nll: sum / n.max(1) as f64, accuracy: hits as f64 / n.max(1) as f64, tokens: n });
+            out.push(DocScore {
+                doc: doc as usize,
+                nll: sum / n.max(1) as f64,
+                accuracy: hits as f64 / n.max(1) as f64,
+                tokens: n,
+            });
         }
     }
     let tokens: usize = out.iter().map(|d| d.tokens).sum();
-    let weighted = |f: fn(&DocScore) -> f64| out.iter().map(|d| f(d) * d.tokens as f64).sum::<f64>() / tokens.max(1) as f64;
+    let weighted =
+        |f: fn(&DocScore) -> f64| out.iter().map(|d| f(d) * d.tokens as f64).sum::<f64>() / tokens.max(1) as f64;
     SetScore { nll: weighted(|d| d.nll), accuracy: weighted(|d| d.accuracy), tokens, docs: out }
 }
 

@@ -1,0 +1,202 @@
+//! `memsinks eval` and `memsinks export`: measure a trained run, export its weights.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use memsinks_data::{write_atomic, PreparedCorpus};
+use memsinks_model::io::{export_safetensors, load_model};
+use memsinks_model::MlpMode;
+use memsinks_train::run::{load_run_config, load_summary, FINAL_DIR};
+use memsinks_unlearn::eval::{default_modes, evaluate_mode, EvalOptions, ModeReport};
+use memsinks_unlearn::fold_drop_sinks;
+use memsinks_unlearn::metrics::gap_closure;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{default_backend, run_on, BackendTask};
+
+/// Evaluate a trained run in each MLP mode; writes RUN/eval.json.
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  memsinks eval --run runs/ts-quick-memsinks-601dd35d17d4\n  memsinks eval --run runs/mem --reference runs/std --mode drop-sinks"
+)]
+pub struct EvalArgs {
+    /// Run directory (written by `memsinks train`).
+    #[arg(long)]
+    run: PathBuf,
+    /// One mode only: train, all, drop-sinks, drop-sinks-plain, activate-seq (default: all that apply).
+    #[arg(long)]
+    mode: Option<String>,
+    /// An evaluated standard run: gap closure is also reported against its gap.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// Documents per split.
+    #[arg(long, default_value_t = 64)]
+    max_docs: usize,
+    /// Prompt tokens of greedy extraction.
+    #[arg(long, default_value_t = 32)]
+    k: usize,
+    /// Continuation tokens of greedy extraction.
+    #[arg(long, default_value_t = 32)]
+    m: usize,
+    /// Backend.
+    #[arg(long)]
+    backend: Option<String>,
+}
+
+/// The content of `eval.json`.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct EvalFile {
+    /// Run id of the evaluated run.
+    pub run_id: String,
+    /// Training method.
+    pub method: String,
+    /// Options used.
+    pub options: EvalOptions,
+    /// One report per mode.
+    pub modes: Vec<ModeReport>,
+    /// `1 - gap(drop-sinks) / gap(activate-seq)`: closure against the same model with sinks on.
+    pub gap_closure_vs_sinks_on: Option<f64>,
+    /// Per mode, `1 - gap(mode) / gap(reference)`, when a reference run is given.
+    pub gap_closure_vs_reference: Option<Vec<(String, f64)>>,
+}
+
+struct EvalTask {
+    args: EvalArgs,
+}
+
+impl BackendTask for EvalTask {
+    type Output = EvalFile;
+
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<EvalFile> {
+        let args = &self.args;
+        let device = &devices[0];
+        let cfg = load_run_config(&args.run)?;
+        let summary = load_summary(&args.run)?;
+        let corpus = PreparedCorpus::open(&summary.data_dir)?;
+        let (model, _) = load_model::<B::InnerBackend>(&args.run.join(FINAL_DIR), device)?;
+        let modes = match &args.mode {
+            Some(name) => vec![MlpMode::parse(name).with_context(|| {
+                format!("unknown --mode `{name}`; allowed: train, all, drop-sinks, drop-sinks-plain, activate-seq")
+            })?],
+            None => default_modes(&model),
+        };
+        let options = EvalOptions {
+            max_docs: args.max_docs,
+            k: args.k,
+            m: args.m,
+            batch_size: cfg.train.batch_size,
+            context: cfg.data.context,
+        };
+        let reports: Vec<ModeReport> =
+            modes.iter().map(|mode| evaluate_mode(&model, &corpus, mode, &options, device)).collect();
+        let gap_of = |name: &str| reports.iter().find(|r| r.mode == name).map(|r| r.gap);
+        let gap_closure_vs_sinks_on = gap_of("drop-sinks").zip(gap_of("activate-seq")).map(|(d, a)| gap_closure(d, a));
+        let gap_closure_vs_reference = match &args.reference {
+            None => None,
+            Some(dir) => {
+                let path = dir.join("eval.json");
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("{}: evaluate the reference run first", path.display()))?;
+                let reference: EvalFile = serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
+                let gap_ref = reference.modes.first().map(|r| r.gap).context("the reference eval.json has no modes")?;
+                Some(reports.iter().map(|r| (r.mode.clone(), gap_closure(r.gap, gap_ref))).collect())
+            }
+        };
+        Ok(EvalFile {
+            run_id: summary.run_id,
+            method: summary.method,
+            options,
+            modes: reports,
+            gap_closure_vs_sinks_on,
+            gap_closure_vs_reference,
+        })
+    }
+}
+
+/// Runs `memsinks eval`.
+pub fn run_eval(args: &EvalArgs, out: &mut impl std::io::Write) -> Result<()> {
+    let backend = args.backend.clone().unwrap_or_else(|| default_backend().to_string());
+    let file = run_on(&backend, "f32", 0, 1, EvalTask { args: args.clone() })?;
+    write_atomic(&args.run.join("eval.json"), &serde_json::to_vec_pretty(&file)?)?;
+    writeln!(
+        out,
+        "{:<18} {:>8} {:>8} {:>8} {:>7} {:>9} {:>8} {:>9} {:>7}",
+        "mode", "L_val", "L_rep", "L_canary", "gap", "extract", "verbatim", "extr.val", "MIA"
+    )?;
+    for r in &file.modes {
+        let canary = r.canary.as_ref().map_or(f64::NAN, |c| c.nll);
+        writeln!(
+            out,
+            "{:<18} {:>8.3} {:>8.3} {:>8.3} {:>7.3} {:>9.3} {:>8.1} {:>9.3} {:>7.3}",
+            r.mode,
+            r.validation.nll,
+            r.repeated.nll,
+            canary,
+            r.gap,
+            r.extraction_repeated.match_rate,
+            r.extraction_repeated.verbatim_len,
+            r.extraction_validation.match_rate,
+            r.mia_auc
+        )?;
+    }
+    if let Some(c) = file.gap_closure_vs_sinks_on {
+        writeln!(out, "gap closure vs the same model with sinks on: {:.1} %", 100.0 * c)?;
+    }
+    for (mode, c) in file.gap_closure_vs_reference.iter().flatten() {
+        writeln!(out, "gap closure of {mode} vs the reference: {:.1} %", 100.0 * c)?;
+    }
+    writeln!(out, "wrote {}", args.run.join("eval.json").display())?;
+    Ok(())
+}
+
+/// Export a trained run's weights as safetensors with a Llama config.json.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Example:\n  memsinks export --run runs/mem --drop-sinks --out exported/mem-folded")]
+pub struct ExportArgs {
+    /// Run directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Fold the model with sinks dropped into a plain Llama (sink neurons removed, rescale folded).
+    #[arg(long)]
+    drop_sinks: bool,
+    /// With --drop-sinks: do not rescale the general neurons.
+    #[arg(long, requires = "drop_sinks")]
+    plain: bool,
+}
+
+struct ExportTask {
+    args: ExportArgs,
+}
+
+impl BackendTask for ExportTask {
+    type Output = (PathBuf, usize);
+
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<(PathBuf, usize)> {
+        let args = &self.args;
+        let device = &devices[0];
+        let (model, cfg) = load_model::<B::InnerBackend>(&args.run.join(FINAL_DIR), device)?;
+        let (model, cfg) = if args.drop_sinks {
+            fold_drop_sinks(&model, &cfg, !args.plain, device)?
+        } else {
+            if cfg.num_sink() > 0 {
+                bail!(
+                    "this model has sinks, which a Llama reader would run at full strength: export with --drop-sinks"
+                );
+            }
+            (model, cfg)
+        };
+        Ok((export_safetensors(&model, &cfg, &args.out)?, cfg.num_params()))
+    }
+}
+
+/// Runs `memsinks export` on the default backend.
+pub fn run_export(args: &ExportArgs, out: &mut impl std::io::Write) -> Result<()> {
+    let (path, params) = run_on(default_backend(), "f32", 0, 1, ExportTask { args: args.clone() })?;
+    writeln!(out, "wrote {} ({params} parameters)", path.display())?;
+    Ok(())
+}

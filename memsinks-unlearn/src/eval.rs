@@ -1,0 +1,145 @@
+//! Evaluation of a trained model in each MLP mode on the corpus's sets: the `eval.json` of a run.
+
+use burn::tensor::backend::Backend;
+use memsinks_data::{PreparedCorpus, Split};
+use memsinks_model::{MemSinkLm, MlpMode};
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{gap, greedy_extraction, loss_mia_auc, score_docs, DocScore, Extraction, SetScore};
+
+/// What to evaluate.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalOptions {
+    /// Documents per split (the first ones of each split).
+    pub max_docs: usize,
+    /// Prompt length of greedy extraction.
+    pub k: usize,
+    /// Continuation length of greedy extraction.
+    pub m: usize,
+    /// Rows per forward pass.
+    pub batch_size: usize,
+    /// Tokens per row.
+    pub context: usize,
+}
+
+/// Summary of greedy extraction over a set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExtractionSummary {
+    /// Documents long enough to be decoded.
+    pub docs: usize,
+    /// Mean share of continuation tokens reproduced.
+    pub match_rate: f64,
+    /// Share of documents reproduced entirely (k-extractable).
+    pub extracted: f64,
+    /// Mean verbatim length.
+    pub verbatim_len: f64,
+    /// Per document.
+    pub per_doc: Vec<Extraction>,
+}
+
+fn summarize(ex: Vec<Extraction>) -> ExtractionSummary {
+    let n = ex.len().max(1) as f64;
+    ExtractionSummary {
+        docs: ex.len(),
+        match_rate: ex.iter().map(|e| e.match_rate).sum::<f64>() / n,
+        extracted: ex.iter().filter(|e| e.extracted).count() as f64 / n,
+        verbatim_len: ex.iter().map(|e| e.verbatim_len as f64).sum::<f64>() / n,
+        per_doc: ex,
+    }
+}
+
+/// One set's teacher-forced summary (per-document scores kept separately).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SetSummary {
+    /// Mean NLL.
+    pub nll: f64,
+    /// Next-token accuracy.
+    pub accuracy: f64,
+    /// Targets scored.
+    pub tokens: usize,
+}
+
+impl From<&SetScore> for SetSummary {
+    fn from(s: &SetScore) -> Self {
+        Self { nll: s.nll, accuracy: s.accuracy, tokens: s.tokens }
+    }
+}
+
+/// Everything measured in one mode.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModeReport {
+    /// The mode (`activate-seq`, `all`, `drop-sinks`, `drop-sinks-plain`, `train`).
+    pub mode: String,
+    /// Held-out documents.
+    pub validation: SetSummary,
+    /// Repeated natural documents.
+    pub repeated: SetSummary,
+    /// Random-token canaries (absent when the corpus has none).
+    pub canary: Option<SetSummary>,
+    /// Unique training documents (seen once).
+    pub unique: Option<SetSummary>,
+    /// `L_val - L_rep`.
+    pub gap: f64,
+    /// Greedy extraction of repeated documents.
+    pub extraction_repeated: ExtractionSummary,
+    /// Greedy extraction of canaries.
+    pub extraction_canary: Option<ExtractionSummary>,
+    /// Greedy extraction of held-out documents: the baseline that predictable text reaches
+    /// without any memorization.
+    pub extraction_validation: ExtractionSummary,
+    /// Membership-inference AUC of the loss, repeated vs validation.
+    pub mia_auc: f64,
+    /// Per repeated document: teacher-forced scores (for specificity).
+    pub repeated_docs: Vec<DocScore>,
+}
+
+/// Evaluates `model` in `mode` on the first `max_docs` documents of each split.
+pub fn evaluate_mode<B: Backend>(
+    model: &MemSinkLm<B>,
+    corpus: &PreparedCorpus,
+    mode: &MlpMode,
+    opts: &EvalOptions,
+    device: &B::Device,
+) -> ModeReport {
+    let m = &corpus.manifest;
+    let take = |split: Split| m.indices(split).into_iter().take(opts.max_docs).collect::<Vec<_>>();
+    let score = |docs: &[usize]| {
+        score_docs(model, &corpus.cache, docs, mode, opts.context, opts.batch_size, m.end_of_text, device)
+    };
+    let (val_docs, rep_docs, canary_docs, unique_docs) =
+        (take(Split::Validation), take(Split::Repeated), take(Split::Canary), take(Split::Unique));
+    let validation = score(&val_docs);
+    let repeated = score(&rep_docs);
+    let canary = (!canary_docs.is_empty()).then(|| score(&canary_docs));
+    let unique = (!unique_docs.is_empty()).then(|| score(&unique_docs));
+    let extract =
+        |docs: &[usize]| summarize(greedy_extraction(model, &corpus.cache, docs, mode, opts.k, opts.m, device));
+    ModeReport {
+        mode: mode.name().to_string(),
+        gap: gap(validation.nll, repeated.nll),
+        mia_auc: loss_mia_auc(&repeated, &validation),
+        extraction_repeated: extract(&rep_docs),
+        extraction_canary: (!canary_docs.is_empty()).then(|| extract(&canary_docs)),
+        extraction_validation: extract(&val_docs),
+        validation: (&validation).into(),
+        canary: canary.as_ref().map(Into::into),
+        unique: unique.as_ref().map(Into::into),
+        repeated_docs: repeated.docs.clone(),
+        repeated: (&repeated).into(),
+    }
+}
+
+/// The modes worth reporting for a model: its own subset, all sinks, dropped (rescaled and
+/// plain) for a MemSinks model; the plain forward for a model without sinks.
+pub fn default_modes<B: Backend>(model: &MemSinkLm<B>) -> Vec<MlpMode> {
+    if model.sink_pool().is_empty() {
+        vec![MlpMode::Train]
+    } else {
+        vec![
+            MlpMode::ActivateSeq { exclude: vec![] },
+            MlpMode::All { exclude: vec![] },
+            MlpMode::DropSinks { rescale: true },
+            MlpMode::DropSinks { rescale: false },
+        ]
+    }
+}
