@@ -8,6 +8,7 @@ mod eval;
 mod info;
 mod mask;
 mod train;
+mod unlearn;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +34,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Export a run's weights as safetensors (optionally folded with sinks dropped).
     Export(eval::ExportArgs),
+    /// Run a post-hoc unlearning baseline on a trained run (writes its trade-off curve).
+    Unlearn(unlearn::UnlearnArgs),
     /// Benchmarks (`bench train`: training-step throughput).
     Bench(bench::BenchArgs),
 }
@@ -55,6 +58,7 @@ fn main() {
         Command::Data(args) => data::run(args, &mut stdout),
         Command::Train(args) => train::run(args, &mut stdout),
         Command::Eval(args) => eval::run_eval(args, &mut stdout),
+        Command::Unlearn(args) => unlearn::run(args, &mut stdout),
         Command::Export(args) => eval::run_export(args, &mut stdout),
     };
     if let Err(err) = result {

@@ -99,3 +99,34 @@ fn folded_model_equals_drop_sinks_mode() {
         assert!(diff < 1e-5, "rescale {rescale}: max difference {diff}");
     }
 }
+
+#[test]
+fn fine_tuning_unlearning_raises_the_forget_loss() {
+    use memsinks_unlearn::finetune::{unlearn, FinetuneConfig, ForgetSet, Objective};
+    let dir = tempfile::tempdir().unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/smoke.ron");
+    let exp = memsinks_train::ExperimentConfig::load(&path, &["train.method=Standard".into()]).unwrap();
+    let corpus = memsinks_data::prepare(&exp.data, dir.path(), false).unwrap();
+    let model_cfg = exp.model_config(corpus.tokenizer.vocab_size()).unwrap();
+    for (objective, forget) in [
+        (Objective::GradientAscent, ForgetSet::Repeated),
+        (Objective::GradientDifference, ForgetSet::Canary),
+        (Objective::Npo, ForgetSet::Repeated),
+    ] {
+        let model: MemSinkLm<AD> = model_cfg.init(&Default::default()).unwrap();
+        let cfg = FinetuneConfig {
+            forget,
+            lr: 3e-3,
+            steps: 10,
+            eval_every: 5,
+            eval_docs: 8,
+            batch_size: 8,
+            ..Default::default()
+        };
+        let curve = unlearn(model, &corpus, exp.data.context, objective, &cfg, &MlpMode::Train, &Default::default());
+        assert_eq!(curve.iter().map(|p| p.step).collect::<Vec<_>>(), vec![0, 5, 10], "{objective:?}");
+        let last = curve.last().unwrap();
+        assert!(last.delta_forget > 0.2, "{objective:?} on {forget:?}: forget loss moved by {}", last.delta_forget);
+        assert!(last.val_loss.is_finite());
+    }
+}
