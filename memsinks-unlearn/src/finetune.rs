@@ -11,7 +11,7 @@ use burn::tensor::Tensor;
 use memsinks_data::{Batcher, Cursor, LmBatch, PreparedCorpus, Split};
 use memsinks_model::{MemSinkLm, MlpMode};
 use memsinks_train::optim::step;
-use memsinks_train::{token_nll, OptimConfig};
+use memsinks_train::{lm_loss, token_nll, OptimConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::score_docs;
@@ -168,10 +168,10 @@ pub fn unlearn<B: AutodiffBackend>(
     for s in 1..=cfg.steps {
         let fb: LmBatch<B> = next_cycled(&forget, &mut fc, device);
         let loss = match objective {
-            Objective::GradientAscent => mean_loss(&model, &fb, mode).neg(),
+            Objective::GradientAscent => lm_loss(&model, &fb, mode).neg(),
             Objective::GradientDifference => {
                 let rb: LmBatch<B> = next_cycled(&retain, &mut rc, device);
-                mean_loss(&model, &fb, mode).neg() + mean_loss(&model, &rb, mode).mul_scalar(cfg.retain_weight)
+                lm_loss(&model, &fb, mode).neg() + lm_loss(&model, &rb, mode).mul_scalar(cfg.retain_weight)
             }
             Objective::Npo => {
                 let inner = fb.clone();
