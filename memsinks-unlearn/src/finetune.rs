@@ -123,15 +123,6 @@ fn sequence_logp<B: burn::tensor::backend::Backend>(
     (nll * mask).sum_dim(1).neg().squeeze_dim(1)
 }
 
-fn mean_loss<B: burn::tensor::backend::Backend>(
-    model: &MemSinkLm<B>,
-    batch: &LmBatch<B>,
-    mode: &MlpMode,
-) -> Tensor<B, 1> {
-    let (nll, mask) = token_nll(model, batch, mode);
-    (nll * mask.clone()).sum() / mask.sum().clamp_min(1.0)
-}
-
 /// Runs `objective` from `model` and returns the trade-off curve (the first point is step 0).
 pub fn unlearn<B: AutodiffBackend>(
     model: MemSinkLm<B>,
