@@ -8,6 +8,7 @@
 pub mod eval;
 pub mod finetune;
 pub mod fold;
+pub mod localize;
 pub mod metrics;
 
 pub use fold::fold_drop_sinks;

@@ -130,3 +130,75 @@ fn fine_tuning_unlearning_raises_the_forget_loss() {
         assert!(last.val_loss.is_finite());
     }
 }
+
+#[test]
+fn pruning_nothing_changes_nothing_and_pruning_everything_zeroes_the_mlps() {
+    use memsinks_unlearn::localize::{prune, random_scores};
+    let cfg = ModelConfig::preset("tiny").unwrap().with_init_std(0.2);
+    let model: MemSinkLm<Flex> = cfg.init(&Default::default()).unwrap();
+    let rows: Vec<i64> = (0..24).map(|i| (i * 7 + 1) % 64).collect();
+    let tokens = || Tensor::<Flex, 2, Int>::from_data(TensorData::new(rows.clone(), [2, 12]), &Default::default());
+    let layout = SeqLayout::per_row(&[3, 77], 12);
+    let logits = |m: &MemSinkLm<Flex>| m.forward(tokens(), &layout, &MlpMode::Train);
+    let scores = random_scores(cfg.n_layers, cfg.d_hidden, 1);
+    let same = prune(&model, &scores, 0.0, &Default::default());
+    let d0: f32 = (logits(&same) - logits(&model)).abs().max().into_scalar();
+    assert_eq!(d0, 0.0);
+    let all = prune(&model, &scores, 1.0, &Default::default());
+    let mut zeroed = model.clone();
+    for b in zeroed.blocks.iter_mut() {
+        b.mlp.proj.weight = burn::module::Param::from_tensor(b.mlp.proj.weight.val().zeros_like());
+    }
+    let d1: f32 = (logits(&all) - logits(&zeroed)).abs().max().into_scalar();
+    assert!(d1 < 1e-6, "pruning every unit differs from a zeroed MLP by {d1}");
+    let half = prune(&model, &scores, 0.5, &Default::default());
+    let zero_columns = values2(half.blocks[0].mlp.fc_1.weight.val())
+        .chunks(cfg.d_hidden)
+        .next()
+        .unwrap()
+        .iter()
+        .filter(|&&v| v == 0.0)
+        .count();
+    assert_eq!(zero_columns, cfg.d_hidden / 2);
+}
+
+fn values2(t: Tensor<Flex, 2>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().unwrap()
+}
+
+#[test]
+fn activation_scores_rank_the_units_the_forget_set_uses() {
+    use memsinks_unlearn::finetune::ForgetSet;
+    use memsinks_unlearn::localize::{activation_scores, prune_sweep, Scorer};
+    let dir = tempfile::tempdir().unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/smoke.ron");
+    let exp = memsinks_train::ExperimentConfig::load(&path, &["train.method=Standard".into()]).unwrap();
+    let corpus = memsinks_data::prepare(&exp.data, dir.path(), false).unwrap();
+    let model_cfg = exp.model_config(corpus.tokenizer.vocab_size()).unwrap();
+    let mut model: MemSinkLm<Flex> = model_cfg.init(&Default::default()).unwrap();
+    // A unit whose output weights are zero contributes nothing and must score zero.
+    let hidden = model_cfg.d_hidden;
+    let keep: Vec<f32> = (0..hidden).map(|j| if j == 5 { 0.0 } else { 1.0 }).collect();
+    let column = Tensor::<Flex, 2>::from_data(TensorData::new(keep, [hidden, 1]), &Default::default());
+    model.blocks[0].mlp.proj.weight = burn::module::Param::from_tensor(model.blocks[0].mlp.proj.weight.val() * column);
+    let docs = corpus.manifest.indices(memsinks_data::Split::Repeated);
+    let scores = activation_scores(&model, &corpus, &docs, &MlpMode::Train, exp.data.context, 8, &Default::default());
+    assert_eq!(scores.len(), model_cfg.n_layers);
+    assert_eq!(scores[0][5], 0.0);
+    assert!(scores[0].iter().filter(|&&s| s > 0.0).count() == hidden - 1);
+    let curve = prune_sweep(
+        &model,
+        &corpus,
+        Scorer::Activations,
+        ForgetSet::Repeated,
+        &[0.1, 1.0],
+        &MlpMode::Train,
+        exp.data.context,
+        8,
+        8,
+        &Default::default(),
+    );
+    assert_eq!(curve.len(), 3);
+    assert_eq!(curve[0].delta_forget, 0.0);
+    assert!(curve[2].delta_forget.abs() > 0.0, "pruning every unit must change the forget loss");
+}
