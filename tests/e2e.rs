@@ -136,6 +136,7 @@ fn train_eval_and_export_a_folded_model() {
     let modes: Vec<&str> = eval["modes"].as_array().unwrap().iter().map(|m| m["mode"].as_str().unwrap()).collect();
     assert_eq!(modes, ["activate-seq", "all", "drop-sinks", "drop-sinks-plain"]);
     assert!(eval["gap_closure_vs_sinks_on"].as_f64().unwrap().is_finite());
+    assert_eq!(eval["exclusion_specificity"].as_array().unwrap().len(), 8);
     // A model with sinks exports only folded; the folded export has no sink neurons.
     let plain = bin().arg("export").arg("--run").arg(&run).arg("--out").arg(dir.path().join("x")).status().unwrap();
     assert!(!plain.success());

@@ -9,7 +9,9 @@ use memsinks_data::{write_atomic, PreparedCorpus};
 use memsinks_model::io::{export_safetensors, load_model};
 use memsinks_model::MlpMode;
 use memsinks_train::run::{load_run_config, load_summary, FINAL_DIR};
-use memsinks_unlearn::eval::{default_modes, evaluate_mode, EvalOptions, ModeReport};
+use memsinks_unlearn::eval::{
+    default_modes, evaluate_mode, exclusion_specificity, EvalOptions, ModeReport, Specificity,
+};
 use memsinks_unlearn::fold_drop_sinks;
 use memsinks_unlearn::metrics::gap_closure;
 use serde::{Deserialize, Serialize};
@@ -60,6 +62,10 @@ pub struct EvalFile {
     pub gap_closure_vs_sinks_on: Option<f64>,
     /// Per mode, `1 - gap(mode) / gap(reference)`, when a reference run is given.
     pub gap_closure_vs_reference: Option<Vec<(String, f64)>>,
+    /// Dropping one sequence's sinks: its loss change versus the other repeated documents'
+    /// (MemSinks models only).
+    #[serde(default)]
+    pub exclusion_specificity: Vec<Specificity>,
 }
 
 struct EvalTask {
@@ -104,7 +110,13 @@ impl BackendTask for EvalTask {
                 Some(reports.iter().map(|r| (r.mode.clone(), gap_closure(r.gap, gap_ref))).collect())
             }
         };
+        let exclusion_specificity = if model.sink_pool().is_empty() {
+            Vec::new()
+        } else {
+            exclusion_specificity(&model, &corpus, &options, 8, device)
+        };
         Ok(EvalFile {
+            exclusion_specificity,
             run_id: summary.run_id,
             method: summary.method,
             options,
@@ -146,6 +158,12 @@ pub fn run_eval(args: &EvalArgs, out: &mut impl std::io::Write) -> Result<()> {
     }
     for (mode, c) in file.gap_closure_vs_reference.iter().flatten() {
         writeln!(out, "gap closure of {mode} vs the reference: {:.1} %", 100.0 * c)?;
+    }
+    if !file.exclusion_specificity.is_empty() {
+        let n = file.exclusion_specificity.len() as f64;
+        let target = file.exclusion_specificity.iter().map(|s| s.target_delta).sum::<f64>() / n;
+        let others = file.exclusion_specificity.iter().map(|s| s.others_delta).sum::<f64>() / n;
+        writeln!(out, "excluding one sequence's sinks: its loss +{target:.3}, other repeated documents +{others:.3}")?;
     }
     writeln!(out, "wrote {}", args.run.join("eval.json").display())?;
     Ok(())

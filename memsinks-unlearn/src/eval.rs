@@ -143,3 +143,46 @@ pub fn default_modes<B: Backend>(model: &MemSinkLm<B>) -> Vec<MlpMode> {
         ]
     }
 }
+
+/// Effect of dropping one sequence's sinks (exclusion) on that document versus the other
+/// repeated documents: the specificity that post-hoc localization cannot offer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Specificity {
+    /// The target document.
+    pub doc: usize,
+    /// Its loss change when its own sinks are excluded.
+    pub target_delta: f64,
+    /// Mean loss change of the other repeated documents under the same exclusion.
+    pub others_delta: f64,
+}
+
+/// For the first `targets` repeated documents: exclude each one's sinks (`ActivateSeq` with its
+/// ID excluded) and compare its loss change with the other repeated documents'.
+pub fn exclusion_specificity<B: Backend>(
+    model: &MemSinkLm<B>,
+    corpus: &PreparedCorpus,
+    opts: &EvalOptions,
+    targets: usize,
+    device: &B::Device,
+) -> Vec<Specificity> {
+    let m = &corpus.manifest;
+    let docs: Vec<usize> = m.indices(Split::Repeated).into_iter().take(opts.max_docs).collect();
+    let score = |mode: &MlpMode| {
+        score_docs(model, &corpus.cache, &docs, mode, opts.context, opts.batch_size, m.end_of_text, device).docs
+    };
+    let base = score(&MlpMode::ActivateSeq { exclude: vec![] });
+    docs.iter()
+        .take(targets)
+        .enumerate()
+        .map(|(t, &doc)| {
+            let after = score(&MlpMode::ActivateSeq { exclude: vec![m.documents[doc].id] });
+            let deltas: Vec<f64> = after.iter().zip(&base).map(|(a, b)| a.nll - b.nll).collect();
+            let others: Vec<f64> = deltas.iter().enumerate().filter(|(i, _)| *i != t).map(|(_, d)| *d).collect();
+            Specificity {
+                doc,
+                target_delta: deltas[t],
+                others_delta: others.iter().sum::<f64>() / others.len().max(1) as f64,
+            }
+        })
+        .collect()
+}
