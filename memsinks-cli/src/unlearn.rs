@@ -70,7 +70,7 @@ impl BackendTask for UnlearnTask {
         let (context, cfg) = (exp.data.context, &self.cfg);
         Ok(match self.method {
             Method::Finetune(objective) => {
-                serde_json::to_value(unlearn(model, &corpus, context, objective, cfg, &mode, device))?
+                serde_json::to_value(unlearn(model, &corpus, context, objective, cfg, &mode, device)?)?
             }
             Method::Prune(scorer) => {
                 let inner = burn::module::AutodiffModule::valid(&model);
@@ -85,7 +85,7 @@ impl BackendTask for UnlearnTask {
                     cfg.batch_size,
                     cfg.eval_docs,
                     device,
-                );
+                )?;
                 serde_json::to_value(curve)?
             }
         })

@@ -88,6 +88,10 @@ impl<B: Backend> Iterator for TrainIter<'_, B> {
     type Item = memsinks_data::LmBatch<B>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        // An empty schedule would never yield a batch (config validation rules it out).
+        if self.loader.batcher.schedule_len() == 0 {
+            return None;
+        }
         while self.index < self.count {
             let batch = loop {
                 match self.loader.batcher.next_batch(&mut self.cursor) {

@@ -15,6 +15,7 @@ use memsinks_train::{lm_loss, token_nll, OptimConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::score_docs;
+use crate::UnlearnError;
 
 /// The unlearning objective.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,7 +106,9 @@ fn cycle_batches(corpus: &PreparedCorpus, docs: &[usize], context: usize, batch:
     Batcher::new(Arc::new(corpus.cache.clone()), schedule, context, batch, corpus.manifest.end_of_text, false)
 }
 
+/// The next batch, starting the (non-empty) schedule over at its end.
 fn next_cycled<B: AutodiffBackend>(batcher: &Batcher, cursor: &mut Cursor, device: &B::Device) -> LmBatch<B> {
+    debug_assert!(batcher.schedule_len() > 0, "an empty schedule never yields a batch");
     loop {
         if let Some(b) = batcher.next_batch(cursor) {
             return b.to_device(device);
@@ -124,6 +127,9 @@ fn sequence_logp<B: burn::tensor::backend::Backend>(
 }
 
 /// Runs `objective` from `model` and returns the trade-off curve (the first point is step 0).
+///
+/// # Errors
+/// When the forget set (or, for gradient difference, the retain set) is empty.
 pub fn unlearn<B: AutodiffBackend>(
     model: MemSinkLm<B>,
     corpus: &PreparedCorpus,
@@ -132,7 +138,7 @@ pub fn unlearn<B: AutodiffBackend>(
     cfg: &FinetuneConfig,
     mode: &MlpMode,
     device: &B::Device,
-) -> Vec<SweepPoint> {
+) -> Result<Vec<SweepPoint>, UnlearnError> {
     let m = &corpus.manifest;
     let forget_split = match cfg.forget {
         ForgetSet::Repeated => Split::Repeated,
@@ -141,6 +147,12 @@ pub fn unlearn<B: AutodiffBackend>(
     let forget_docs = m.indices(forget_split);
     let val_docs: Vec<usize> = m.indices(Split::Validation).into_iter().take(cfg.eval_docs).collect();
     let retain_docs: Vec<usize> = m.indices(Split::Unique);
+    if forget_docs.is_empty() {
+        return Err(UnlearnError::EmptySet(forget_name(cfg.forget)));
+    }
+    if objective == Objective::GradientDifference && retain_docs.is_empty() {
+        return Err(UnlearnError::EmptySet("unique (retain)"));
+    }
     let eval_forget: Vec<usize> = forget_docs.iter().copied().take(cfg.eval_docs).collect();
     let measure = |model: &MemSinkLm<B::InnerBackend>| {
         let score = |docs: &[usize]| {
@@ -183,5 +195,13 @@ pub fn unlearn<B: AutodiffBackend>(
             curve.push(SweepPoint { step: s, forget_loss: f, val_loss: v, delta_forget: f - f0, delta_val: v - v0 });
         }
     }
-    curve
+    Ok(curve)
+}
+
+/// The split name of a forget set, for messages.
+pub fn forget_name(forget: ForgetSet) -> &'static str {
+    match forget {
+        ForgetSet::Repeated => "repeated",
+        ForgetSet::Canary => "canary",
+    }
 }

@@ -12,3 +12,11 @@ pub mod localize;
 pub mod metrics;
 
 pub use fold::fold_drop_sinks;
+
+/// Errors of the unlearning baselines.
+#[derive(Debug, thiserror::Error)]
+pub enum UnlearnError {
+    /// The corpus has no documents in a set the method needs.
+    #[error("the corpus has no {0} documents: choose another --forget set or prepare a corpus with some")]
+    EmptySet(&'static str),
+}

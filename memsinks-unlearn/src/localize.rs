@@ -13,8 +13,9 @@ use memsinks_model::{MemSinkLm, MlpMode};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-use crate::finetune::ForgetSet;
+use crate::finetune::{forget_name, ForgetSet};
 use crate::metrics::score_docs;
+use crate::UnlearnError;
 
 /// How hidden units are scored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +131,9 @@ pub fn prune<B: Backend>(model: &MemSinkLm<B>, scores: &[Vec<f32>], fraction: f6
 }
 
 /// Scores with `scorer` on the forget set, then prunes each fraction and measures.
+///
+/// # Errors
+/// When the forget set is empty.
 #[allow(clippy::too_many_arguments)]
 pub fn prune_sweep<B: Backend>(
     model: &MemSinkLm<B>,
@@ -142,13 +146,16 @@ pub fn prune_sweep<B: Backend>(
     batch_size: usize,
     eval_docs: usize,
     device: &B::Device,
-) -> Vec<PrunePoint> {
+) -> Result<Vec<PrunePoint>, UnlearnError> {
     let m = &corpus.manifest;
     let split = match forget {
         ForgetSet::Repeated => Split::Repeated,
         ForgetSet::Canary => Split::Canary,
     };
     let forget_docs = m.indices(split);
+    if forget_docs.is_empty() {
+        return Err(UnlearnError::EmptySet(forget_name(forget)));
+    }
     let eval_forget: Vec<usize> = forget_docs.iter().copied().take(eval_docs).collect();
     let val_docs: Vec<usize> = m.indices(Split::Validation).into_iter().take(eval_docs).collect();
     let measure = |model: &MemSinkLm<B>| {
@@ -162,11 +169,11 @@ pub fn prune_sweep<B: Backend>(
         Scorer::Random => random_scores(model.blocks.len(), model.sinks().hidden(), 0x5EED),
     };
     let (f0, v0) = measure(model);
-    std::iter::once(0.0)
+    Ok(std::iter::once(0.0)
         .chain(fractions.iter().copied())
         .map(|fraction| {
             let (f, v) = if fraction == 0.0 { (f0, v0) } else { measure(&prune(model, &scores, fraction, device)) };
             PrunePoint { fraction, forget_loss: f, val_loss: v, delta_forget: f - f0, delta_val: v - v0 }
         })
-        .collect()
+        .collect())
 }

@@ -104,10 +104,7 @@ fn folded_model_equals_drop_sinks_mode() {
 fn fine_tuning_unlearning_raises_the_forget_loss() {
     use memsinks_unlearn::finetune::{unlearn, FinetuneConfig, ForgetSet, Objective};
     let dir = tempfile::tempdir().unwrap();
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/smoke.ron");
-    let exp = memsinks_train::ExperimentConfig::load(&path, &["train.method=Standard".into()]).unwrap();
-    let corpus = memsinks_data::prepare(&exp.data, dir.path(), false).unwrap();
-    let model_cfg = exp.model_config(corpus.tokenizer.vocab_size()).unwrap();
+    let (exp, corpus, model_cfg) = smoke_corpus(dir.path());
     for (objective, forget) in [
         (Objective::GradientAscent, ForgetSet::Repeated),
         (Objective::GradientDifference, ForgetSet::Canary),
@@ -123,7 +120,8 @@ fn fine_tuning_unlearning_raises_the_forget_loss() {
             batch_size: 8,
             ..Default::default()
         };
-        let curve = unlearn(model, &corpus, exp.data.context, objective, &cfg, &MlpMode::Train, &Default::default());
+        let curve =
+            unlearn(model, &corpus, exp.data.context, objective, &cfg, &MlpMode::Train, &Default::default()).unwrap();
         assert_eq!(curve.iter().map(|p| p.step).collect::<Vec<_>>(), vec![0, 5, 10], "{objective:?}");
         let last = curve.last().unwrap();
         assert!(last.delta_forget > 0.2, "{objective:?} on {forget:?}: forget loss moved by {}", last.delta_forget);
@@ -171,10 +169,7 @@ fn activation_scores_rank_the_units_the_forget_set_uses() {
     use memsinks_unlearn::finetune::ForgetSet;
     use memsinks_unlearn::localize::{activation_scores, prune_sweep, Scorer};
     let dir = tempfile::tempdir().unwrap();
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/smoke.ron");
-    let exp = memsinks_train::ExperimentConfig::load(&path, &["train.method=Standard".into()]).unwrap();
-    let corpus = memsinks_data::prepare(&exp.data, dir.path(), false).unwrap();
-    let model_cfg = exp.model_config(corpus.tokenizer.vocab_size()).unwrap();
+    let (exp, corpus, model_cfg) = smoke_corpus(dir.path());
     let mut model: MemSinkLm<Flex> = model_cfg.init(&Default::default()).unwrap();
     // A unit whose output weights are zero contributes nothing and must score zero.
     let hidden = model_cfg.d_hidden;
@@ -198,7 +193,41 @@ fn activation_scores_rank_the_units_the_forget_set_uses() {
         8,
         &Default::default(),
     );
+    let curve = curve.unwrap();
     assert_eq!(curve.len(), 3);
     assert_eq!(curve[0].delta_forget, 0.0);
     assert!(curve[2].delta_forget.abs() > 0.0, "pruning every unit must change the forget loss");
+}
+
+/// The `smoke` experiment's corpus prepared in `dir`, with the standard model's configuration.
+fn smoke_corpus(
+    dir: &std::path::Path,
+) -> (memsinks_train::ExperimentConfig, memsinks_data::PreparedCorpus, ModelConfig) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/smoke.ron");
+    let exp = memsinks_train::ExperimentConfig::load(&path, &["train.method=Standard".into()]).unwrap();
+    let corpus = memsinks_data::prepare(&exp.data, dir, false).unwrap();
+    let model_cfg = exp.model_config(corpus.tokenizer.vocab_size()).unwrap();
+    (exp, corpus, model_cfg)
+}
+
+#[test]
+fn an_empty_forget_set_is_a_clear_error() {
+    use memsinks_unlearn::finetune::{unlearn, FinetuneConfig, ForgetSet, Objective};
+    let dir = tempfile::tempdir().unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/smoke.ron");
+    let exp = memsinks_train::ExperimentConfig::load(&path, &["data.canary.docs=0".into()]).unwrap();
+    let corpus = memsinks_data::prepare(&exp.data, dir.path(), false).unwrap();
+    let model: MemSinkLm<AD> =
+        exp.model_config(corpus.tokenizer.vocab_size()).unwrap().init(&Default::default()).unwrap();
+    let cfg = FinetuneConfig { forget: ForgetSet::Canary, steps: 2, ..Default::default() };
+    let err = unlearn(
+        model,
+        &corpus,
+        exp.data.context,
+        Objective::GradientAscent,
+        &cfg,
+        &MlpMode::Train,
+        &Default::default(),
+    );
+    assert!(err.unwrap_err().to_string().contains("canary"));
 }
