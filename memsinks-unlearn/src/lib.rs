@@ -1,9 +1,10 @@
 //! # memsinks-unlearn
 //!
 //! Removing memorization and measuring it: dropping and folding away sinks, fine-tuning
-//! unlearning baselines (gradient ascent, gradient difference, NPO), and the metrics every method
-//! is judged by. (Neuron localization and pruning, and the relearning test, are not implemented
-//! yet.)
+//! unlearning baselines (gradient ascent, gradient difference, NPO), neuron localization (by
+//! activations, or at random) with pruning, and the metrics every method is judged by. (The
+//! Zero-Out, Integrated-Gradients, Slimming and HardConcrete scorers and the relearning test are
+//! not implemented yet.)
 
 pub mod eval;
 pub mod finetune;
