@@ -56,8 +56,9 @@ pub fn run_on<T: BackendTask>(name: &str, precision: &str, first: usize, count: 
             "{count} devices requested: the CPU backends have one device; use cuda or wgpu for data-parallel training"
         );
     }
+    // GPU device indices; unused when only the CPU backends are compiled in.
+    #[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
     let indices = first..first + count.max(1);
-    let _ = &indices;
     match name {
         #[cfg(feature = "flex")]
         "flex" => task.run::<burn::backend::Autodiff<burn::backend::Flex>>(vec![Default::default()]),
