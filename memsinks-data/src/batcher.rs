@@ -75,6 +75,19 @@ impl Batcher {
         Self { cache, schedule, route_to_sinks: None, context, batch_size, end_of_text, packing }
     }
 
+    /// One document per row over `docs`, in that order: the batcher every evaluation and
+    /// unlearning pass uses.
+    pub fn over_documents(
+        cache: &TokenCache,
+        docs: &[usize],
+        context: usize,
+        batch_size: usize,
+        end_of_text: u32,
+    ) -> Self {
+        let schedule = Arc::new(docs.iter().map(|&d| d as u32).collect::<Vec<_>>());
+        Self::new(Arc::new(cache.clone()), schedule, context, batch_size, end_of_text, false)
+    }
+
     /// Gradient masking: tokens of documents flagged here update only the sink pool (documents
     /// beyond the end of `flags` are not flagged).
     pub fn with_route_to_sinks(mut self, flags: Arc<Vec<bool>>) -> Self {

@@ -135,21 +135,18 @@ fn truncate_metrics(path: &Path, max_step: u64, max_round: u64) -> Result<(), Tr
 /// Evaluation batches: the first `eval_docs` documents of the validation, repeated and canary
 /// splits, one document per row.
 fn eval_batches(corpus: &PreparedCorpus, cfg: &ExperimentConfig) -> Vec<(HostBatch, Split, Vec<usize>)> {
-    let cache = Arc::new(corpus.cache.clone());
     let mut out = Vec::new();
     for split in [Split::Validation, Split::Repeated, Split::Canary] {
         let docs: Vec<usize> = corpus.manifest.indices(split).into_iter().take(cfg.train.eval_docs).collect();
         if docs.is_empty() {
             continue;
         }
-        let schedule = Arc::new(docs.iter().map(|&d| d as u32).collect::<Vec<_>>());
-        let batcher = Batcher::new(
-            cache.clone(),
-            schedule,
+        let batcher = Batcher::over_documents(
+            &corpus.cache,
+            &docs,
             cfg.data.context,
             cfg.train.batch_size,
             corpus.manifest.end_of_text,
-            false,
         );
         let mut cursor = Cursor::default();
         while let Some(b) = batcher.next_batch(&mut cursor) {

@@ -3,8 +3,6 @@
 //! negative preference optimisation against the frozen starting model). Each run traces the
 //! trade-off curve: forget-set loss against validation loss, evaluated every few steps.
 
-use std::sync::Arc;
-
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
@@ -102,8 +100,7 @@ pub struct SweepPoint {
 }
 
 fn cycle_batches(corpus: &PreparedCorpus, docs: &[usize], context: usize, batch: usize) -> Batcher {
-    let schedule = Arc::new(docs.iter().map(|&d| d as u32).collect::<Vec<_>>());
-    Batcher::new(Arc::new(corpus.cache.clone()), schedule, context, batch, corpus.manifest.end_of_text, false)
+    Batcher::over_documents(&corpus.cache, docs, context, batch, corpus.manifest.end_of_text)
 }
 
 /// The next batch, starting the (non-empty) schedule over at its end.

@@ -11,7 +11,6 @@ use memsinks_data::rng::SplitMix64;
 use memsinks_data::{Batcher, Cursor, PreparedCorpus, Split};
 use memsinks_model::{MemSinkLm, MlpMode};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
 use crate::finetune::{forget_name, ForgetSet};
 use crate::metrics::score_docs;
@@ -63,9 +62,7 @@ pub fn activation_scores<B: Backend>(
     batch_size: usize,
     device: &B::Device,
 ) -> Vec<Vec<f32>> {
-    let schedule = Arc::new(docs.iter().map(|&d| d as u32).collect::<Vec<_>>());
-    let batcher =
-        Batcher::new(Arc::new(corpus.cache.clone()), schedule, context, batch_size, corpus.manifest.end_of_text, false);
+    let batcher = Batcher::over_documents(&corpus.cache, docs, context, batch_size, corpus.manifest.end_of_text);
     let hidden = model.sinks().hidden();
     let mut sums: Vec<Tensor<B, 1>> = (0..model.blocks.len()).map(|_| Tensor::zeros([hidden], device)).collect();
     let mut cursor = Cursor::default();

@@ -10,7 +10,6 @@ use memsinks_data::corpus::sequence_id;
 use memsinks_data::{Batcher, Cursor, TokenCache};
 use memsinks_model::{MemSinkLm, MlpMode, SeqLayout};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
 /// Teacher-forced results of one document.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,8 +49,7 @@ pub fn score_docs<B: Backend>(
     end_of_text: u32,
     device: &B::Device,
 ) -> SetScore {
-    let schedule = Arc::new(docs.iter().map(|&d| d as u32).collect::<Vec<_>>());
-    let batcher = Batcher::new(Arc::new(cache.clone()), schedule, context, batch_size, end_of_text, false);
+    let batcher = Batcher::over_documents(cache, docs, context, batch_size, end_of_text);
     let mut cursor = Cursor::default();
     let mut out = Vec::with_capacity(docs.len());
     while let Some(host) = batcher.next_batch(&mut cursor) {
