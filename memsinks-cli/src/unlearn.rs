@@ -1,121 +1,129 @@
-//! `memsinks unlearn`: run a post-hoc unlearning baseline on a trained run and write its
-//! trade-off curve.
+//! `memsinks unlearn`: run one method of the registry on a trained run and write its results
+//! (trade-off curve, relearning test) as JSON.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use memsinks_data::overrides::apply_overrides;
 use memsinks_data::{write_atomic, PreparedCorpus};
 use memsinks_model::io::load_model;
-use memsinks_model::MlpMode;
 use memsinks_train::run::{load_run_config, load_summary, FINAL_DIR};
-use memsinks_unlearn::finetune::{unlearn, FinetuneConfig, ForgetSet, Objective};
-use memsinks_unlearn::localize::{prune_sweep, Scorer};
+use memsinks_unlearn::{builtin_names, load_method, run_method, ForgetSet, MethodFile, MethodResult};
 
 use crate::backend::{default_backend, run_on, BackendTask};
 
-/// Run an unlearning baseline on a trained run: fine-tuning (gradient-ascent,
-/// gradient-difference, npo) or localization + pruning (prune-activations, prune-random).
+/// Run a removal method on a trained run: a built-in method of the registry (see `--list`) or a
+/// method file (`.ron`).
 #[derive(Args, Debug, Clone)]
-#[command(
-    after_help = "Examples:\n  memsinks unlearn --run runs/std --method gradient-ascent\n  memsinks unlearn --run runs/std --method npo --forget canary --set lr=3e-4 --set steps=100"
-)]
+#[command(after_help = "Examples:\n  memsinks unlearn --list\n  memsinks unlearn --run runs/std --method gradient-ascent\n  \
+memsinks unlearn --run runs/std --method npo --forget canary --set lr=3e-4 --set steps=100\n  \
+memsinks unlearn --run runs/std --method prune-zero-out --set 'fractions=[0.01,0.1]'\n  \
+memsinks unlearn --run runs/memsinks --method drop-sinks")]
 pub struct UnlearnArgs {
     /// Run directory (written by `memsinks train`).
-    #[arg(long)]
-    run: PathBuf,
-    /// gradient-ascent, gradient-difference, npo, prune-activations or prune-random.
-    #[arg(long)]
-    method: String,
-    /// Pruning: shares of each layer's hidden units to zero, one curve point each.
-    #[arg(long, value_delimiter = ',', default_value = "0.001,0.01,0.03,0.1,0.3")]
-    fractions: Vec<f64>,
+    #[arg(long, required_unless_present = "list")]
+    run: Option<PathBuf>,
+    /// Registry name or path to a method file.
+    #[arg(long, required_unless_present = "list")]
+    method: Option<String>,
     /// repeated or canary.
     #[arg(long, default_value = "repeated")]
     forget: String,
-    /// Hyperparameter overrides, e.g. `--set lr=3e-4 --set steps=100`.
+    /// Overrides of the method's hyperparameters, e.g. `--set lr=3e-4 --set relearn.steps=5`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
+    /// Results file (default: RUN/unlearn-METHOD-FORGET.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// List the built-in methods and exit.
+    #[arg(long)]
+    list: bool,
     /// Backend.
     #[arg(long)]
     backend: Option<String>,
 }
 
-/// A method of the registry.
-#[derive(Clone, Copy)]
-enum Method {
-    Finetune(Objective),
-    Prune(Scorer),
+/// One method run on one trained run (shared with `reproduce`).
+pub struct MethodTask {
+    /// The run directory.
+    pub run: PathBuf,
+    /// The method's name.
+    pub name: String,
+    /// Its file.
+    pub file: MethodFile,
+    /// What to forget.
+    pub forget: ForgetSet,
 }
 
-struct UnlearnTask {
-    args: UnlearnArgs,
-    method: Method,
-    cfg: FinetuneConfig,
-}
+impl BackendTask for MethodTask {
+    type Output = MethodResult;
 
-impl BackendTask for UnlearnTask {
-    type Output = serde_json::Value;
-
-    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<serde_json::Value> {
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<MethodResult> {
         let device = &devices[0];
-        let exp = load_run_config(&self.args.run)?;
-        let summary = load_summary(&self.args.run)?;
+        let exp = load_run_config(&self.run)?;
+        let summary = load_summary(&self.run)?;
         let corpus = PreparedCorpus::open(&summary.data_dir)?;
-        let (model, _) = load_model::<B>(&self.args.run.join(FINAL_DIR), device)?;
-        // The post-hoc baselines act on the deployed model: for a MemSinks run, with sinks dropped.
-        let mode = if model.sink_pool().is_empty() { MlpMode::Train } else { MlpMode::DropSinks { rescale: true } };
-        let (context, cfg) = (exp.data.context, &self.cfg);
-        Ok(match self.method {
-            Method::Finetune(objective) => {
-                serde_json::to_value(unlearn(model, &corpus, context, objective, cfg, &mode, device)?)?
-            }
-            Method::Prune(scorer) => {
-                let inner = burn::module::AutodiffModule::valid(&model);
-                let curve = prune_sweep(
-                    &inner,
-                    &corpus,
-                    scorer,
-                    cfg.forget,
-                    &self.args.fractions,
-                    &mode,
-                    context,
-                    cfg.batch_size,
-                    cfg.eval_docs,
-                    device,
-                )?;
-                serde_json::to_value(curve)?
-            }
-        })
+        let (model, _) = load_model::<B>(&self.run.join(FINAL_DIR), device)?;
+        Ok(run_method(&self.name, &self.file, model, &corpus, self.forget, exp.data.context, device)?)
     }
+}
+
+/// Parses `--forget`.
+pub fn parse_forget(name: &str) -> Result<ForgetSet> {
+    ForgetSet::parse(name).with_context(|| format!("unknown --forget `{name}`; allowed: repeated, canary"))
+}
+
+/// Runs `method` on `run` and writes the results to `out`.
+pub fn run_method_on(
+    run: &Path,
+    method: &str,
+    sets: &[String],
+    forget: ForgetSet,
+    backend: &str,
+    out: &Path,
+) -> Result<MethodResult> {
+    let (name, file) = load_method(method, sets)?;
+    let task = MethodTask { run: run.to_path_buf(), name, file, forget };
+    let result = run_on(backend, "f32", 0, 1, task)?;
+    write_atomic(out, &serde_json::to_vec_pretty(&result)?)?;
+    Ok(result)
 }
 
 /// Runs the subcommand.
 pub fn run(args: &UnlearnArgs, out: &mut impl std::io::Write) -> Result<()> {
-    let method = Objective::parse(&args.method)
-        .map(Method::Finetune)
-        .or_else(|| Scorer::parse(&args.method).map(Method::Prune))
-        .with_context(|| {
-            format!(
-                "unknown --method `{}`; allowed: gradient-ascent, gradient-difference, npo, prune-activations, prune-random",
-                args.method
-            )
-        })?;
-    let forget = match args.forget.as_str() {
-        "repeated" => ForgetSet::Repeated,
-        "canary" => ForgetSet::Canary,
-        other => anyhow::bail!("unknown --forget `{other}`; allowed: repeated, canary"),
-    };
-    let cfg = apply_overrides(&FinetuneConfig { forget, ..Default::default() }, &args.sets)?;
+    if args.list {
+        for name in builtin_names() {
+            let (_, file) = load_method(name, &[])?;
+            writeln!(out, "{name:28} {}", file.about)?;
+        }
+        return Ok(());
+    }
+    let (run, method) = (args.run.as_ref().expect("clap"), args.method.as_ref().expect("clap"));
+    let forget = parse_forget(&args.forget)?;
     let backend = args.backend.clone().unwrap_or_else(|| default_backend().to_string());
-    let curve = run_on(&backend, "f32", 0, 1, UnlearnTask { args: args.clone(), method, cfg: cfg.clone() })?;
-    let path = args.run.join(format!("unlearn-{}-{}.json", args.method, args.forget));
-    let json = serde_json::json!({ "method": args.method, "config": cfg, "curve": curve });
-    write_atomic(&path, &serde_json::to_vec_pretty(&json)?)?;
-    for p in curve.as_array().into_iter().flatten() {
-        writeln!(out, "{p}")?;
+    let stem = Path::new(method).file_stem().map_or_else(|| method.clone(), |s| s.to_string_lossy().to_string());
+    let path = args.out.clone().unwrap_or_else(|| run.join(format!("unlearn-{stem}-{}.json", forget.name())));
+    let result = run_method_on(run, method, &args.sets, forget, &backend, &path)?;
+    writeln!(out, "{} on {} ({} mode), {:.1} s", result.method, forget.name(), result.mode, result.wall_s)?;
+    writeln!(out, "{:>10} {:>10} {:>10} {:>10} {:>10}", "setting", "L_forget", "L_val", "dL_forget", "dL_val")?;
+    for p in &result.curve {
+        writeln!(
+            out,
+            "{:>10} {:>10.3} {:>10.3} {:>+10.3} {:>+10.3}",
+            p.setting, p.forget_loss, p.val_loss, p.delta_forget, p.delta_val
+        )?;
+    }
+    for r in &result.relearn {
+        writeln!(
+            out,
+            "relearn {:>2} docs: others' loss {:.3} -> {:.3} (original {:.3}): {} recovered",
+            r.relearned,
+            r.others_treated,
+            r.others_relearned,
+            r.others_original,
+            r.recovered.map_or("n/a".to_string(), |x| format!("{:.0} %", 100.0 * x))
+        )?;
     }
     writeln!(out, "wrote {}", path.display())?;
     Ok(())

@@ -19,7 +19,7 @@ pub use config::{ModelConfig, PRESET_NAMES};
 pub use layout::SeqLayout;
 pub use mask::{MaskScheme, SinkPool};
 pub use mlp::{mask_build_time, HiddenMask, MemSinkMlp, MlpMode, SinkLayout};
-pub use model::{Attention, Block, MemSinkLm, Rope};
+pub use model::{Attention, Block, HiddenHook, MemSinkLm, Rope};
 
 /// Errors of the model crate: bad configurations and unreadable or mismatched weight files.
 #[derive(Debug, thiserror::Error)]

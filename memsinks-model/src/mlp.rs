@@ -248,9 +248,20 @@ impl<B: Backend> MemSinkMlp<B> {
     /// neither their input weights (`fc_1`/`fc_2` columns) nor their output weights (`proj` rows)
     /// receive gradient from those tokens: `proj(h·g) + (detach(h)·(1-g)) @ detach(W_proj)`.
     pub fn forward(&self, x: Tensor<B, 3>, mask: Option<&HiddenMask<B>>) -> Tensor<B, 3> {
-        let mut h = silu(self.fc_1.forward(x.clone())) * self.fc_2.forward(x);
-        let Some(mask) = mask else { return self.proj.forward(h) };
-        h = h * mask.scale.clone();
+        self.forward_hooked(x, mask, |h| h)
+    }
+
+    /// [`MemSinkMlp::forward`] with `hook` applied to the hidden activations `[batch, seq, hidden]`
+    /// after the mask and before the down projection (neuron localization reads and scales them).
+    pub fn forward_hooked(
+        &self,
+        x: Tensor<B, 3>,
+        mask: Option<&HiddenMask<B>>,
+        hook: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let h = silu(self.fc_1.forward(x.clone())) * self.fc_2.forward(x);
+        let Some(mask) = mask else { return self.proj.forward(hook(h)) };
+        let h = hook(h * mask.scale.clone());
         match &mask.grad_gate {
             None => self.proj.forward(h),
             Some(gate) => {

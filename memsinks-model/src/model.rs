@@ -187,12 +187,28 @@ impl ModelConfig {
     }
 }
 
+/// A hook on the MLP hidden activations: `(layer, h) -> h'` (see [`MemSinkLm::forward_hooked`]).
+pub type HiddenHook<'a, B> = dyn FnMut(usize, Tensor<B, 3>) -> Tensor<B, 3> + 'a;
+
 impl<B: Backend> MemSinkLm<B> {
     /// Logits `[batch, seq, vocab]` for `tokens` (`[batch, seq]`) with the MLPs in `mode`.
     ///
     /// # Panics
     /// If `layout` does not describe `tokens`' shape or the sequence is longer than the RoPE table.
     pub fn forward(&self, tokens: Tensor<B, 2, Int>, layout: &SeqLayout, mode: &MlpMode) -> Tensor<B, 3> {
+        self.forward_hooked(tokens, layout, mode, &mut |_, h| h)
+    }
+
+    /// [`MemSinkLm::forward`] with `hook(layer, h)` applied to every block's MLP hidden
+    /// activations (after the mode's mask, before the down projection): neuron localization
+    /// observes, zeroes or scales units through it.
+    pub fn forward_hooked(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        layout: &SeqLayout,
+        mode: &MlpMode,
+        hook: &mut HiddenHook<'_, B>,
+    ) -> Tensor<B, 3> {
         let [batch, seq] = tokens.dims();
         assert_eq!((layout.batch, layout.seq_len), (batch, seq), "SeqLayout does not match the token batch");
         let device = tokens.device();
@@ -206,7 +222,7 @@ impl<B: Backend> MemSinkLm<B> {
                 None => self.sinks.hidden_mask::<B>(mode, layout, layer, &device),
             };
             x = x.clone() + block.attn.forward(block.attn_norm.forward(x), &self.rope, doc_mask.clone());
-            x = x.clone() + block.mlp.forward(block.mlp_norm.forward(x), mask.as_ref());
+            x = x.clone() + block.mlp.forward_hooked(block.mlp_norm.forward(x), mask.as_ref(), |h| hook(layer, h));
         }
         let x = self.norm.forward(x);
         match &self.head {

@@ -15,7 +15,11 @@ pub fn lm_loss<B: Backend>(model: &MemSinkLm<B>, batch: &LmBatch<B>, mode: &MlpM
 
 /// Per-target negative log-likelihood `[batch, seq]` and the loss mask it should be weighted by.
 pub fn token_nll<B: Backend>(model: &MemSinkLm<B>, batch: &LmBatch<B>, mode: &MlpMode) -> (Tensor<B, 2>, Tensor<B, 2>) {
-    let logits = model.forward(batch.inputs.clone(), &batch.layout, mode);
+    token_nll_of_logits(model.forward(batch.inputs.clone(), &batch.layout, mode), batch)
+}
+
+/// [`token_nll`] from logits already computed for `batch` (e.g. by a hooked forward).
+pub fn token_nll_of_logits<B: Backend>(logits: Tensor<B, 3>, batch: &LmBatch<B>) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let [b, t, v] = logits.dims();
     let logp = log_softmax(logits.reshape([b * t, v]), 1);
     let picked = logp.gather(1, batch.targets.clone().reshape([b * t, 1]));

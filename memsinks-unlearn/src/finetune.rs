@@ -4,7 +4,7 @@
 //! trade-off curve: forget-set loss against validation loss, evaluated every few steps.
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use memsinks_data::{Batcher, Cursor, LmBatch, PreparedCorpus, Split};
 use memsinks_model::{MemSinkLm, MlpMode};
@@ -12,7 +12,7 @@ use memsinks_train::optim::step;
 use memsinks_train::{lm_loss, token_nll, OptimConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::score_docs;
+use crate::probe::{point, ForgetSet, Probe, TradeoffPoint};
 use crate::UnlearnError;
 
 /// The unlearning objective.
@@ -26,33 +26,12 @@ pub enum Objective {
     Npo,
 }
 
-impl Objective {
-    /// Registry names.
-    pub fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "gradient-ascent" => Objective::GradientAscent,
-            "gradient-difference" => Objective::GradientDifference,
-            "npo" => Objective::Npo,
-            _ => return None,
-        })
-    }
-}
-
-/// What to forget.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ForgetSet {
-    /// The repeated natural documents.
-    Repeated,
-    /// The random-token canaries.
-    Canary,
-}
-
-/// Hyperparameters of a fine-tuning unlearning run (RON; `--set` overrides).
+/// Hyperparameters of a fine-tuning unlearning run (a method file's `spec`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FinetuneConfig {
-    /// The set to forget.
-    pub forget: ForgetSet,
+    /// The objective.
+    pub objective: Objective,
     /// Learning rate (constant).
     pub lr: f64,
     /// Optimizer steps.
@@ -72,7 +51,7 @@ pub struct FinetuneConfig {
 impl Default for FinetuneConfig {
     fn default() -> Self {
         Self {
-            forget: ForgetSet::Repeated,
+            objective: Objective::GradientAscent,
             lr: 1e-4,
             steps: 40,
             eval_every: 5,
@@ -84,37 +63,33 @@ impl Default for FinetuneConfig {
     }
 }
 
-/// One point of the trade-off curve.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SweepPoint {
-    /// Unlearning steps taken.
-    pub step: usize,
-    /// Forget-set loss.
-    pub forget_loss: f64,
-    /// Validation loss.
-    pub val_loss: f64,
-    /// Change of the forget-set loss since step 0.
-    pub delta_forget: f64,
-    /// Change of the validation loss since step 0.
-    pub delta_val: f64,
+/// Batches of `docs` (one per row) that start over at the end: an endless stream for
+/// optimisation loops.
+pub struct Cycle {
+    batcher: Batcher,
+    cursor: Cursor,
 }
 
-fn cycle_batches(corpus: &PreparedCorpus, docs: &[usize], context: usize, batch: usize) -> Batcher {
-    Batcher::over_documents(&corpus.cache, docs, context, batch, corpus.manifest.end_of_text)
-}
+impl Cycle {
+    /// A cycle over `docs` (which must not be empty).
+    pub fn new(corpus: &PreparedCorpus, docs: &[usize], context: usize, batch_size: usize) -> Self {
+        assert!(!docs.is_empty(), "an empty document list never yields a batch");
+        let batcher = Batcher::over_documents(&corpus.cache, docs, context, batch_size, corpus.manifest.end_of_text);
+        Self { batcher, cursor: Cursor::default() }
+    }
 
-/// The next batch, starting the (non-empty) schedule over at its end.
-fn next_cycled<B: AutodiffBackend>(batcher: &Batcher, cursor: &mut Cursor, device: &B::Device) -> LmBatch<B> {
-    debug_assert!(batcher.schedule_len() > 0, "an empty schedule never yields a batch");
-    loop {
-        if let Some(b) = batcher.next_batch(cursor) {
-            return b.to_device(device);
+    /// The next batch on `device`.
+    pub fn next<B: Backend>(&mut self, device: &B::Device) -> LmBatch<B> {
+        loop {
+            if let Some(b) = self.batcher.next_batch(&mut self.cursor) {
+                return b.to_device(device);
+            }
         }
     }
 }
 
 /// Per-row summed log-likelihood `[batch]` of the targets.
-fn sequence_logp<B: burn::tensor::backend::Backend>(
+fn sequence_logp<B: Backend>(
     model: &MemSinkLm<B>,
     batch: &LmBatch<B>,
     mode: &MlpMode,
@@ -123,7 +98,8 @@ fn sequence_logp<B: burn::tensor::backend::Backend>(
     (nll * mask).sum_dim(1).neg().squeeze_dim(1)
 }
 
-/// Runs `objective` from `model` and returns the trade-off curve (the first point is step 0).
+/// Runs `cfg.objective` from `model` on `forget` and returns the trade-off curve (the first
+/// point is step 0) and the treated model.
 ///
 /// # Errors
 /// When the forget set (or, for gradient difference, the retain set) is empty.
@@ -131,46 +107,30 @@ pub fn unlearn<B: AutodiffBackend>(
     model: MemSinkLm<B>,
     corpus: &PreparedCorpus,
     context: usize,
-    objective: Objective,
+    forget: ForgetSet,
     cfg: &FinetuneConfig,
     mode: &MlpMode,
     device: &B::Device,
-) -> Result<Vec<SweepPoint>, UnlearnError> {
-    let m = &corpus.manifest;
-    let forget_split = match cfg.forget {
-        ForgetSet::Repeated => Split::Repeated,
-        ForgetSet::Canary => Split::Canary,
-    };
-    let forget_docs = m.indices(forget_split);
-    let val_docs: Vec<usize> = m.indices(Split::Validation).into_iter().take(cfg.eval_docs).collect();
-    let retain_docs: Vec<usize> = m.indices(Split::Unique);
-    if forget_docs.is_empty() {
-        return Err(UnlearnError::EmptySet(forget_name(cfg.forget)));
-    }
-    if objective == Objective::GradientDifference && retain_docs.is_empty() {
+) -> Result<(Vec<TradeoffPoint>, MemSinkLm<B>), UnlearnError> {
+    let probe = Probe::new(corpus, forget, context, cfg.batch_size, cfg.eval_docs)?;
+    let retain_docs: Vec<usize> = corpus.manifest.indices(Split::Unique);
+    if cfg.objective == Objective::GradientDifference && retain_docs.is_empty() {
         return Err(UnlearnError::EmptySet("unique (retain)"));
     }
-    let eval_forget: Vec<usize> = forget_docs.iter().copied().take(cfg.eval_docs).collect();
-    let measure = |model: &MemSinkLm<B::InnerBackend>| {
-        let score = |docs: &[usize]| {
-            score_docs(model, &corpus.cache, docs, mode, context, cfg.batch_size, m.end_of_text, device).nll
-        };
-        (score(&eval_forget), score(&val_docs))
-    };
     let reference = model.valid();
-    let (f0, v0) = measure(&reference);
-    let mut curve = vec![SweepPoint { step: 0, forget_loss: f0, val_loss: v0, delta_forget: 0.0, delta_val: 0.0 }];
-    let forget = cycle_batches(corpus, &forget_docs, context, cfg.batch_size);
-    let retain = cycle_batches(corpus, &retain_docs, context, cfg.batch_size);
-    let (mut fc, mut rc) = (Cursor::default(), Cursor::default());
+    let base = probe.losses(&reference, mode, device);
+    let mut curve = vec![point(0.0, base, base)];
+    let mut forget_batches = Cycle::new(corpus, &probe.forget_docs, context, cfg.batch_size);
+    let mut retain_batches =
+        (!retain_docs.is_empty()).then(|| Cycle::new(corpus, &retain_docs, context, cfg.batch_size));
     let mut optim = OptimConfig { weight_decay: 0.0, ..Default::default() }.init::<B, MemSinkLm<B>>();
     let mut model = model;
     for s in 1..=cfg.steps {
-        let fb: LmBatch<B> = next_cycled(&forget, &mut fc, device);
-        let loss = match objective {
+        let fb: LmBatch<B> = forget_batches.next(device);
+        let loss = match cfg.objective {
             Objective::GradientAscent => lm_loss(&model, &fb, mode).neg(),
             Objective::GradientDifference => {
-                let rb: LmBatch<B> = next_cycled(&retain, &mut rc, device);
+                let rb: LmBatch<B> = retain_batches.as_mut().expect("checked above").next(device);
                 lm_loss(&model, &fb, mode).neg() + lm_loss(&model, &rb, mode).mul_scalar(cfg.retain_weight)
             }
             Objective::Npo => {
@@ -187,18 +147,9 @@ pub fn unlearn<B: AutodiffBackend>(
             }
         };
         model = step(&mut optim, model, loss, cfg.lr, Some(1.0));
-        if s % cfg.eval_every == 0 || s == cfg.steps {
-            let (f, v) = measure(&model.valid());
-            curve.push(SweepPoint { step: s, forget_loss: f, val_loss: v, delta_forget: f - f0, delta_val: v - v0 });
+        if s % cfg.eval_every.max(1) == 0 || s == cfg.steps {
+            curve.push(point(s as f64, probe.losses(&model.valid(), mode, device), base));
         }
     }
-    Ok(curve)
-}
-
-/// The split name of a forget set, for messages.
-pub fn forget_name(forget: ForgetSet) -> &'static str {
-    match forget {
-        ForgetSet::Repeated => "repeated",
-        ForgetSet::Canary => "canary",
-    }
+    Ok((curve, model))
 }

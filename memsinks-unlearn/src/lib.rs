@@ -1,23 +1,36 @@
 //! # memsinks-unlearn
 //!
-//! Removing memorization and measuring it: dropping and folding away sinks, fine-tuning
-//! unlearning baselines (gradient ascent, gradient difference, NPO), neuron localization (by
-//! activations, or at random) with pruning, and the metrics every method is judged by. (The
-//! Zero-Out, Integrated-Gradients, Slimming and HardConcrete scorers and the relearning test are
-//! not implemented yet.)
+//! Removing memorization and measuring it. By design: dropping a MemSinks model's sinks (all of
+//! them, or one sequence's) and folding them away into a plain Llama model. After the fact, on a
+//! standard model: fine-tuning unlearning (gradient ascent, gradient difference, NPO) and neuron
+//! localization (activations, zero-out, integrated gradients, slimming, hard-concrete, random)
+//! followed by pruning. Every method is a RON file of the [`registry`], judged by the same
+//! [`probe`] (forget-set against validation loss) and [`metrics`], with the [`relearn`]ing test.
 
 pub mod eval;
 pub mod finetune;
 pub mod fold;
 pub mod localize;
 pub mod metrics;
+pub mod probe;
+pub mod registry;
+pub mod relearn;
+pub mod scorers;
 
 pub use fold::fold_drop_sinks;
+pub use probe::{delta_val_at, ForgetSet, TradeoffPoint};
+pub use registry::{builtin_names, load_method, run_method, MethodFile, MethodResult, MethodSpec};
 
-/// Errors of the unlearning baselines.
+/// Errors of the unlearning methods.
 #[derive(Debug, thiserror::Error)]
 pub enum UnlearnError {
     /// The corpus has no documents in a set the method needs.
     #[error("the corpus has no {0} documents: choose another --forget set or prepare a corpus with some")]
     EmptySet(&'static str),
+    /// A method that removes sinks was given a model without them.
+    #[error("this method drops sinks, but the model has none: give it a MemSinks run")]
+    NoSinks,
+    /// A method name, file or override that cannot be used.
+    #[error("{0}")]
+    Method(String),
 }

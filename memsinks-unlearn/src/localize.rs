@@ -1,108 +1,32 @@
-//! Neuron localization and pruning: score every MLP hidden unit for its role in the forget set,
-//! zero the top-scored fraction of each layer, and trace forget loss against validation loss as
-//! the fraction grows. Implemented scorers: `Activations` (mean |a| on the forget set times the
-//! norm of the unit's output weights) and `Random` (the control).
+//! Localization and pruning: score every MLP hidden unit on the forget set (see
+//! [`crate::scorers`]), zero the top-scored fraction of each layer, and trace forget loss against
+//! validation loss as the fraction grows.
 
-use burn::module::Param;
-use burn::tensor::activation::silu;
-use burn::tensor::backend::Backend;
+use burn::module::{AutodiffModule, Param};
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
-use memsinks_data::rng::SplitMix64;
-use memsinks_data::{Batcher, Cursor, PreparedCorpus, Split};
+use memsinks_data::PreparedCorpus;
 use memsinks_model::{MemSinkLm, MlpMode};
 use serde::{Deserialize, Serialize};
 
-use crate::finetune::{forget_name, ForgetSet};
-use crate::metrics::score_docs;
+use crate::probe::{point, ForgetSet, Probe, TradeoffPoint};
+use crate::scorers::{score_units, Scorer};
 use crate::UnlearnError;
 
-/// How hidden units are scored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Scorer {
-    /// Mean absolute activation on the forget set × L2 norm of the unit's `proj` row.
-    Activations,
-    /// Uniform random scores (seeded).
-    Random,
-}
-
-impl Scorer {
-    /// Registry names (`memsinks unlearn --method prune-…`).
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "prune-activations" => Some(Scorer::Activations),
-            "prune-random" => Some(Scorer::Random),
-            _ => None,
-        }
-    }
-}
-
-/// One point of the pruning trade-off curve.
+/// A localize-then-prune method (a method file's `spec`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PrunePoint {
-    /// Share of each layer's hidden units zeroed.
-    pub fraction: f64,
-    /// Forget-set loss.
-    pub forget_loss: f64,
-    /// Validation loss.
-    pub val_loss: f64,
-    /// Change of the forget-set loss against the unpruned model.
-    pub delta_forget: f64,
-    /// Change of the validation loss.
-    pub delta_val: f64,
-}
-
-/// Per layer, per hidden unit: mean |activation| over the forget documents' tokens (in `mode`)
-/// times the unit's output-weight norm.
-pub fn activation_scores<B: Backend>(
-    model: &MemSinkLm<B>,
-    corpus: &PreparedCorpus,
-    docs: &[usize],
-    mode: &MlpMode,
-    context: usize,
-    batch_size: usize,
-    device: &B::Device,
-) -> Vec<Vec<f32>> {
-    let batcher = Batcher::over_documents(&corpus.cache, docs, context, batch_size, corpus.manifest.end_of_text);
-    let hidden = model.sinks().hidden();
-    let mut sums: Vec<Tensor<B, 1>> = (0..model.blocks.len()).map(|_| Tensor::zeros([hidden], device)).collect();
-    let mut cursor = Cursor::default();
-    let mut tokens = 0usize;
-    while let Some(host) = batcher.next_batch(&mut cursor) {
-        let batch = host.to_device::<B>(device);
-        let weights = batch.loss_mask.clone().unsqueeze_dim::<3>(2); // [b, t, 1]: real tokens only
-        tokens += host.weights.iter().flatten().filter(|&&w| w > 0.0).count();
-        // The model's own forward, unrolled to read each block's hidden activations.
-        let mut x = model.embed.forward(batch.inputs.clone());
-        for (layer, block) in model.blocks.iter().enumerate() {
-            let mask = model.sinks().hidden_mask::<B>(mode, &batch.layout, layer, device);
-            x = x.clone() + block.attn.forward(block.attn_norm.forward(x), &model.rope, None);
-            let n = block.mlp_norm.forward(x.clone());
-            let mut h = silu(block.mlp.fc_1.forward(n.clone())) * block.mlp.fc_2.forward(n);
-            if let Some(m) = &mask {
-                h = h * m.scale.clone();
-            }
-            let [b, t, i] = h.dims();
-            sums[layer] =
-                sums[layer].clone() + (h.clone().abs() * weights.clone()).reshape([b * t, i]).sum_dim(0).squeeze_dim(0);
-            x = x + block.mlp.proj.forward(h);
-        }
-    }
-    model
-        .blocks
-        .iter()
-        .zip(sums)
-        .map(|(block, sum)| {
-            let out_norm = block.mlp.proj.weight.val().square().sum_dim(1).sqrt().squeeze_dim(1);
-            let score = sum.div_scalar(tokens.max(1) as f32) * out_norm;
-            score.into_data().convert::<f32>().to_vec().expect("f32")
-        })
-        .collect()
-}
-
-/// Random scores, one per unit per layer.
-pub fn random_scores(layers: usize, hidden: usize, seed: u64) -> Vec<Vec<f32>> {
-    let mut rng = SplitMix64::new(seed);
-    (0..layers).map(|_| (0..hidden).map(|_| rng.unit() as f32).collect()).collect()
+#[serde(deny_unknown_fields)]
+pub struct PruneConfig {
+    /// How units are scored.
+    pub scorer: Scorer,
+    /// Shares of each layer's hidden units to zero, one curve point each.
+    pub fractions: Vec<f64>,
+    /// Forget documents the scorer sees (the first ones; the costly scorers run per unit).
+    pub score_docs: usize,
+    /// Documents per set in each evaluation.
+    pub eval_docs: usize,
+    /// Rows per forward pass.
+    pub batch_size: usize,
 }
 
 /// A copy of `model` with the `fraction` highest-scored hidden units of every layer zeroed
@@ -120,57 +44,39 @@ pub fn prune<B: Backend>(model: &MemSinkLm<B>, scores: &[Vec<f32>], fraction: f6
         }
         let row = Tensor::<B, 2>::from_data(TensorData::new(keep.clone(), [1, hidden]), device);
         let column = Tensor::<B, 2>::from_data(TensorData::new(keep, [hidden, 1]), device);
-        block.mlp.fc_1.weight = Param::from_tensor(block.mlp.fc_1.weight.val() * row.clone());
-        block.mlp.fc_2.weight = Param::from_tensor(block.mlp.fc_2.weight.val() * row);
-        block.mlp.proj.weight = Param::from_tensor(block.mlp.proj.weight.val() * column);
+        let mlp = &mut block.mlp;
+        mlp.fc_1.weight = Param::from_tensor((mlp.fc_1.weight.val() * row.clone()).detach());
+        mlp.fc_2.weight = Param::from_tensor((mlp.fc_2.weight.val() * row).detach());
+        mlp.proj.weight = Param::from_tensor((mlp.proj.weight.val() * column).detach());
     }
     pruned
 }
 
-/// Scores with `scorer` on the forget set, then prunes each fraction and measures.
+/// Scores the units on `forget`, prunes each fraction of `cfg` and measures. Returns the curve
+/// (first point: nothing pruned) and the model pruned at the largest fraction.
 ///
 /// # Errors
-/// When the forget set is empty.
-#[allow(clippy::too_many_arguments)]
-pub fn prune_sweep<B: Backend>(
+/// When the forget set or the validation set is empty.
+pub fn prune_sweep<B: AutodiffBackend>(
     model: &MemSinkLm<B>,
     corpus: &PreparedCorpus,
-    scorer: Scorer,
     forget: ForgetSet,
-    fractions: &[f64],
+    cfg: &PruneConfig,
     mode: &MlpMode,
     context: usize,
-    batch_size: usize,
-    eval_docs: usize,
     device: &B::Device,
-) -> Result<Vec<PrunePoint>, UnlearnError> {
-    let m = &corpus.manifest;
-    let split = match forget {
-        ForgetSet::Repeated => Split::Repeated,
-        ForgetSet::Canary => Split::Canary,
-    };
-    let forget_docs = m.indices(split);
-    if forget_docs.is_empty() {
-        return Err(UnlearnError::EmptySet(forget_name(forget)));
+) -> Result<(Vec<TradeoffPoint>, MemSinkLm<B>), UnlearnError> {
+    let probe = Probe::new(corpus, forget, context, cfg.batch_size, cfg.eval_docs)?;
+    let score_docs: Vec<usize> = probe.forget_docs.iter().copied().take(cfg.score_docs.max(1)).collect();
+    let scores = score_units(&cfg.scorer, model, corpus, &score_docs, mode, context, cfg.batch_size, device);
+    let inner = model.valid();
+    let base = probe.losses(&inner, mode, device);
+    let mut curve = vec![point(0.0, base, base)];
+    let mut fractions = cfg.fractions.clone();
+    fractions.sort_by(f64::total_cmp);
+    for &fraction in fractions.iter().filter(|&&f| f > 0.0) {
+        curve.push(point(fraction, probe.losses(&prune(&inner, &scores, fraction, device), mode, device), base));
     }
-    let eval_forget: Vec<usize> = forget_docs.iter().copied().take(eval_docs).collect();
-    let val_docs: Vec<usize> = m.indices(Split::Validation).into_iter().take(eval_docs).collect();
-    let measure = |model: &MemSinkLm<B>| {
-        let score = |docs: &[usize]| {
-            score_docs(model, &corpus.cache, docs, mode, context, batch_size, m.end_of_text, device).nll
-        };
-        (score(&eval_forget), score(&val_docs))
-    };
-    let scores = match scorer {
-        Scorer::Activations => activation_scores(model, corpus, &forget_docs, mode, context, batch_size, device),
-        Scorer::Random => random_scores(model.blocks.len(), model.sinks().hidden(), 0x5EED),
-    };
-    let (f0, v0) = measure(model);
-    Ok(std::iter::once(0.0)
-        .chain(fractions.iter().copied())
-        .map(|fraction| {
-            let (f, v) = if fraction == 0.0 { (f0, v0) } else { measure(&prune(model, &scores, fraction, device)) };
-            PrunePoint { fraction, forget_loss: f, val_loss: v, delta_forget: f - f0, delta_val: v - v0 }
-        })
-        .collect())
+    let largest = fractions.last().copied().unwrap_or(0.0);
+    Ok((curve, prune(model, &scores, largest, device)))
 }

@@ -10,7 +10,7 @@ use memsinks_data::LmBatch;
 use memsinks_model::{MemSinkLm, MlpMode, ModelConfig, SeqLayout};
 use memsinks_train::optim::step;
 use memsinks_train::{lm_loss, OptimConfig};
-use memsinks_unlearn::fold_drop_sinks;
+use memsinks_unlearn::{fold_drop_sinks, ForgetSet};
 use memsinks_unlearn::metrics::{greedy_extraction, loss_mia_auc, score_docs};
 
 type AD = Autodiff<Flex>;
@@ -102,7 +102,7 @@ fn folded_model_equals_drop_sinks_mode() {
 
 #[test]
 fn fine_tuning_unlearning_raises_the_forget_loss() {
-    use memsinks_unlearn::finetune::{unlearn, FinetuneConfig, ForgetSet, Objective};
+    use memsinks_unlearn::finetune::{unlearn, FinetuneConfig, Objective};
     let dir = tempfile::tempdir().unwrap();
     let (exp, corpus, model_cfg) = smoke_corpus(dir.path());
     for (objective, forget) in [
@@ -112,7 +112,7 @@ fn fine_tuning_unlearning_raises_the_forget_loss() {
     ] {
         let model: MemSinkLm<AD> = model_cfg.init(&Default::default()).unwrap();
         let cfg = FinetuneConfig {
-            forget,
+            objective,
             lr: 3e-3,
             steps: 10,
             eval_every: 5,
@@ -120,9 +120,9 @@ fn fine_tuning_unlearning_raises_the_forget_loss() {
             batch_size: 8,
             ..Default::default()
         };
-        let curve =
-            unlearn(model, &corpus, exp.data.context, objective, &cfg, &MlpMode::Train, &Default::default()).unwrap();
-        assert_eq!(curve.iter().map(|p| p.step).collect::<Vec<_>>(), vec![0, 5, 10], "{objective:?}");
+        let (curve, _) =
+            unlearn(model, &corpus, exp.data.context, forget, &cfg, &MlpMode::Train, &Default::default()).unwrap();
+        assert_eq!(curve.iter().map(|p| p.setting).collect::<Vec<_>>(), vec![0.0, 5.0, 10.0], "{objective:?}");
         let last = curve.last().unwrap();
         assert!(last.delta_forget > 0.2, "{objective:?} on {forget:?}: forget loss moved by {}", last.delta_forget);
         assert!(last.val_loss.is_finite());
@@ -131,7 +131,8 @@ fn fine_tuning_unlearning_raises_the_forget_loss() {
 
 #[test]
 fn pruning_nothing_changes_nothing_and_pruning_everything_zeroes_the_mlps() {
-    use memsinks_unlearn::localize::{prune, random_scores};
+    use memsinks_unlearn::localize::prune;
+    use memsinks_unlearn::scorers::random_scores;
     let cfg = ModelConfig::preset("tiny").unwrap().with_init_std(0.2);
     let model: MemSinkLm<Flex> = cfg.init(&Default::default()).unwrap();
     let rows: Vec<i64> = (0..24).map(|i| (i * 7 + 1) % 64).collect();
@@ -166,37 +167,155 @@ fn values2(t: Tensor<Flex, 2>) -> Vec<f32> {
 
 #[test]
 fn activation_scores_rank_the_units_the_forget_set_uses() {
-    use memsinks_unlearn::finetune::ForgetSet;
-    use memsinks_unlearn::localize::{activation_scores, prune_sweep, Scorer};
+    use memsinks_unlearn::localize::{prune_sweep, PruneConfig};
+    use memsinks_unlearn::scorers::{activation_scores, Scorer};
     let dir = tempfile::tempdir().unwrap();
     let (exp, corpus, model_cfg) = smoke_corpus(dir.path());
-    let mut model: MemSinkLm<Flex> = model_cfg.init(&Default::default()).unwrap();
-    // A unit whose output weights are zero contributes nothing and must score zero.
+    let model: MemSinkLm<Flex> = with_dead_unit(model_cfg.init(&Default::default()).unwrap(), 5);
     let hidden = model_cfg.d_hidden;
-    let keep: Vec<f32> = (0..hidden).map(|j| if j == 5 { 0.0 } else { 1.0 }).collect();
-    let column = Tensor::<Flex, 2>::from_data(TensorData::new(keep, [hidden, 1]), &Default::default());
-    model.blocks[0].mlp.proj.weight = burn::module::Param::from_tensor(model.blocks[0].mlp.proj.weight.val() * column);
     let docs = corpus.manifest.indices(memsinks_data::Split::Repeated);
-    let scores = activation_scores(&model, &corpus, &docs, &MlpMode::Train, exp.data.context, 8, &Default::default());
+    let batches = doc_batches(&corpus, &docs, exp.data.context);
+    let scores = activation_scores(&model, &batches, &MlpMode::Train, &Default::default());
     assert_eq!(scores.len(), model_cfg.n_layers);
     assert_eq!(scores[0][5], 0.0);
     assert!(scores[0].iter().filter(|&&s| s > 0.0).count() == hidden - 1);
-    let curve = prune_sweep(
-        &model,
-        &corpus,
-        Scorer::Activations,
-        ForgetSet::Repeated,
-        &[0.1, 1.0],
-        &MlpMode::Train,
-        exp.data.context,
-        8,
-        8,
-        &Default::default(),
-    );
-    let curve = curve.unwrap();
-    assert_eq!(curve.len(), 3);
+    let cfg = PruneConfig {
+        scorer: Scorer::Activations,
+        fractions: vec![1.0, 0.1],
+        score_docs: 100,
+        eval_docs: 8,
+        batch_size: 8,
+    };
+    let model: MemSinkLm<AD> = AutodiffModule::from_inner(model);
+    let (curve, pruned) =
+        prune_sweep(&model, &corpus, ForgetSet::Repeated, &cfg, &MlpMode::Train, exp.data.context, &Default::default())
+            .unwrap();
+    assert_eq!(curve.iter().map(|p| p.setting).collect::<Vec<_>>(), vec![0.0, 0.1, 1.0], "sorted fractions");
     assert_eq!(curve[0].delta_forget, 0.0);
     assert!(curve[2].delta_forget.abs() > 0.0, "pruning every unit must change the forget loss");
+    let all_zero: f32 = pruned.blocks[0].mlp.proj.weight.val().abs().sum().into_scalar();
+    assert_eq!(all_zero, 0.0, "the returned model is pruned at the largest fraction");
+}
+
+/// `model` with unit `unit` of the first layer cut off from the output (zero `proj` row).
+fn with_dead_unit(model: MemSinkLm<Flex>, unit: usize) -> MemSinkLm<Flex> {
+    silence(model, 0, &[unit])
+}
+
+/// `model` with `units` of `layer` cut off from the output (zero `proj` rows).
+fn silence(mut model: MemSinkLm<Flex>, layer: usize, units: &[usize]) -> MemSinkLm<Flex> {
+    let hidden = model.sinks().hidden();
+    let keep: Vec<f32> = (0..hidden).map(|j| if units.contains(&j) { 0.0 } else { 1.0 }).collect();
+    let column = Tensor::<Flex, 2>::from_data(TensorData::new(keep, [hidden, 1]), &Default::default());
+    let proj = &mut model.blocks[layer].mlp.proj;
+    proj.weight = burn::module::Param::from_tensor(proj.weight.val() * column);
+    model
+}
+
+fn doc_batches<B: burn::tensor::backend::Backend>(
+    corpus: &memsinks_data::PreparedCorpus,
+    docs: &[usize],
+    context: usize,
+) -> Vec<LmBatch<B>> {
+    let batcher = memsinks_data::Batcher::over_documents(&corpus.cache, docs, context, 8, corpus.manifest.end_of_text);
+    let mut cursor = Default::default();
+    std::iter::from_fn(|| batcher.next_batch(&mut cursor)).map(|h| h.to_device(&Default::default())).collect()
+}
+
+/// Zero-out is exact: each score equals the loss change of pruning that one unit, and a unit
+/// cut off from the output scores zero. Integrated gradients approximate the same quantity
+/// (completeness: per layer they sum to the loss change of zeroing the whole layer's MLP).
+#[test]
+fn zero_out_is_exact_and_integrated_gradients_are_complete() {
+    use memsinks_unlearn::scorers::{integrated_gradient_scores, zero_out_scores};
+    let dir = tempfile::tempdir().unwrap();
+    let (exp, corpus, model_cfg) = smoke_corpus(dir.path());
+    let model = with_dead_unit(model_cfg.clone().with_init_std(0.1).init(&Default::default()).unwrap(), 3);
+    let docs: Vec<usize> = corpus.manifest.indices(memsinks_data::Split::Repeated).into_iter().take(3).collect();
+    let batches = doc_batches::<Flex>(&corpus, &docs, exp.data.context);
+    let mode = MlpMode::Train;
+    let zero = zero_out_scores(&model, &batches, &mode, &Default::default());
+    assert!(zero[0][3].abs() < 1e-5, "dead unit scored {}", zero[0][3]);
+    let loss = |m: &MemSinkLm<Flex>| score_docs(m, &corpus.cache, &docs, &mode, exp.data.context, 8, 0, &Default::default()).nll;
+    let base = loss(&model);
+    for (layer, unit) in [(0, 7), (1, 20)] {
+        let want = loss(&silence(model.clone(), layer, &[unit])) - base;
+        let got = zero[layer][unit] as f64;
+        assert!((want - got).abs() < 1e-4 + 1e-2 * want.abs(), "layer {layer} unit {unit}: zero-out {got} vs pruned {want}");
+    }
+    let ad_model: MemSinkLm<AD> = AutodiffModule::from_inner(model.clone());
+    let ad_batches = doc_batches::<AD>(&corpus, &docs, exp.data.context);
+    let ig = integrated_gradient_scores(&ad_model, &ad_batches, &mode, 20, &Default::default());
+    assert!(ig[0][3].abs() < 1e-6);
+    let all_units: Vec<usize> = (0..model_cfg.d_hidden).collect();
+    for layer in 0..model_cfg.n_layers {
+        let want = loss(&silence(model.clone(), layer, &all_units)) - base;
+        let got: f64 = ig[layer].iter().map(|&s| s as f64).sum();
+        assert!((want - got).abs() < 0.05 * want.abs().max(0.05), "layer {layer}: IG sum {got} vs zeroed layer {want}");
+    }
+}
+
+/// Slimming and hard-concrete masks are trained through a model that memorized the forget set:
+/// a unit cut off from the output feels only the sparsity penalty and shrinks at Adam's pace
+/// (`lr` per step), while the units the memorization needs are held up.
+#[test]
+fn learned_masks_shrink_a_dead_unit_and_keep_the_needed_ones() {
+    use memsinks_unlearn::scorers::{score_units, Scorer};
+    let dir = tempfile::tempdir().unwrap();
+    let (exp, corpus, _) = smoke_corpus(dir.path());
+    let model: MemSinkLm<AD> =
+        AutodiffModule::from_inner(with_dead_unit(memorizing_smoke_model(&exp, &corpus).valid(), 3));
+    let docs = corpus.manifest.indices(memsinks_data::Split::Repeated);
+    let score = |scorer: Scorer| {
+        score_units(&scorer, &model, &corpus, &docs, &MlpMode::Train, exp.data.context, 8, &Default::default())
+    };
+    let slim = score(Scorer::Slimming { steps: 30, lr: 0.05, l1: 1.0 });
+    let max = |v: &[f32]| v.iter().cloned().fold(f32::MIN, f32::max);
+    assert!(slim[0][3] < 0.25, "slimming: dead unit's coefficient {}", slim[0][3]);
+    assert!(max(&slim[0]) > 0.5, "slimming: every coefficient collapsed");
+    let hc = score(Scorer::HardConcrete { steps: 30, lr: 0.05, l0: 1.0, init_log_alpha: 3.0 });
+    assert!((hc[0][3] - 1.5).abs() < 0.2, "hard-concrete: dead unit's log-odds {}", hc[0][3]);
+    assert!(max(&hc[0]) > hc[0][3] + 0.3, "hard-concrete: no unit held up by the loss");
+}
+
+/// Relearning a few forgotten documents after gradient ascent brings back part of the others'
+/// memorization; the measurement is reported for every size that leaves documents to measure.
+#[test]
+fn relearning_after_gradient_ascent_recovers_the_other_documents() {
+    use memsinks_unlearn::registry::{load_method, run_method};
+    let dir = tempfile::tempdir().unwrap();
+    let (exp, corpus, _) = smoke_corpus(dir.path());
+    let model = memorizing_smoke_model(&exp, &corpus);
+    let sets: Vec<String> = ["lr=3e-3", "steps=10", "eval_every=10", "eval_docs=8", "batch_size=8", "relearn.sizes=[1,4,16]", "relearn.steps=10"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let (name, file) = load_method("gradient-ascent", &sets).unwrap();
+    let result = run_method(&name, &file, model, &corpus, ForgetSet::Repeated, exp.data.context, &Default::default()).unwrap();
+    assert!(result.curve.last().unwrap().delta_forget > 0.5);
+    // The smoke corpus has 8 repeated documents: 16 is skipped, 1 and 4 are measured on the 4 after them.
+    assert_eq!(result.relearn.iter().map(|r| r.relearned).collect::<Vec<_>>(), vec![1, 4]);
+    for r in &result.relearn {
+        assert_eq!(r.others, 4);
+        assert!(r.others_treated > r.others_original + 0.5, "{r:?}");
+        assert!(r.recovered.unwrap() > 0.0 && r.others_relearned < r.others_treated, "{r:?}");
+    }
+}
+
+/// The `smoke` standard model trained for a few epochs so that it memorizes its repeated set.
+fn memorizing_smoke_model(exp: &memsinks_train::ExperimentConfig, corpus: &memsinks_data::PreparedCorpus) -> MemSinkLm<AD> {
+    let model_cfg = exp.model_config(corpus.tokenizer.vocab_size()).unwrap();
+    let mut model: MemSinkLm<AD> = model_cfg.init(&Default::default()).unwrap();
+    let mut optim = OptimConfig { weight_decay: 0.0, ..Default::default() }.init::<AD, MemSinkLm<AD>>();
+    let docs = corpus.manifest.indices(memsinks_data::Split::Repeated);
+    let batches = doc_batches::<AD>(corpus, &docs, exp.data.context);
+    for _ in 0..60 {
+        for batch in &batches {
+            let loss = lm_loss(&model, batch, &MlpMode::Train);
+            model = step(&mut optim, model, loss, 3e-3, Some(1.0));
+        }
+    }
+    model
 }
 
 /// The `smoke` experiment's corpus prepared in `dir`, with the standard model's configuration.
@@ -212,22 +331,19 @@ fn smoke_corpus(
 
 #[test]
 fn an_empty_forget_set_is_a_clear_error() {
-    use memsinks_unlearn::finetune::{unlearn, FinetuneConfig, ForgetSet, Objective};
+    use memsinks_unlearn::finetune::{unlearn, FinetuneConfig};
     let dir = tempfile::tempdir().unwrap();
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/smoke.ron");
-    let exp = memsinks_train::ExperimentConfig::load(&path, &["data.canary.docs=0".into()]).unwrap();
+    let sets = ["data.canary.docs=0".into(), "train.method=Standard".into()];
+    let exp = memsinks_train::ExperimentConfig::load(&path, &sets).unwrap();
     let corpus = memsinks_data::prepare(&exp.data, dir.path(), false).unwrap();
     let model: MemSinkLm<AD> =
         exp.model_config(corpus.tokenizer.vocab_size()).unwrap().init(&Default::default()).unwrap();
-    let cfg = FinetuneConfig { forget: ForgetSet::Canary, steps: 2, ..Default::default() };
-    let err = unlearn(
-        model,
-        &corpus,
-        exp.data.context,
-        Objective::GradientAscent,
-        &cfg,
-        &MlpMode::Train,
-        &Default::default(),
-    );
+    let cfg = FinetuneConfig { steps: 2, ..Default::default() };
+    let err = unlearn(model.clone(), &corpus, exp.data.context, ForgetSet::Canary, &cfg, &MlpMode::Train, &Default::default());
     assert!(err.unwrap_err().to_string().contains("canary"));
+    // Dropping sinks needs a model with sinks.
+    let (name, file) = memsinks_unlearn::load_method("drop-sinks", &[]).unwrap();
+    let err = memsinks_unlearn::run_method(&name, &file, model, &corpus, ForgetSet::Repeated, exp.data.context, &Default::default());
+    assert!(err.unwrap_err().to_string().contains("no"), "drop-sinks on a standard model");
 }

@@ -1,0 +1,199 @@
+//! The method registry: every removal method (by design or post hoc) is one RON file in
+//! `memsinks-unlearn/methods/` (embedded at build time) or any path given instead of a name. A
+//! file holds a one-line description, the method's `spec` with all its hyperparameters, and
+//! optionally the relearning test to run on the treated model.
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use memsinks_data::overrides::apply_overrides;
+use memsinks_data::PreparedCorpus;
+use memsinks_model::{MemSinkLm, MlpMode};
+use serde::{Deserialize, Serialize};
+
+use crate::finetune::{unlearn, FinetuneConfig};
+use crate::localize::{prune_sweep, PruneConfig};
+use crate::probe::{point, ForgetSet, Probe, TradeoffPoint};
+use crate::relearn::{relearn, RelearnConfig, RelearnPoint};
+use crate::UnlearnError;
+
+mod builtin {
+    include!(concat!(env!("OUT_DIR"), "/builtin_methods.rs"));
+}
+
+/// What a method does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum MethodSpec {
+    /// Fine-tuning unlearning (gradient ascent, gradient difference, NPO).
+    Finetune(FinetuneConfig),
+    /// Localization by a scorer, then pruning a sweep of fractions.
+    Prune(PruneConfig),
+    /// Removal by design: a MemSinks model with its sinks dropped, against the same model with
+    /// each sequence's sinks on.
+    DropSinks {
+        /// Rescale the general units (`DropSinks { rescale }`).
+        rescale: bool,
+        /// Documents per set in each evaluation.
+        eval_docs: usize,
+        /// Rows per forward pass.
+        batch_size: usize,
+    },
+}
+
+/// One method file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodFile {
+    /// One line for tables and `--help`.
+    pub about: String,
+    /// The method and its hyperparameters.
+    pub spec: MethodSpec,
+    /// The relearning test on the treated model, if wanted.
+    #[serde(default)]
+    pub relearn: Option<RelearnConfig>,
+}
+
+/// Everything one method run produced: the results JSON of `memsinks unlearn`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MethodResult {
+    /// Registry name (or file stem).
+    pub method: String,
+    /// The method file as run (after overrides).
+    pub file: MethodFile,
+    /// What was forgotten.
+    pub forget: ForgetSet,
+    /// The MLP mode the method acted in (`train` for a plain model, `drop-sinks` for a MemSinks
+    /// model's deployed form).
+    pub mode: String,
+    /// The trade-off curve; its first point is the untreated model.
+    pub curve: Vec<TradeoffPoint>,
+    /// The relearning test, when the file asks for it.
+    pub relearn: Vec<RelearnPoint>,
+    /// Wall time of the whole method, seconds.
+    pub wall_s: f64,
+}
+
+/// Names of the built-in methods.
+pub fn builtin_names() -> Vec<&'static str> {
+    builtin::BUILTIN.iter().map(|(name, _)| *name).collect()
+}
+
+/// Loads a method by built-in name, or from a `.ron` path, with `key=value` overrides
+/// (keys are relative to `spec` unless they start with `about` or `relearn`).
+///
+/// # Errors
+/// An unknown name, an unreadable or malformed file, or a bad override.
+pub fn load_method(name_or_path: &str, sets: &[String]) -> Result<(String, MethodFile), UnlearnError> {
+    let (name, text, origin) = match builtin::BUILTIN.iter().find(|(name, _)| *name == name_or_path) {
+        Some((name, text)) => (name.to_string(), text.to_string(), format!("built-in method `{name}`")),
+        None if name_or_path.ends_with(".ron") => {
+            let path = Path::new(name_or_path);
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| UnlearnError::Method(format!("cannot read {}: {e}", path.display())))?;
+            let stem = path.file_stem().map_or_else(|| name_or_path.to_string(), |s| s.to_string_lossy().to_string());
+            (stem, text, path.display().to_string())
+        }
+        None => {
+            return Err(UnlearnError::Method(format!(
+                "unknown method `{name_or_path}`; built-in: {} (or give a path to a .ron method file)",
+                builtin_names().join(", ")
+            )))
+        }
+    };
+    let file: MethodFile =
+        ron::from_str(&text).map_err(|e| UnlearnError::Method(format!("invalid method file {origin}: {e}")))?;
+    let sets: Vec<String> = sets
+        .iter()
+        .map(|s| if s.starts_with("about") || s.starts_with("relearn") { s.clone() } else { format!("spec.{s}") })
+        .collect();
+    let file = apply_overrides(&file, &sets).map_err(|e| UnlearnError::Method(e.to_string()))?;
+    Ok((name, file))
+}
+
+/// Runs a method on a trained `model`, forgetting `forget`.
+///
+/// # Errors
+/// Empty sets, or `DropSinks` on a model without sinks.
+pub fn run_method<B: AutodiffBackend>(
+    name: &str,
+    file: &MethodFile,
+    model: MemSinkLm<B>,
+    corpus: &PreparedCorpus,
+    forget: ForgetSet,
+    context: usize,
+    device: &B::Device,
+) -> Result<MethodResult, UnlearnError> {
+    let started = Instant::now();
+    let has_sinks = !model.sink_pool().is_empty();
+    // Post-hoc methods act on the deployed model: for a MemSinks run, with its sinks dropped.
+    let deployed = if has_sinks { MlpMode::DropSinks { rescale: true } } else { MlpMode::Train };
+    let original = model.valid();
+    let (mode, curve, treated, treated_mode, original_mode, probe_size) = match &file.spec {
+        MethodSpec::Finetune(cfg) => {
+            let (curve, treated) = unlearn(model, corpus, context, forget, cfg, &deployed, device)?;
+            (deployed.clone(), curve, treated, deployed.clone(), deployed, (cfg.batch_size, cfg.eval_docs))
+        }
+        MethodSpec::Prune(cfg) => {
+            let (curve, treated) = prune_sweep(&model, corpus, forget, cfg, &deployed, context, device)?;
+            (deployed.clone(), curve, treated, deployed.clone(), deployed, (cfg.batch_size, cfg.eval_docs))
+        }
+        MethodSpec::DropSinks { rescale, eval_docs, batch_size } => {
+            if !has_sinks {
+                return Err(UnlearnError::NoSinks);
+            }
+            let probe = Probe::new(corpus, forget, context, *batch_size, *eval_docs)?;
+            let on = MlpMode::ActivateSeq { exclude: vec![] };
+            let dropped = MlpMode::DropSinks { rescale: *rescale };
+            let base = probe.losses(&original, &on, device);
+            let curve = vec![point(0.0, base, base), point(1.0, probe.losses(&original, &dropped, device), base)];
+            (dropped.clone(), curve, model, dropped, on, (*batch_size, *eval_docs))
+        }
+    };
+    let relearned = match &file.relearn {
+        Some(cfg) => {
+            let probe = Probe::new(corpus, forget, context, probe_size.0, probe_size.1)?;
+            relearn(&original, &original_mode, &treated, &treated_mode, &probe, cfg, device)
+        }
+        None => Vec::new(),
+    };
+    Ok(MethodResult {
+        method: name.to_string(),
+        file: file.clone(),
+        forget,
+        mode: mode.name().to_string(),
+        curve,
+        relearn: relearned,
+        wall_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_method_file_parses() {
+        let names = builtin_names();
+        for required in ["drop-sinks", "gradient-ascent", "npo", "prune-zero-out", "prune-hard-concrete"] {
+            assert!(names.contains(&required), "{required} missing from {names:?}");
+        }
+        for name in names {
+            load_method(name, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn overrides_reach_the_spec_and_bad_names_say_what_exists() {
+        let (_, file) = load_method("gradient-ascent", &["lr=0.01".into(), "relearn.steps=3".into()]).unwrap();
+        let MethodSpec::Finetune(cfg) = file.spec else { panic!("finetune") };
+        assert_eq!(cfg.lr, 0.01);
+        assert_eq!(file.relearn.unwrap().steps, 3);
+        let err = load_method("gradient-descent", &[]).unwrap_err().to_string();
+        assert!(err.contains("gradient-ascent") && err.contains("npo"), "{err}");
+        let err = load_method("npo", &["lrr=1".into()]).unwrap_err().to_string();
+        assert!(err.contains("lrr"), "{err}");
+        assert!(load_method("/nonexistent/m.ron", &[]).unwrap_err().to_string().contains("cannot read"));
+    }
+}

@@ -1,0 +1,334 @@
+//! Neuron localization: score every MLP hidden unit of every layer for its role in the forget
+//! set. The scorers follow Chang et al. 2024 ("Do localization methods actually localize
+//! memorized data in LLMs?"); every score is "higher = more responsible for the forget set", so
+//! pruning removes the top-scored units.
+
+use burn::module::Module;
+use burn::tensor::activation::sigmoid;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+use memsinks_data::rng::SplitMix64;
+use memsinks_data::{Batcher, Cursor, LmBatch, PreparedCorpus};
+use memsinks_model::{MemSinkLm, MlpMode, SeqLayout};
+use memsinks_train::loss::token_nll_of_logits;
+use serde::{Deserialize, Serialize};
+
+use crate::finetune::Cycle;
+
+/// How hidden units are scored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Scorer {
+    /// Mean |activation| on the forget set × L2 norm of the unit's output (`proj`) weights.
+    Activations,
+    /// Increase of the forget loss when the unit alone is zeroed (exact: one ablation per unit,
+    /// batched).
+    ZeroOut,
+    /// Integrated gradients of the forget loss along a scaling of each layer's activations from
+    /// zero (the baseline) to their value, with `steps` midpoint steps; the score is the loss
+    /// increase the attribution assigns to removing the unit.
+    IntegratedGradients {
+        /// Riemann steps of the path integral (the paper uses 20).
+        steps: usize,
+    },
+    /// Network slimming: a coefficient per unit (initially 1) trained to keep the forget loss low
+    /// under an L1 penalty; units that keep a high coefficient are the ones the forget set needs.
+    Slimming {
+        /// Optimisation steps.
+        steps: usize,
+        /// Adam learning rate of the coefficients.
+        lr: f64,
+        /// Weight of the mean |coefficient| penalty.
+        l1: f64,
+    },
+    /// L0 masks with hard-concrete gates (Louizos et al. 2018), trained like `Slimming` with an
+    /// expected-L0 penalty; the score is each gate's log-odds.
+    HardConcrete {
+        /// Optimisation steps.
+        steps: usize,
+        /// Adam learning rate of the gate log-odds.
+        lr: f64,
+        /// Weight of the mean open-gate probability penalty.
+        l0: f64,
+        /// Initial log-odds (gates start mostly open).
+        init_log_alpha: f64,
+    },
+    /// Uniform random scores: the control.
+    Random {
+        /// Seed of the draw.
+        seed: u64,
+    },
+}
+
+/// Scores `[layer][unit]` of `model` on the forget documents `docs` (one per row).
+#[allow(clippy::too_many_arguments)]
+pub fn score_units<B: AutodiffBackend>(
+    scorer: &Scorer,
+    model: &MemSinkLm<B>,
+    corpus: &PreparedCorpus,
+    docs: &[usize],
+    mode: &MlpMode,
+    context: usize,
+    batch_size: usize,
+    device: &B::Device,
+) -> Vec<Vec<f32>> {
+    let (layers, hidden) = (model.blocks.len(), model.sinks().hidden());
+    let inner = || burn::module::AutodiffModule::valid(model);
+    let inner_batches = || doc_batches::<B::InnerBackend>(corpus, docs, context, batch_size, device);
+    match scorer {
+        Scorer::Activations => activation_scores(&inner(), &inner_batches(), mode, device),
+        Scorer::ZeroOut => zero_out_scores(&inner(), &inner_batches(), mode, device),
+        Scorer::IntegratedGradients { steps } => {
+            let batches = doc_batches::<B>(corpus, docs, context, batch_size, device);
+            integrated_gradient_scores(model, &batches, mode, *steps, device)
+        }
+        Scorer::Slimming { steps, lr, l1 } => {
+            let mut cycle = Cycle::new(corpus, docs, context, batch_size);
+            let penalty = |c: Tensor<B, 1>| c.abs().mean().mul_scalar(*l1);
+            let coefs = train_gates(model, &mut cycle, mode, *steps, *lr, 1.0, device, |c, _| c.clone(), penalty);
+            coefs.into_iter().map(|c| to_vec(c.abs())).collect()
+        }
+        Scorer::HardConcrete { steps, lr, l0, init_log_alpha } => {
+            let mut cycle = Cycle::new(corpus, docs, context, batch_size);
+            let mut rng = SplitMix64::new(0x4C30);
+            let gate = |log_alpha: &Tensor<B, 1>, d: &B::Device| {
+                let noise: Vec<f32> = (0..hidden).map(|_| rng.unit().clamp(1e-6, 1.0 - 1e-6) as f32).collect();
+                let u = Tensor::<B, 1>::from_data(TensorData::new(noise, [hidden]), d);
+                let logit = (u.clone().log() - u.neg().add_scalar(1.0).log() + log_alpha.clone()).div_scalar(HC_BETA);
+                sigmoid(logit).mul_scalar(HC_ZETA - HC_GAMMA).add_scalar(HC_GAMMA).clamp(0.0, 1.0)
+            };
+            let open = |log_alpha: Tensor<B, 1>| {
+                sigmoid(log_alpha.sub_scalar(HC_BETA * (-HC_GAMMA / HC_ZETA).ln())).mean().mul_scalar(*l0)
+            };
+            let log_alpha = train_gates(model, &mut cycle, mode, *steps, *lr, *init_log_alpha, device, gate, open);
+            log_alpha.into_iter().map(to_vec).collect()
+        }
+        Scorer::Random { seed } => random_scores(layers, hidden, *seed),
+    }
+}
+
+/// Hard-concrete temperature and stretch interval (Louizos et al. 2018).
+const HC_BETA: f64 = 2.0 / 3.0;
+const HC_GAMMA: f64 = -0.1;
+const HC_ZETA: f64 = 1.1;
+
+fn to_vec<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().expect("f32")
+}
+
+/// Every batch of `docs`, one document per row.
+fn doc_batches<B: Backend>(
+    corpus: &PreparedCorpus,
+    docs: &[usize],
+    context: usize,
+    batch_size: usize,
+    device: &B::Device,
+) -> Vec<LmBatch<B>> {
+    let batcher = Batcher::over_documents(&corpus.cache, docs, context, batch_size, corpus.manifest.end_of_text);
+    let mut cursor = Cursor::default();
+    std::iter::from_fn(|| batcher.next_batch(&mut cursor)).map(|h| h.to_device(device)).collect()
+}
+
+/// Summed NLL over the kept targets of each row: `[rows]`.
+fn row_nll<B: Backend>(logits: Tensor<B, 3>, batch: &LmBatch<B>) -> Tensor<B, 1> {
+    let (nll, mask) = token_nll_of_logits(logits, batch);
+    (nll * mask).sum_dim(1).squeeze_dim(1)
+}
+
+fn targets_in<B: Backend>(batches: &[LmBatch<B>]) -> f32 {
+    batches.iter().map(|b| b.loss_mask.clone().sum().into_scalar().elem::<f32>()).sum::<f32>().max(1.0)
+}
+
+/// Mean |activation| over the forget targets (in `mode`) times the unit's output-weight norm.
+pub fn activation_scores<B: Backend>(
+    model: &MemSinkLm<B>,
+    batches: &[LmBatch<B>],
+    mode: &MlpMode,
+    device: &B::Device,
+) -> Vec<Vec<f32>> {
+    let hidden = model.sinks().hidden();
+    let mut sums: Vec<Tensor<B, 1>> = (0..model.blocks.len()).map(|_| Tensor::zeros([hidden], device)).collect();
+    for batch in batches {
+        let weights = batch.loss_mask.clone().unsqueeze_dim::<3>(2); // [b, t, 1]: real tokens only
+        model.forward_hooked(batch.inputs.clone(), &batch.layout, mode, &mut |layer, h| {
+            let used = (h.clone().abs() * weights.clone()).sum_dim(0).sum_dim(1).reshape([hidden]);
+            sums[layer] = sums[layer].clone() + used;
+            h
+        });
+    }
+    let tokens = targets_in(batches);
+    model
+        .blocks
+        .iter()
+        .zip(sums)
+        .map(|(block, sum)| {
+            let out_norm = block.mlp.proj.weight.val().square().sum_dim(1).sqrt().squeeze_dim(1);
+            to_vec(sum.div_scalar(tokens) * out_norm)
+        })
+        .collect()
+}
+
+/// Rows of one forward pass when ablations are batched: copies of a batch, one unit zeroed per copy.
+const ZERO_OUT_ROWS: usize = 64;
+
+/// Forget-loss increase (per target) when each unit alone is zeroed.
+pub fn zero_out_scores<B: Backend>(
+    model: &MemSinkLm<B>,
+    batches: &[LmBatch<B>],
+    mode: &MlpMode,
+    device: &B::Device,
+) -> Vec<Vec<f32>> {
+    let (layers, hidden) = (model.blocks.len(), model.sinks().hidden());
+    let mut scores = vec![vec![0.0f32; hidden]; layers];
+    for batch in batches {
+        let rows = batch.layout.batch;
+        let base: f32 = row_nll(model.forward(batch.inputs.clone(), &batch.layout, mode), batch).sum().into_scalar().elem();
+        let copies = (ZERO_OUT_ROWS / rows).max(1);
+        for (layer, layer_scores) in scores.iter_mut().enumerate() {
+            for first in (0..hidden).step_by(copies) {
+                let k = copies.min(hidden - first);
+                let tiled = tile(batch, k);
+                let mut keep = vec![1.0f32; k * rows * hidden];
+                for c in 0..k {
+                    for r in 0..rows {
+                        keep[(c * rows + r) * hidden + first + c] = 0.0;
+                    }
+                }
+                let keep = Tensor::<B, 3>::from_data(TensorData::new(keep, [k * rows, 1, hidden]), device);
+                let logits = model.forward_hooked(tiled.inputs.clone(), &tiled.layout, mode, &mut |l, h| {
+                    if l == layer {
+                        h * keep.clone()
+                    } else {
+                        h
+                    }
+                });
+                let per_copy = to_vec(row_nll(logits, &tiled).reshape([k, rows]).sum_dim(1).squeeze_dim(1));
+                for (c, loss) in per_copy.into_iter().enumerate() {
+                    layer_scores[first + c] += loss - base;
+                }
+            }
+        }
+    }
+    let tokens = targets_in(batches);
+    scores.iter_mut().flatten().for_each(|s| *s /= tokens);
+    scores
+}
+
+/// `k` copies of `batch` stacked along the rows.
+fn tile<B: Backend>(batch: &LmBatch<B>, k: usize) -> LmBatch<B> {
+    let l = &batch.layout;
+    let seq_ids: Vec<i64> = std::iter::repeat_n(l.seq_ids.iter().copied(), k).flatten().collect();
+    let segments = l.segments.as_ref().map(|s| std::iter::repeat_n(s.iter().copied(), k).flatten().collect());
+    LmBatch {
+        inputs: batch.inputs.clone().repeat_dim(0, k),
+        targets: batch.targets.clone().repeat_dim(0, k),
+        loss_mask: batch.loss_mask.clone().repeat_dim(0, k),
+        layout: SeqLayout { batch: l.batch * k, seq_len: l.seq_len, seq_ids, segments, route_to_sinks: None },
+    }
+}
+
+/// Integrated gradients per layer: the activations of one layer are scaled by `α` from 0 to 1
+/// (midpoints of `steps` intervals) while the others stay intact; the attribution of a unit is
+/// the mean gradient of the summed forget loss with respect to its scale, and its score the
+/// negated attribution per target (how much the loss would rise without it).
+pub fn integrated_gradient_scores<B: AutodiffBackend>(
+    model: &MemSinkLm<B>,
+    batches: &[LmBatch<B>],
+    mode: &MlpMode,
+    steps: usize,
+    device: &B::Device,
+) -> Vec<Vec<f32>> {
+    let (layers, hidden) = (model.blocks.len(), model.sinks().hidden());
+    let frozen = model.clone().no_grad();
+    let steps = steps.max(1);
+    let mut scores = Vec::with_capacity(layers);
+    for layer in 0..layers {
+        let mut total = Tensor::<B::InnerBackend, 1>::zeros([hidden], device);
+        for s in 0..steps {
+            let alpha = (s as f64 + 0.5) / steps as f64;
+            for batch in batches {
+                let scale = Tensor::<B, 1>::full([hidden], alpha, device).require_grad();
+                let logits = frozen.forward_hooked(batch.inputs.clone(), &batch.layout, mode, &mut |l, h| {
+                    if l == layer {
+                        h * scale.clone().reshape([1, 1, hidden])
+                    } else {
+                        h
+                    }
+                });
+                let grads = row_nll(logits, batch).sum().backward();
+                total = total + scale.grad(&grads).expect("the scale is tracked");
+            }
+        }
+        scores.push(to_vec(total.div_scalar(steps as f64 * f64::from(targets_in(batches))).neg()));
+    }
+    scores
+}
+
+/// Trains one tensor of `[hidden]` parameters per layer (initially `init`) that multiply the
+/// hidden activations through `gate(params)`, minimising the mean forget loss plus the mean of
+/// `penalty(params)` over layers, with Adam. Returns the final parameters.
+#[allow(clippy::too_many_arguments)]
+fn train_gates<B: AutodiffBackend>(
+    model: &MemSinkLm<B>,
+    batches: &mut Cycle,
+    mode: &MlpMode,
+    steps: usize,
+    lr: f64,
+    init: f64,
+    device: &B::Device,
+    mut gate: impl FnMut(&Tensor<B, 1>, &B::Device) -> Tensor<B, 1>,
+    penalty: impl Fn(Tensor<B, 1>) -> Tensor<B, 1>,
+) -> Vec<Tensor<B::InnerBackend, 1>> {
+    let (layers, hidden) = (model.blocks.len(), model.sinks().hidden());
+    let frozen = model.clone().no_grad();
+    let mut params: Vec<Tensor<B::InnerBackend, 1>> =
+        (0..layers).map(|_| Tensor::full([hidden], init, device)).collect();
+    let mut adam = Adam::new(&params);
+    for _ in 0..steps {
+        let batch: LmBatch<B> = batches.next(device);
+        let tracked: Vec<Tensor<B, 1>> = params.iter().map(|p| Tensor::from_inner(p.clone()).require_grad()).collect();
+        let gates: Vec<Tensor<B, 3>> = tracked.iter().map(|p| gate(p, device).reshape([1, 1, hidden])).collect();
+        let logits = frozen.forward_hooked(batch.inputs.clone(), &batch.layout, mode, &mut |l, h| h * gates[l].clone());
+        let targets = batch.loss_mask.clone().sum().clamp_min(1.0);
+        let mut loss = row_nll(logits, &batch).sum() / targets;
+        for p in &tracked {
+            loss = loss + penalty(p.clone()).div_scalar(layers as f64);
+        }
+        let grads = loss.backward();
+        let g: Vec<_> = tracked.iter().map(|p| p.grad(&grads).expect("tracked")).collect();
+        adam.step(&mut params, g, lr);
+    }
+    params
+}
+
+/// Adam on plain tensors (the gates are not module parameters).
+struct Adam<B: Backend> {
+    m: Vec<Tensor<B, 1>>,
+    v: Vec<Tensor<B, 1>>,
+    t: i32,
+}
+
+impl<B: Backend> Adam<B> {
+    fn new(params: &[Tensor<B, 1>]) -> Self {
+        let zeros = || params.iter().map(|p| p.zeros_like()).collect();
+        Self { m: zeros(), v: zeros(), t: 0 }
+    }
+
+    fn step(&mut self, params: &mut [Tensor<B, 1>], grads: Vec<Tensor<B, 1>>, lr: f64) {
+        const B1: f64 = 0.9;
+        const B2: f64 = 0.999;
+        self.t += 1;
+        let (c1, c2) = (1.0 - B1.powi(self.t), 1.0 - B2.powi(self.t));
+        for (i, g) in grads.into_iter().enumerate() {
+            self.m[i] = self.m[i].clone().mul_scalar(B1) + g.clone().mul_scalar(1.0 - B1);
+            self.v[i] = self.v[i].clone().mul_scalar(B2) + g.square().mul_scalar(1.0 - B2);
+            let update = self.m[i].clone().div_scalar(c1) / self.v[i].clone().div_scalar(c2).sqrt().add_scalar(1e-8);
+            params[i] = params[i].clone() - update.mul_scalar(lr);
+        }
+    }
+}
+
+/// Random scores, one per unit per layer.
+pub fn random_scores(layers: usize, hidden: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = SplitMix64::new(seed);
+    (0..layers).map(|_| (0..hidden).map(|_| rng.unit() as f32).collect()).collect()
+}
