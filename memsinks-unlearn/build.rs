@@ -11,7 +11,9 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|e| e == "ron"))
         .collect();
     files.sort();
-    let mut out = String::from("/// Built-in method files: `(name, RON text)`, sorted by name.\npub const BUILTIN: &[(&str, &str)] = &[\n");
+    let mut out = String::from(
+        "/// Built-in method files: `(name, RON text)`, sorted by name.\npub const BUILTIN: &[(&str, &str)] = &[\n",
+    );
     for path in files {
         println!("cargo:rerun-if-changed={}", path.display());
         let name = path.file_stem().expect("file name").to_string_lossy().to_string();

@@ -148,3 +148,127 @@ fn train_eval_and_export_a_folded_model() {
     assert_eq!(config["intermediate_size"], 44); // floor(64 * 0.7)
     assert!(std::fs::metadata(folded.join("model.safetensors")).unwrap().len() > 0);
 }
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap();
+    assert!(out.status.success(), "{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `reproduce` on `smoke` writes the whole report; `report` redraws an identical report.md from
+/// results.json alone; a rerun reuses every stage; a changed post-hoc setting redoes only that stage.
+#[test]
+fn reproduce_writes_the_report_and_report_regenerates_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("study");
+    let posthoc = r#"study.posthoc=["gradient-ascent steps=10 eval_every=5", "prune-activations"]"#;
+    let stdout = run_ok(bin().arg("reproduce").arg(smoke()).arg("--out").arg(&out).args(["--set", posthoc]));
+    assert!(stdout.contains("| memsinks, sinks dropped (rescaled) |"), "{stdout}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let header = report.lines().find(|l| l.starts_with("| model |")).expect("main table");
+    for column in [
+        "L_rep (natural)",
+        "L_rep (canary)",
+        "L_val",
+        "gap",
+        "gap closure vs standard",
+        "extraction",
+        "verbatim",
+        "MIA AUC",
+        "tokens",
+        "wall (s)",
+    ] {
+        assert!(header.contains(column), "main table lacks {column}: {header}");
+    }
+    for label in [
+        "standard",
+        "dedup",
+        "gradient masking, sinks dropped",
+        "memsinks, sinks on",
+        "memsinks, sinks dropped (plain)",
+    ] {
+        assert!(report.contains(&format!("| {label} |")), "no row {label}");
+    }
+    assert!(report.contains("| gradient-ascent | canary |") && report.contains("| prune-activations | repeated |"));
+    for plot in ["dynamics", "tradeoff", "forgetting-standard", "forgetting-memsinks"] {
+        for ext in ["svg", "png"] {
+            let len = std::fs::metadata(out.join("plots").join(format!("{plot}.{ext}"))).unwrap().len();
+            assert!(len > 1000, "{plot}.{ext} is {len} bytes");
+        }
+    }
+    let results: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["posthoc"].as_array().unwrap().len(), 4, "2 methods x natural and canary");
+    assert!(results["forgetting"][0]["docs"][0]["seen_at"].as_array().unwrap().len() >= 8, "8 repetitions of each");
+
+    // `report` from results.json alone (the runs removed) gives the same report.md.
+    std::fs::remove_dir_all(out.join("runs")).unwrap();
+    std::fs::remove_file(out.join("report.md")).unwrap();
+    run_ok(bin().arg("report").arg(&out));
+    assert_eq!(std::fs::read_to_string(out.join("report.md")).unwrap(), report);
+}
+
+#[test]
+fn reproduce_reuses_cached_stages_and_redoes_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("study");
+    let sets = |steps: u32| {
+        vec![
+            "--set".to_string(),
+            "study.methods=[\"Standard\"]".to_string(),
+            "--set".to_string(),
+            format!("study.posthoc=[\"gradient-ascent steps={steps} eval_every=5\"]"),
+        ]
+    };
+    run_ok(bin().arg("reproduce").arg(smoke()).arg("--out").arg(&out).args(sets(5)));
+    let cached = |out: &Path| -> Vec<(String, bool)> {
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+        r["timings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["stage"].as_str().unwrap().to_string(), t["cached"].as_bool().unwrap()))
+            .collect()
+    };
+    let first = cached(&out);
+    assert!(first.iter().all(|(s, c)| !c || s == "prepare corpus"), "{first:?}");
+    run_ok(bin().arg("reproduce").arg(smoke()).arg("--out").arg(&out).args(sets(10)));
+    for (stage, was_cached) in cached(&out) {
+        let expect = stage.starts_with("train") || stage.starts_with("eval");
+        if stage != "prepare corpus" {
+            assert_eq!(was_cached, expect, "{stage}");
+        }
+    }
+}
+
+/// `generate` continues a prompt in each mode; `unlearn --list` names the registry.
+#[test]
+fn generate_and_list_methods() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    run_ok(bin().arg("train").arg("--config").arg(smoke()).arg("--out").arg(&run).args(["--set", "train.steps=10"]));
+    for mode in ["drop-sinks", "activate-seq"] {
+        let text = run_ok(
+            bin().args(["generate", "--mode", mode, "--max-tokens", "12", "--greedy", "--doc", "0", "--run"]).arg(&run),
+        );
+        assert!(text.contains("[the document continues]"), "{text}");
+    }
+    let text = run_ok(
+        bin()
+            .args(["generate", "--prompt", "Once upon a time", "--max-tokens", "8", "--top-k", "5", "--run"])
+            .arg(&run),
+    );
+    assert!(text.starts_with("Once upon a time"), "{text}");
+    let list = run_ok(bin().args(["unlearn", "--list"]));
+    for name in [
+        "drop-sinks",
+        "gradient-ascent",
+        "npo",
+        "prune-zero-out",
+        "prune-integrated-gradients",
+        "prune-slimming",
+        "prune-hard-concrete",
+        "prune-random",
+    ] {
+        assert!(list.contains(name), "{list}");
+    }
+}

@@ -68,30 +68,41 @@ pub struct EvalFile {
     pub exclusion_specificity: Vec<Specificity>,
 }
 
-struct EvalTask {
-    args: EvalArgs,
+/// Evaluation of one run (shared with `reproduce`).
+pub struct EvalTask {
+    /// The run directory.
+    pub run: PathBuf,
+    /// One mode by CLI name, or every mode that applies.
+    pub mode: Option<String>,
+    /// Documents per split.
+    pub max_docs: usize,
+    /// Prompt tokens of greedy extraction.
+    pub k: usize,
+    /// Continuation tokens of greedy extraction.
+    pub m: usize,
+    /// An evaluated standard run to measure gap closure against.
+    pub reference: Option<PathBuf>,
 }
 
 impl BackendTask for EvalTask {
     type Output = EvalFile;
 
     fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<EvalFile> {
-        let args = &self.args;
         let device = &devices[0];
-        let cfg = load_run_config(&args.run)?;
-        let summary = load_summary(&args.run)?;
+        let cfg = load_run_config(&self.run)?;
+        let summary = load_summary(&self.run)?;
         let corpus = PreparedCorpus::open(&summary.data_dir)?;
-        let (model, _) = load_model::<B::InnerBackend>(&args.run.join(FINAL_DIR), device)?;
-        let modes = match &args.mode {
+        let (model, _) = load_model::<B::InnerBackend>(&self.run.join(FINAL_DIR), device)?;
+        let modes = match &self.mode {
             Some(name) => vec![MlpMode::parse(name).with_context(|| {
                 format!("unknown --mode `{name}`; allowed: train, all, drop-sinks, drop-sinks-plain, activate-seq")
             })?],
             None => default_modes(&model),
         };
         let options = EvalOptions {
-            max_docs: args.max_docs,
-            k: args.k,
-            m: args.m,
+            max_docs: self.max_docs,
+            k: self.k,
+            m: self.m,
             batch_size: cfg.train.batch_size,
             context: cfg.data.context,
         };
@@ -99,13 +110,10 @@ impl BackendTask for EvalTask {
             modes.iter().map(|mode| evaluate_mode(&model, &corpus, mode, &options, device)).collect();
         let gap_of = |name: &str| reports.iter().find(|r| r.mode == name).map(|r| r.gap);
         let gap_closure_vs_sinks_on = gap_of("drop-sinks").zip(gap_of("activate-seq")).map(|(d, a)| gap_closure(d, a));
-        let gap_closure_vs_reference = match &args.reference {
+        let gap_closure_vs_reference = match &self.reference {
             None => None,
             Some(dir) => {
-                let path = dir.join("eval.json");
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("{}: evaluate the reference run first", path.display()))?;
-                let reference: EvalFile = serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
+                let reference = load_eval(dir)?;
                 let gap_ref = reference.modes.first().map(|r| r.gap).context("the reference eval.json has no modes")?;
                 Some(reports.iter().map(|r| (r.mode.clone(), gap_closure(r.gap, gap_ref))).collect())
             }
@@ -127,10 +135,25 @@ impl BackendTask for EvalTask {
     }
 }
 
+/// Reads `RUN/eval.json`.
+pub fn load_eval(run: &std::path::Path) -> Result<EvalFile> {
+    let path = run.join("eval.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: evaluate the run first", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}", path.display()))
+}
+
 /// Runs `memsinks eval`.
 pub fn run_eval(args: &EvalArgs, out: &mut impl std::io::Write) -> Result<()> {
     let backend = args.backend.clone().unwrap_or_else(|| default_backend().to_string());
-    let file = run_on(&backend, "f32", 0, 1, EvalTask { args: args.clone() })?;
+    let task = EvalTask {
+        run: args.run.clone(),
+        mode: args.mode.clone(),
+        max_docs: args.max_docs,
+        k: args.k,
+        m: args.m,
+        reference: args.reference.clone(),
+    };
+    let file = run_on(&backend, "f32", 0, 1, task)?;
     write_atomic(&args.run.join("eval.json"), &serde_json::to_vec_pretty(&file)?)?;
     writeln!(
         out,

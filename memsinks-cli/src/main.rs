@@ -5,8 +5,10 @@ mod backend;
 mod bench;
 mod data;
 mod eval;
+mod generate;
 mod info;
 mod mask;
+mod study;
 mod train;
 mod unlearn;
 
@@ -34,8 +36,14 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Export a run's weights as safetensors (optionally folded with sinks dropped).
     Export(eval::ExportArgs),
-    /// Run a post-hoc unlearning baseline on a trained run (writes its trade-off curve).
+    /// Run a removal method of the registry on a trained run (writes its trade-off curve).
     Unlearn(unlearn::UnlearnArgs),
+    /// Reproduce the whole study from one experiment file (default: embedded ts-quick) and report.
+    Reproduce(study::ReproduceArgs),
+    /// Redraw a reproduction's report.md and plots from its results.json.
+    Report(study::ReportArgs),
+    /// Generate text from a trained run in a chosen MLP mode.
+    Generate(generate::GenerateArgs),
     /// Benchmarks (`bench train`: training-step throughput).
     Bench(bench::BenchArgs),
 }
@@ -60,6 +68,9 @@ fn main() {
         Command::Eval(args) => eval::run_eval(args, &mut stdout),
         Command::Unlearn(args) => unlearn::run(args, &mut stdout),
         Command::Export(args) => eval::run_export(args, &mut stdout),
+        Command::Reproduce(args) => study::run_reproduce(args, &mut stdout),
+        Command::Report(args) => study::run_report(args, &mut stdout),
+        Command::Generate(args) => generate::run(args, &mut stdout),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

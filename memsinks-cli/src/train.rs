@@ -39,11 +39,16 @@ pub struct TrainArgs {
     pub device: usize,
 }
 
-struct TrainTask {
-    cfg: ExperimentConfig,
-    run_dir: PathBuf,
-    data: Option<PathBuf>,
-    resume: bool,
+/// Training one run (shared with `reproduce`).
+pub struct TrainTask {
+    /// The resolved experiment.
+    pub cfg: ExperimentConfig,
+    /// Run directory.
+    pub run_dir: PathBuf,
+    /// Prepared corpus to use or create.
+    pub data: Option<PathBuf>,
+    /// Continue from the newest checkpoint.
+    pub resume: bool,
 }
 
 impl BackendTask for TrainTask {

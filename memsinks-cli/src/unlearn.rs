@@ -16,10 +16,12 @@ use crate::backend::{default_backend, run_on, BackendTask};
 /// Run a removal method on a trained run: a built-in method of the registry (see `--list`) or a
 /// method file (`.ron`).
 #[derive(Args, Debug, Clone)]
-#[command(after_help = "Examples:\n  memsinks unlearn --list\n  memsinks unlearn --run runs/std --method gradient-ascent\n  \
+#[command(
+    after_help = "Examples:\n  memsinks unlearn --list\n  memsinks unlearn --run runs/std --method gradient-ascent\n  \
 memsinks unlearn --run runs/std --method npo --forget canary --set lr=3e-4 --set steps=100\n  \
 memsinks unlearn --run runs/std --method prune-zero-out --set 'fractions=[0.01,0.1]'\n  \
-memsinks unlearn --run runs/memsinks --method drop-sinks")]
+memsinks unlearn --run runs/memsinks --method drop-sinks"
+)]
 pub struct UnlearnArgs {
     /// Run directory (written by `memsinks train`).
     #[arg(long, required_unless_present = "list")]

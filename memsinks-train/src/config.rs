@@ -198,7 +198,41 @@ fn default_keep() -> usize {
     2
 }
 
-/// A whole experiment: data, model, training.
+/// What `memsinks reproduce` runs around training (`memsinks train` ignores it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StudyConfig {
+    /// Training methods compared (each trained once per seed).
+    pub methods: Vec<Method>,
+    /// Training seeds (`train.seed` when empty); several give mean ± std in the report.
+    pub seeds: Vec<u64>,
+    /// Post-hoc methods run on the standard model: registry names or `.ron` paths, each
+    /// optionally followed by `key=value` overrides (`"gradient-ascent steps=20 lr=1e-3"`).
+    pub posthoc: Vec<String>,
+    /// Documents per split in evaluation.
+    pub eval_docs: usize,
+    /// Prompt tokens of greedy extraction.
+    pub extract_prompt: usize,
+    /// Continuation tokens of greedy extraction.
+    pub extract_continuation: usize,
+}
+
+impl Default for StudyConfig {
+    fn default() -> Self {
+        Self {
+            methods: vec![Method::Standard, Method::Dedup, Method::Memsinks, Method::GradientMasking],
+            seeds: Vec::new(),
+            posthoc: ["gradient-ascent", "gradient-difference", "npo", "prune-activations", "prune-random"]
+                .map(String::from)
+                .to_vec(),
+            eval_docs: 64,
+            extract_prompt: 32,
+            extract_continuation: 32,
+        }
+    }
+}
+
+/// A whole experiment: data, model, training, and what a reproduction runs around them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentConfig {
@@ -208,6 +242,9 @@ pub struct ExperimentConfig {
     pub model: ModelSection,
     /// Training.
     pub train: TrainConfig,
+    /// The study `memsinks reproduce` runs (defaults: all four methods, five post-hoc baselines).
+    #[serde(default)]
+    pub study: StudyConfig,
 }
 
 impl ExperimentConfig {
@@ -245,9 +282,10 @@ impl ExperimentConfig {
         ron::ser::to_string_pretty(self, ron::ser::PrettyConfig::default()).expect("config serialises")
     }
 
-    /// Run ID: a short hash of the resolved configuration.
+    /// Run ID: a short hash of what training depends on (data, model, training; not `study`).
     pub fn run_id(&self) -> String {
-        let digest = Sha256::digest(self.to_ron().as_bytes());
+        let training = Self { study: StudyConfig::default(), ..self.clone() };
+        let digest = Sha256::digest(training.to_ron().as_bytes());
         digest[..6].iter().map(|b| format!("{b:02x}")).collect()
     }
 

@@ -14,7 +14,7 @@ pub mod run;
 
 use std::path::{Path, PathBuf};
 
-pub use config::{ExperimentConfig, Method};
+pub use config::{ExperimentConfig, Method, StudyConfig};
 pub use loss::{lm_loss, token_nll, token_nll_of_logits};
 pub use optim::OptimConfig;
 pub use run::{train, TrainSummary};

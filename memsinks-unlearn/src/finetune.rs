@@ -89,11 +89,7 @@ impl Cycle {
 }
 
 /// Per-row summed log-likelihood `[batch]` of the targets.
-fn sequence_logp<B: Backend>(
-    model: &MemSinkLm<B>,
-    batch: &LmBatch<B>,
-    mode: &MlpMode,
-) -> Tensor<B, 1> {
+fn sequence_logp<B: Backend>(model: &MemSinkLm<B>, batch: &LmBatch<B>, mode: &MlpMode) -> Tensor<B, 1> {
     let (nll, mask) = token_nll(model, batch, mode);
     (nll * mask).sum_dim(1).neg().squeeze_dim(1)
 }

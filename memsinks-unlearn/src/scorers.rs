@@ -181,7 +181,8 @@ pub fn zero_out_scores<B: Backend>(
     let mut scores = vec![vec![0.0f32; hidden]; layers];
     for batch in batches {
         let rows = batch.layout.batch;
-        let base: f32 = row_nll(model.forward(batch.inputs.clone(), &batch.layout, mode), batch).sum().into_scalar().elem();
+        let base: f32 =
+            row_nll(model.forward(batch.inputs.clone(), &batch.layout, mode), batch).sum().into_scalar().elem();
         let copies = (ZERO_OUT_ROWS / rows).max(1);
         for (layer, layer_scores) in scores.iter_mut().enumerate() {
             for first in (0..hidden).step_by(copies) {

@@ -10,8 +10,8 @@ use memsinks_data::LmBatch;
 use memsinks_model::{MemSinkLm, MlpMode, ModelConfig, SeqLayout};
 use memsinks_train::optim::step;
 use memsinks_train::{lm_loss, OptimConfig};
-use memsinks_unlearn::{fold_drop_sinks, ForgetSet};
 use memsinks_unlearn::metrics::{greedy_extraction, loss_mia_auc, score_docs};
+use memsinks_unlearn::{fold_drop_sinks, ForgetSet};
 
 type AD = Autodiff<Flex>;
 const EOT: u32 = 0;
@@ -236,12 +236,17 @@ fn zero_out_is_exact_and_integrated_gradients_are_complete() {
     let mode = MlpMode::Train;
     let zero = zero_out_scores(&model, &batches, &mode, &Default::default());
     assert!(zero[0][3].abs() < 1e-5, "dead unit scored {}", zero[0][3]);
-    let loss = |m: &MemSinkLm<Flex>| score_docs(m, &corpus.cache, &docs, &mode, exp.data.context, 8, 0, &Default::default()).nll;
+    let loss = |m: &MemSinkLm<Flex>| {
+        score_docs(m, &corpus.cache, &docs, &mode, exp.data.context, 8, 0, &Default::default()).nll
+    };
     let base = loss(&model);
     for (layer, unit) in [(0, 7), (1, 20)] {
         let want = loss(&silence(model.clone(), layer, &[unit])) - base;
         let got = zero[layer][unit] as f64;
-        assert!((want - got).abs() < 1e-4 + 1e-2 * want.abs(), "layer {layer} unit {unit}: zero-out {got} vs pruned {want}");
+        assert!(
+            (want - got).abs() < 1e-4 + 1e-2 * want.abs(),
+            "layer {layer} unit {unit}: zero-out {got} vs pruned {want}"
+        );
     }
     let ad_model: MemSinkLm<AD> = AutodiffModule::from_inner(model.clone());
     let ad_batches = doc_batches::<AD>(&corpus, &docs, exp.data.context);
@@ -286,12 +291,21 @@ fn relearning_after_gradient_ascent_recovers_the_other_documents() {
     let dir = tempfile::tempdir().unwrap();
     let (exp, corpus, _) = smoke_corpus(dir.path());
     let model = memorizing_smoke_model(&exp, &corpus);
-    let sets: Vec<String> = ["lr=3e-3", "steps=10", "eval_every=10", "eval_docs=8", "batch_size=8", "relearn.sizes=[1,4,16]", "relearn.steps=10"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let sets: Vec<String> = [
+        "lr=3e-3",
+        "steps=10",
+        "eval_every=10",
+        "eval_docs=8",
+        "batch_size=8",
+        "relearn.sizes=[1,4,16]",
+        "relearn.steps=10",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let (name, file) = load_method("gradient-ascent", &sets).unwrap();
-    let result = run_method(&name, &file, model, &corpus, ForgetSet::Repeated, exp.data.context, &Default::default()).unwrap();
+    let result =
+        run_method(&name, &file, model, &corpus, ForgetSet::Repeated, exp.data.context, &Default::default()).unwrap();
     assert!(result.curve.last().unwrap().delta_forget > 0.5);
     // The smoke corpus has 8 repeated documents: 16 is skipped, 1 and 4 are measured on the 4 after them.
     assert_eq!(result.relearn.iter().map(|r| r.relearned).collect::<Vec<_>>(), vec![1, 4]);
@@ -303,7 +317,10 @@ fn relearning_after_gradient_ascent_recovers_the_other_documents() {
 }
 
 /// The `smoke` standard model trained for a few epochs so that it memorizes its repeated set.
-fn memorizing_smoke_model(exp: &memsinks_train::ExperimentConfig, corpus: &memsinks_data::PreparedCorpus) -> MemSinkLm<AD> {
+fn memorizing_smoke_model(
+    exp: &memsinks_train::ExperimentConfig,
+    corpus: &memsinks_data::PreparedCorpus,
+) -> MemSinkLm<AD> {
     let model_cfg = exp.model_config(corpus.tokenizer.vocab_size()).unwrap();
     let mut model: MemSinkLm<AD> = model_cfg.init(&Default::default()).unwrap();
     let mut optim = OptimConfig { weight_decay: 0.0, ..Default::default() }.init::<AD, MemSinkLm<AD>>();
@@ -340,10 +357,26 @@ fn an_empty_forget_set_is_a_clear_error() {
     let model: MemSinkLm<AD> =
         exp.model_config(corpus.tokenizer.vocab_size()).unwrap().init(&Default::default()).unwrap();
     let cfg = FinetuneConfig { steps: 2, ..Default::default() };
-    let err = unlearn(model.clone(), &corpus, exp.data.context, ForgetSet::Canary, &cfg, &MlpMode::Train, &Default::default());
+    let err = unlearn(
+        model.clone(),
+        &corpus,
+        exp.data.context,
+        ForgetSet::Canary,
+        &cfg,
+        &MlpMode::Train,
+        &Default::default(),
+    );
     assert!(err.unwrap_err().to_string().contains("canary"));
     // Dropping sinks needs a model with sinks.
     let (name, file) = memsinks_unlearn::load_method("drop-sinks", &[]).unwrap();
-    let err = memsinks_unlearn::run_method(&name, &file, model, &corpus, ForgetSet::Repeated, exp.data.context, &Default::default());
+    let err = memsinks_unlearn::run_method(
+        &name,
+        &file,
+        model,
+        &corpus,
+        ForgetSet::Repeated,
+        exp.data.context,
+        &Default::default(),
+    );
     assert!(err.unwrap_err().to_string().contains("no"), "drop-sinks on a standard model");
 }
