@@ -363,6 +363,7 @@ fn assemble(
         config_hash: short_hash(&cfg.to_ron()),
         config: cfg.to_ron(),
         seeds: seeds.to_vec(),
+        extraction: (cfg.study.extract_prompt, cfg.study.extract_continuation),
         versions: Versions { memsinks: env!("CARGO_PKG_VERSION").into(), burn: "0.21.0".into() },
         backend: backend.to_string(),
         timings,

@@ -4,10 +4,10 @@
 
 use std::fmt::Write;
 
-const WIDTH: f64 = 880.0;
+const WIDTH: f64 = 920.0;
 const HEIGHT: f64 = 460.0;
 const LEFT: f64 = 70.0;
-const RIGHT: f64 = 290.0;
+const RIGHT: f64 = 330.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 55.0;
 
@@ -63,6 +63,29 @@ pub struct Chart {
     pub series: Vec<Series>,
     /// `(x, palette index)` marks drawn along the bottom of the plot area.
     pub marks: Vec<(f64, usize)>,
+    /// Zoom: lines are cut where they pass this x (the rest of a curve is off the chart).
+    pub x_max: Option<f64>,
+}
+
+impl Series {
+    /// The finite points, cut at `x_max`: a segment that crosses it ends on it.
+    fn visible(&self, x_max: Option<f64>) -> Vec<(f64, f64)> {
+        let finite: Vec<(f64, f64)> =
+            self.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+        let Some(limit) = x_max else { return finite };
+        let mut out = Vec::new();
+        for (i, &(x, y)) in finite.iter().enumerate() {
+            if x <= limit {
+                out.push((x, y));
+                continue;
+            }
+            if let Some(&(px, py)) = i.checked_sub(1).map(|j| &finite[j]).filter(|p| p.0 <= limit) {
+                out.push((limit, py + (y - py) * (limit - px) / (x - px)));
+            }
+            break;
+        }
+        out
+    }
 }
 
 enum Anchor {
@@ -101,9 +124,9 @@ fn fmt_tick(v: f64) -> String {
 
 impl Chart {
     fn bounds(&self) -> ((f64, f64), (f64, f64)) {
-        let pts = self.series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+        let pts: Vec<(f64, f64)> = self.series.iter().flat_map(|s| s.visible(self.x_max)).collect();
         let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-        for &(x, y) in pts {
+        for &(x, y) in &pts {
             (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
         }
         for &(x, _) in &self.marks {
@@ -342,7 +365,20 @@ mod tests {
                 style: Style::Dashed,
             }],
             marks: vec![(5.0, 1)],
+            x_max: None,
         }
+    }
+
+    #[test]
+    fn zoom_cuts_a_curve_where_it_leaves_the_chart() {
+        let s = Series {
+            label: "c".into(),
+            points: vec![(0.0, 0.0), (2.0, 4.0), (6.0, 12.0)],
+            color: 0,
+            style: Style::Line,
+        };
+        assert_eq!(s.visible(Some(4.0)), vec![(0.0, 0.0), (2.0, 4.0), (4.0, 8.0)]);
+        assert_eq!(s.visible(None).len(), 3);
     }
 
     #[test]

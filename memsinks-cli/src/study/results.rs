@@ -15,6 +15,8 @@ pub struct Results {
     pub config: String,
     /// Training seeds.
     pub seeds: Vec<u64>,
+    /// Greedy extraction: prompt and continuation tokens.
+    pub extraction: (usize, usize),
     /// Versions of this toolkit and of burn.
     pub versions: Versions,
     /// The backend everything ran on.
