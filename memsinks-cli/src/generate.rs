@@ -154,7 +154,7 @@ pub fn run(args: &GenerateArgs, out: &mut impl std::io::Write) -> Result<()> {
     let mode = MlpMode::parse(&args.mode).with_context(|| {
         format!("unknown --mode `{}`; allowed: train, all, drop-sinks, drop-sinks-plain, activate-seq", args.mode)
     })?;
-    if !args.greedy && !(args.temperature > 0.0) {
+    if !args.greedy && (args.temperature.is_nan() || args.temperature <= 0.0) {
         bail!("--temperature must be positive (or use --greedy)");
     }
     let backend = args.backend.clone().unwrap_or_else(|| default_backend().to_string());

@@ -608,7 +608,6 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
             ),
         });
     }
-    drop(add);
     let cache = writer.finish()?;
 
     // 5. Schedules: every training occurrence gets a sort key; shuffled keys are uniform, spaced

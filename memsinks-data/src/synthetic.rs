@@ -160,7 +160,7 @@ pub struct StoryGenerator {
 impl StoryGenerator {
     /// The stream for `seed`.
     pub fn new(seed: u64) -> Self {
-        Self { rng: SplitMix64::new(seed ^ 0x5709_1E5) }
+        Self { rng: SplitMix64::new(seed ^ 0x0570_91E5) }
     }
 }
 

@@ -160,8 +160,8 @@ fn packed_batches_cover_the_token_stream_exactly() {
         for (r, row) in b.rows.iter().enumerate() {
             // Inputs that have a target: a row's last real token is the next row's first input.
             let with_target = b.weights[r].iter().filter(|&&w| w > 0.0).count();
-            for t in 0..with_target {
-                inputs.push((row[t], b.layout.seq_ids[r * 32 + t]));
+            for (t, &token) in row.iter().enumerate().take(with_target) {
+                inputs.push((token, b.layout.seq_ids[r * 32 + t]));
             }
             // Segments never decrease along a row, and tokens of one segment share an ID.
             let seg = &b.layout.segments.as_ref().unwrap()[r * 32..(r + 1) * 32];

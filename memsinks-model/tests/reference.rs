@@ -182,7 +182,8 @@ fn matches_reference_in_every_mode_and_with_packing() {
         v
     };
     let rescale = ((cfg.p_gen + cfg.p_mem) / cfg.p_gen) as f32;
-    let cases: Vec<(MlpMode, Box<dyn Fn(usize) -> Vec<f32>>)> = vec![
+    type Expected<'a> = Box<dyn Fn(usize) -> Vec<f32> + 'a>;
+    let cases: Vec<(MlpMode, Expected)> = vec![
         (MlpMode::Train, Box::new(|t| own(t, &[]))),
         (MlpMode::ActivateSeq { exclude: vec![4242] }, Box::new(|t| own(t, &[4242]))),
         (
@@ -199,7 +200,7 @@ fn matches_reference_in_every_mode_and_with_packing() {
         ),
     ];
     for (mode, scale) in cases {
-        let got = values(model.forward(tokens(&[row.clone()]), &layout, &mode));
+        let got = values(model.forward(tokens(std::slice::from_ref(&row)), &layout, &mode));
         let want: Vec<f32> = reference_logits(&model, &cfg, &row, &segments, &*scale).concat();
         assert_close(&got, &want, 2e-4, &format!("{mode:?}"));
     }
@@ -213,7 +214,7 @@ fn p_gen_one_is_a_plain_swiglu_model_in_every_mode() {
     let layout = SeqLayout::per_row(&[99], 10);
     let want = reference_logits(&model, &cfg, &row, &[0; 10], &|_| vec![1.0; cfg.d_hidden]).concat();
     for mode in [MlpMode::Train, MlpMode::All { exclude: vec![99] }, MlpMode::DropSinks { rescale: true }] {
-        let got = values(model.forward(tokens(&[row.clone()]), &layout, &mode));
+        let got = values(model.forward(tokens(std::slice::from_ref(&row)), &layout, &mode));
         assert_close(&got, &want, 2e-4, &format!("p_gen=1 {mode:?}"));
     }
 }
@@ -228,7 +229,7 @@ fn packed_rows_never_see_other_documents_or_the_future() {
     let segments: Vec<u32> = [0u32; 6].into_iter().chain([1u32; 4]).chain([2u32; 6]).collect();
     let layout = SeqLayout::packed(1, seq, ids, segments);
     let base: Vec<i64> = (0..seq as i64).map(|i| (i * 3 + 2) % 64).collect();
-    let logits = |row: &Vec<i64>| values(model.forward(tokens(&[row.clone()]), &layout, &MlpMode::Train));
+    let logits = |row: &Vec<i64>| values(model.forward(tokens(std::slice::from_ref(row)), &layout, &MlpMode::Train));
     let v = cfg.vocab_size;
     let reference = logits(&base);
     // Changing the later documents leaves the first document's logits untouched.

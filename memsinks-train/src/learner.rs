@@ -149,6 +149,7 @@ impl RunLog {
     /// A log appending to `path`; `micro_done` micro-batches were trained before (resume).
     /// `micro_per_step` counts micro-batches over all devices, `iterations_per_step` the
     /// scheduler steps (gradient accumulation) per optimizer step.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         path: PathBuf,
         micro_per_step: u64,
@@ -203,7 +204,7 @@ impl RunLog {
         w.1 += tokens;
         w.2 += loss;
         w.3 += 1;
-        if micro % (self.log_every * self.micro_per_step) == 0 {
+        if micro.is_multiple_of(self.log_every * self.micro_per_step) {
             let secs = w.0.elapsed().as_secs_f64();
             let line = serde_json::json!({
                 "kind": "train",

@@ -39,6 +39,7 @@ pub struct SetScore {
 
 /// Scores documents one per row (truncated to `context`, end-of-text appended), each with its
 /// own sequence ID, with the MLPs in `mode`.
+#[allow(clippy::too_many_arguments)]
 pub fn score_docs<B: Backend>(
     model: &MemSinkLm<B>,
     cache: &TokenCache,
