@@ -162,8 +162,13 @@ fn reproduce_writes_the_report_and_report_regenerates_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("study");
     let posthoc = r#"study.posthoc=["gradient-ascent steps=10 eval_every=5", "prune-activations"]"#;
-    let stdout = run_ok(bin().arg("reproduce").arg(smoke()).arg("--out").arg(&out).args(["--set", posthoc]));
+    let seeds = "study.seeds=[0,1]";
+    let stdout =
+        run_ok(bin().arg("reproduce").arg(smoke()).arg("--out").arg(&out).args(["--set", posthoc, "--set", seeds]));
     assert!(stdout.contains("| memsinks, sinks dropped (rescaled) |"), "{stdout}");
+    // Two seeds: every number of the main table is a mean ± std.
+    let standard = stdout.lines().find(|l| l.starts_with("| standard |")).unwrap();
+    assert_eq!(standard.matches(" ± ").count(), 10, "{standard}");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     let header = report.lines().find(|l| l.starts_with("| model |")).expect("main table");
     for column in [
