@@ -137,6 +137,25 @@ fn train_eval_and_export_a_folded_model() {
     assert_eq!(modes, ["activate-seq", "all", "drop-sinks", "drop-sinks-plain"]);
     assert!(eval["gap_closure_vs_sinks_on"].as_f64().unwrap().is_finite());
     assert_eq!(eval["exclusion_specificity"].as_array().unwrap().len(), 8);
+    // Excluding one repeated document's sinks raises its own loss more than the others'.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("data").join("manifest.json")).expect("the run's corpus"))
+            .unwrap();
+    let id = manifest["documents"][0]["id"].as_i64().unwrap();
+    let doc_loss = |exclude: Option<i64>| {
+        let mut cmd = bin();
+        cmd.args(["eval", "--mode", "activate-seq", "--max-docs", "8", "--k", "8", "--m", "8", "--run"]).arg(&run);
+        if let Some(id) = exclude {
+            cmd.arg("--exclude").arg(id.to_string());
+        }
+        assert!(cmd.status().unwrap().success());
+        let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("eval.json")).unwrap()).unwrap();
+        let docs = eval["modes"][0]["repeated_docs"].as_array().unwrap().clone();
+        docs.iter().map(|d| d["nll"].as_f64().unwrap()).collect::<Vec<f64>>()
+    };
+    let (before, after) = (doc_loss(None), doc_loss(Some(id)));
+    let others = |v: &[f64]| v[1..].iter().sum::<f64>() / (v.len() - 1) as f64;
+    assert!(after[0] - before[0] > (others(&after) - others(&before)).abs(), "{before:?} -> {after:?}");
     // A model with sinks exports only folded; the folded export has no sink neurons.
     let plain = bin().arg("export").arg("--run").arg(&run).arg("--out").arg(dir.path().join("x")).status().unwrap();
     assert!(!plain.success());

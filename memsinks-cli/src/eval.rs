@@ -30,6 +30,10 @@ pub struct EvalArgs {
     /// One mode only: train, all, drop-sinks, drop-sinks-plain, activate-seq (default: all that apply).
     #[arg(long)]
     mode: Option<String>,
+    /// Sequence IDs whose sinks are switched off in the `all` and `activate-seq` modes
+    /// (per-sequence removal), e.g. `--exclude 123,456`.
+    #[arg(long, value_delimiter = ',')]
+    exclude: Vec<i64>,
     /// An evaluated standard run: gap closure is also reported against its gap.
     #[arg(long)]
     reference: Option<PathBuf>,
@@ -74,6 +78,8 @@ pub struct EvalTask {
     pub run: PathBuf,
     /// One mode by CLI name, or every mode that applies.
     pub mode: Option<String>,
+    /// Sequence IDs whose sinks are off in the `all` and `activate-seq` modes.
+    pub exclude: Vec<i64>,
     /// Documents per split.
     pub max_docs: usize,
     /// Prompt tokens of greedy extraction.
@@ -99,6 +105,14 @@ impl BackendTask for EvalTask {
             })?],
             None => default_modes(&model),
         };
+        let modes: Vec<MlpMode> = modes
+            .into_iter()
+            .map(|mode| match mode {
+                MlpMode::All { .. } => MlpMode::All { exclude: self.exclude.clone() },
+                MlpMode::ActivateSeq { .. } => MlpMode::ActivateSeq { exclude: self.exclude.clone() },
+                other => other,
+            })
+            .collect();
         let options = EvalOptions {
             max_docs: self.max_docs,
             k: self.k,
@@ -148,6 +162,7 @@ pub fn run_eval(args: &EvalArgs, out: &mut impl std::io::Write) -> Result<()> {
     let task = EvalTask {
         run: args.run.clone(),
         mode: args.mode.clone(),
+        exclude: args.exclude.clone(),
         max_docs: args.max_docs,
         k: args.k,
         m: args.m,

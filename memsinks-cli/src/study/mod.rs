@@ -204,6 +204,7 @@ pub fn run_reproduce(args: &ReproduceArgs, out: &mut impl std::io::Write) -> Res
             let eval_task = || EvalTask {
                 run: run_dir.clone(),
                 mode: None,
+                exclude: Vec::new(),
                 max_docs: study.eval_docs,
                 k: study.extract_prompt,
                 m: study.extract_continuation,
