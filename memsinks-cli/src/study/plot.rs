@@ -170,8 +170,7 @@ impl Chart {
         }
         for (i, s) in self.series.iter().enumerate() {
             let rgb = PALETTE[s.color % PALETTE.len()];
-            let pts: Vec<(f64, f64)> =
-                s.points.iter().filter(|(x, y)| x.is_finite() && y.is_finite()).map(|&(x, y)| (sx(x), sy(y))).collect();
+            let pts: Vec<(f64, f64)> = s.visible(self.x_max).into_iter().map(|(x, y)| (sx(x), sy(y))).collect();
             let dashed = s.style == Style::Dashed;
             if s.style != Style::Marker {
                 for w in pts.windows(2) {
@@ -379,6 +378,15 @@ mod tests {
         };
         assert_eq!(s.visible(Some(4.0)), vec![(0.0, 0.0), (2.0, 4.0), (4.0, 8.0)]);
         assert_eq!(s.visible(None).len(), 3);
+        let chart = Chart { series: vec![s], x_max: Some(4.0), ..Default::default() };
+        let right_edge = WIDTH - RIGHT;
+        for shape in chart.layout() {
+            if let Shape::Line { a, b, .. } = shape {
+                // Legend entries lie wholly right of the plot; no data line may cross its edge.
+                let crosses = (a.0 <= right_edge + 0.5) != (b.0 <= right_edge + 0.5);
+                assert!(!crosses, "a line leaves the plot: {a:?} {b:?}");
+            }
+        }
     }
 
     #[test]
