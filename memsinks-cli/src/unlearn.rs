@@ -76,20 +76,16 @@ pub fn parse_forget(name: &str) -> Result<ForgetSet> {
     ForgetSet::parse(name).with_context(|| format!("unknown --forget `{name}`; allowed: repeated, canary"))
 }
 
-/// Runs `method` on `run` and writes the results to `out`.
+/// Runs `method` (a registry name or file, with overrides) on the trained run `run`.
 pub fn run_method_on(
     run: &Path,
     method: &str,
     sets: &[String],
     forget: ForgetSet,
     backend: &str,
-    out: &Path,
 ) -> Result<MethodResult> {
     let (name, file) = load_method(method, sets)?;
-    let task = MethodTask { run: run.to_path_buf(), name, file, forget };
-    let result = run_on(backend, "f32", 0, 1, task)?;
-    write_atomic(out, &serde_json::to_vec_pretty(&result)?)?;
-    Ok(result)
+    run_on(backend, "f32", 0, 1, MethodTask { run: run.to_path_buf(), name, file, forget })
 }
 
 /// Runs the subcommand.
@@ -106,7 +102,8 @@ pub fn run(args: &UnlearnArgs, out: &mut impl std::io::Write) -> Result<()> {
     let backend = args.backend.clone().unwrap_or_else(|| default_backend().to_string());
     let stem = Path::new(method).file_stem().map_or_else(|| method.clone(), |s| s.to_string_lossy().to_string());
     let path = args.out.clone().unwrap_or_else(|| run.join(format!("unlearn-{stem}-{}.json", forget.name())));
-    let result = run_method_on(run, method, &args.sets, forget, &backend, &path)?;
+    let result = run_method_on(run, method, &args.sets, forget, &backend)?;
+    write_atomic(&path, &serde_json::to_vec_pretty(&result)?)?;
     writeln!(out, "{} on {} ({} mode), {:.1} s", result.method, forget.name(), result.mode, result.wall_s)?;
     writeln!(out, "{:>10} {:>10} {:>10} {:>10} {:>10}", "setting", "L_forget", "L_val", "dL_forget", "dL_val")?;
     for p in &result.curve {

@@ -265,13 +265,8 @@ fn method_stage(
     let label = Path::new(method).file_stem().map_or_else(|| method.to_string(), |s| s.to_string_lossy().to_string());
     let path = dir.join("posthoc").join(format!("{label}-{}-{}.json", on.method.name(), forget.name()));
     let stage = format!("{label} on {} ({})", on.method.name(), forget.name());
-    let scratch = dir.join("posthoc").join(format!(".{label}-{}.json", forget.name()));
     std::fs::create_dir_all(dir.join("posthoc"))?;
-    cached(&path, &key, stage, timings, || {
-        let result = run_method_on(&on.dir, method, sets, forget, backend, &scratch)?;
-        std::fs::remove_file(&scratch).ok();
-        Ok(result)
-    })
+    cached(&path, &key, stage, timings, || run_method_on(&on.dir, method, sets, forget, backend))
 }
 
 /// Builds `results.json` from the stages' outputs.
