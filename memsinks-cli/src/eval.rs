@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use memsinks_data::{write_atomic, PreparedCorpus};
+use memsinks_data::write_atomic;
 use memsinks_model::io::{export_safetensors, load_model};
 use memsinks_model::MlpMode;
-use memsinks_train::run::{load_run_config, load_summary, FINAL_DIR};
+use memsinks_train::run::{FinishedRun, FINAL_DIR};
 use memsinks_unlearn::eval::{
     default_modes, evaluate_mode, exclusion_specificity, EvalOptions, ModeReport, Specificity,
 };
@@ -95,10 +95,9 @@ impl BackendTask for EvalTask {
 
     fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<EvalFile> {
         let device = &devices[0];
-        let cfg = load_run_config(&self.run)?;
-        let summary = load_summary(&self.run)?;
-        let corpus = PreparedCorpus::open(&summary.data_dir)?;
-        let (model, _) = load_model::<B::InnerBackend>(&self.run.join(FINAL_DIR), device)?;
+        let run = FinishedRun::open(&self.run)?;
+        let (model, _) = run.model::<B::InnerBackend>(device)?;
+        let FinishedRun { config: cfg, summary, corpus, .. } = run;
         let modes = match &self.mode {
             Some(name) => vec![MlpMode::parse(name).with_context(|| {
                 format!("unknown --mode `{name}`; allowed: train, all, drop-sinks, drop-sinks-plain, activate-seq")

@@ -9,10 +9,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 use clap::Args;
 use memsinks_data::corpus::sequence_id;
 use memsinks_data::rng::SplitMix64;
-use memsinks_data::PreparedCorpus;
-use memsinks_model::io::load_model;
 use memsinks_model::{MlpMode, SeqLayout};
-use memsinks_train::run::{load_summary, FINAL_DIR};
+use memsinks_train::run::FinishedRun;
 
 use crate::backend::{default_backend, run_on, BackendTask};
 
@@ -79,8 +77,9 @@ impl BackendTask for GenerateTask {
     fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<Generated> {
         let args = &self.args;
         let device = &devices[0];
-        let corpus = PreparedCorpus::open(&load_summary(&args.run)?.data_dir)?;
-        let (model, cfg) = load_model::<B::InnerBackend>(&args.run.join(FINAL_DIR), device)?;
+        let run = FinishedRun::open(&args.run)?;
+        let (model, cfg) = run.model::<B::InnerBackend>(device)?;
+        let corpus = &run.corpus;
         let tok = &corpus.tokenizer;
         let (mut tokens, id, truth) = match (args.doc, &args.prompt) {
             (Some(doc), _) => {

@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use memsinks_data::{write_atomic, PreparedCorpus};
-use memsinks_model::io::load_model;
-use memsinks_train::run::{load_run_config, load_summary, FINAL_DIR};
+use memsinks_data::write_atomic;
+use memsinks_train::run::FinishedRun;
 use memsinks_unlearn::{builtin_names, load_method, run_method, ForgetSet, MethodFile, MethodResult};
 
 use crate::backend::{default_backend, run_on, BackendTask};
@@ -63,11 +62,9 @@ impl BackendTask for MethodTask {
 
     fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<MethodResult> {
         let device = &devices[0];
-        let exp = load_run_config(&self.run)?;
-        let summary = load_summary(&self.run)?;
-        let corpus = PreparedCorpus::open(&summary.data_dir)?;
-        let (model, _) = load_model::<B>(&self.run.join(FINAL_DIR), device)?;
-        Ok(run_method(&self.name, &self.file, model, &corpus, self.forget, exp.data.context, device)?)
+        let run = FinishedRun::open(&self.run)?;
+        let (model, _) = run.model::<B>(device)?;
+        Ok(run_method(&self.name, &self.file, model, &run.corpus, self.forget, run.config.data.context, device)?)
     }
 }
 

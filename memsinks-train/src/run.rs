@@ -16,7 +16,8 @@ use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::metric::LearningRateMetric;
 use burn::train::{ExecutionStrategy, Interrupter, Learner, MultiDeviceOptim, SupervisedTraining};
 use memsinks_data::{prepare, write_atomic, Batcher, Cursor, HostBatch, PreparedCorpus, Split};
-use memsinks_model::io::save_model;
+use memsinks_model::io::{load_model, save_model};
+use memsinks_model::{MemSinkLm, ModelConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{DedupBudget, ExperimentConfig, Method};
@@ -332,6 +333,39 @@ pub fn load_summary(run_dir: &Path) -> Result<TrainSummary, TrainError> {
     let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
     serde_json::from_str(&text)
         .map_err(|e| TrainError::Config(format!("{}: {e}; the run did not finish", path.display())))
+}
+
+/// A finished run, opened for evaluation, unlearning or generation: its configuration, summary
+/// and the corpus it trained on.
+pub struct FinishedRun {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// The resolved experiment.
+    pub config: ExperimentConfig,
+    /// `train.json`.
+    pub summary: TrainSummary,
+    /// The prepared corpus.
+    pub corpus: PreparedCorpus,
+}
+
+impl FinishedRun {
+    /// Opens the run in `dir`.
+    ///
+    /// # Errors
+    /// When the run did not finish or its files or corpus are unreadable.
+    pub fn open(dir: &Path) -> Result<Self, TrainError> {
+        let summary = load_summary(dir)?;
+        let corpus = PreparedCorpus::open(&summary.data_dir)?;
+        Ok(Self { dir: dir.to_path_buf(), config: load_run_config(dir)?, summary, corpus })
+    }
+
+    /// The final model and its configuration on `device`.
+    ///
+    /// # Errors
+    /// When the weights are missing or do not match their configuration.
+    pub fn model<B: Backend>(&self, device: &B::Device) -> Result<(MemSinkLm<B>, ModelConfig), TrainError> {
+        Ok(load_model::<B>(&self.dir.join(FINAL_DIR), device)?)
+    }
 }
 
 /// Reads the resolved configuration of a run directory (for `--resume`).

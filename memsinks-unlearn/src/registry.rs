@@ -130,14 +130,15 @@ pub fn run_method<B: AutodiffBackend>(
     // Post-hoc methods act on the deployed model: for a MemSinks run, with its sinks dropped.
     let deployed = if has_sinks { MlpMode::DropSinks { rescale: true } } else { MlpMode::Train };
     let original = model.valid();
-    let (mode, curve, treated, treated_mode, original_mode, probe_size) = match &file.spec {
+    // The treated model runs in `treated_mode`; the untreated one in `original_mode`.
+    let (curve, treated, treated_mode, original_mode, probe_size) = match &file.spec {
         MethodSpec::Finetune(cfg) => {
             let (curve, treated) = unlearn(model, corpus, context, forget, cfg, &deployed, device)?;
-            (deployed.clone(), curve, treated, deployed.clone(), deployed, (cfg.batch_size, cfg.eval_docs))
+            (curve, treated, deployed.clone(), deployed, (cfg.batch_size, cfg.eval_docs))
         }
         MethodSpec::Prune(cfg) => {
             let (curve, treated) = prune_sweep(&model, corpus, forget, cfg, &deployed, context, device)?;
-            (deployed.clone(), curve, treated, deployed.clone(), deployed, (cfg.batch_size, cfg.eval_docs))
+            (curve, treated, deployed.clone(), deployed, (cfg.batch_size, cfg.eval_docs))
         }
         MethodSpec::DropSinks { rescale, eval_docs, batch_size } => {
             if !has_sinks {
@@ -148,7 +149,7 @@ pub fn run_method<B: AutodiffBackend>(
             let dropped = MlpMode::DropSinks { rescale: *rescale };
             let base = probe.losses(&original, &on, device);
             let curve = vec![point(0.0, base, base), point(1.0, probe.losses(&original, &dropped, device), base)];
-            (dropped.clone(), curve, model, dropped, on, (*batch_size, *eval_docs))
+            (curve, model, dropped, on, (*batch_size, *eval_docs))
         }
     };
     let relearned = match &file.relearn {
@@ -162,7 +163,7 @@ pub fn run_method<B: AutodiffBackend>(
         method: name.to_string(),
         file: file.clone(),
         forget,
-        mode: mode.name().to_string(),
+        mode: treated_mode.name().to_string(),
         curve,
         relearn: relearned,
         wall_s: started.elapsed().as_secs_f64(),

@@ -115,8 +115,8 @@ fn to_vec<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().expect("f32")
 }
 
-/// Every batch of `docs`, one document per row.
-fn doc_batches<B: Backend>(
+/// Every batch of `docs`, one document per row: what the scorers read.
+pub fn doc_batches<B: Backend>(
     corpus: &PreparedCorpus,
     docs: &[usize],
     context: usize,

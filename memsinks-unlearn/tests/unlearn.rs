@@ -212,14 +212,13 @@ fn silence(mut model: MemSinkLm<Flex>, layer: usize, units: &[usize]) -> MemSink
     model
 }
 
+/// The scorers' batches of `docs` (8 rows each) on the default device.
 fn doc_batches<B: burn::tensor::backend::Backend>(
     corpus: &memsinks_data::PreparedCorpus,
     docs: &[usize],
     context: usize,
 ) -> Vec<LmBatch<B>> {
-    let batcher = memsinks_data::Batcher::over_documents(&corpus.cache, docs, context, 8, corpus.manifest.end_of_text);
-    let mut cursor = Default::default();
-    std::iter::from_fn(|| batcher.next_batch(&mut cursor)).map(|h| h.to_device(&Default::default())).collect()
+    memsinks_unlearn::scorers::doc_batches(corpus, docs, context, 8, &Default::default())
 }
 
 /// Zero-out is exact: each score equals the loss change of pruning that one unit, and a unit
