@@ -68,24 +68,26 @@ pub fn run_on<T: BackendTask>(name: &str, precision: &str, first: usize, count: 
         "cuda" => {
             use burn::backend::{cuda::CudaDevice, Autodiff, Cuda};
             let devices: Vec<CudaDevice> = indices.map(CudaDevice::new).collect();
+            probe::<Cuda>("cuda", &devices[0])?;
             match precision {
-                "f16" => task.run::<Autodiff<Cuda<burn::tensor::f16>>>(devices),
-                "bf16" => task.run::<Autodiff<Cuda<burn::tensor::bf16>>>(devices),
+                "f16" => run_half::<Cuda<burn::tensor::f16>, T>("cuda", devices, task),
+                "bf16" => run_half::<Cuda<burn::tensor::bf16>, T>("cuda", devices, task),
                 _ => task.run::<Autodiff<Cuda>>(devices),
             }
         }
         #[cfg(feature = "wgpu")]
         "wgpu" => {
+            use burn::backend::{Autodiff, Wgpu};
             let devices: Vec<_> = if count <= 1 {
                 vec![burn::backend::wgpu::WgpuDevice::DefaultDevice]
             } else {
                 indices.map(burn::backend::wgpu::WgpuDevice::DiscreteGpu).collect()
             };
-            probe::<burn::backend::Wgpu>(&devices[0])?;
-            use burn::backend::{Autodiff, Wgpu};
+            probe::<Wgpu>("wgpu", &devices[0])?;
             match precision {
-                "f16" => task.run::<Autodiff<Wgpu<burn::tensor::f16>>>(devices),
-                "bf16" => bail!("wgpu has no bf16 support; use f16 or f32"),
+                "f16" => run_half::<Wgpu<burn::tensor::f16>, T>("wgpu", devices, task),
+                // burn's `wgpu` backend compiles WGSL shaders, and WGSL has no bf16 type.
+                "bf16" => bail!("wgpu has no bf16 (its WGSL shaders have no bf16 type); use --precision f16 or f32, or the cuda backend"),
                 _ => task.run::<Autodiff<Wgpu>>(devices),
             }
         }
@@ -93,15 +95,39 @@ pub fn run_on<T: BackendTask>(name: &str, precision: &str, first: usize, count: 
     }
 }
 
-/// Creates one tensor on the device so that a missing GPU adapter becomes a clear error here
-/// rather than an opaque panic in the middle of training.
-#[cfg(feature = "wgpu")]
-fn probe<B: burn::tensor::backend::Backend>(device: &B::Device) -> Result<()> {
+/// Runs `task` in a half precision after checking that the adapter supports it, so that an
+/// adapter without f16 (or bf16) arithmetic gives a clear error instead of a shader panic.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn run_half<G: burn::tensor::backend::Backend, T: BackendTask>(
+    name: &str,
+    devices: Vec<G::Device>,
+    task: T,
+) -> Result<T::Output> {
+    let dtype = <G::FloatElem as burn::tensor::Element>::dtype();
+    if !G::supports_dtype(&devices[0], dtype) {
+        bail!("this {name} adapter does not support {dtype:?} arithmetic; use --precision f32");
+    }
+    task.run::<burn::backend::Autodiff<G>>(devices)
+}
+
+/// Creates one tensor on the device so that a missing GPU adapter or driver becomes one clear
+/// error line here rather than a panic in the middle of training. The backends report a missing
+/// adapter by panicking (on their own device thread too): the panic hook is silenced for the
+/// probe so that neither their message nor a backtrace reaches the terminal.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn probe<G: burn::tensor::backend::Backend>(name: &str, device: &G::Device) -> Result<()> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
     let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        burn::tensor::Tensor::<B, 1>::ones([4], device).sum().into_scalar();
+        burn::tensor::Tensor::<G, 1>::ones([4], device).sum().into_scalar();
     }));
+    std::panic::set_hook(hook);
     if ok.is_err() {
-        bail!("no usable wgpu adapter: install a Vulkan/GL driver (e.g. Mesa's llvmpipe) or pick another --backend");
+        let hint = match name {
+            "wgpu" => "install a Vulkan driver (on Debian: apt-get install mesa-vulkan-drivers libvulkan1) or pick another --backend",
+            _ => "check the NVIDIA driver and CUDA installation (nvidia-smi) or pick another --backend",
+        };
+        bail!("no usable {name} device: {hint}");
     }
     Ok(())
 }

@@ -52,7 +52,8 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,burn_train=warn,burn_core=warn".into()),
+                // cubecl's autotuner logs every shape it tunes at info.
+                .unwrap_or_else(|_| "info,burn_train=warn,burn_core=warn,cubecl_runtime=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -23,6 +23,7 @@ use burn::train::{InferenceStep, Interrupter, ItemLazy, TrainOutput, TrainStep};
 use memsinks_data::{LmBatch, Split};
 use memsinks_model::{MemSinkLm, MlpMode};
 
+use crate::checkpoint::CheckpointBarrier;
 use crate::loss::{lm_loss, token_nll};
 use crate::optim::{clip_global_norm, WarmupCosine};
 
@@ -130,6 +131,10 @@ pub struct RunLog {
     failure: Mutex<Option<String>>,
     interrupter: Interrupter,
     echo: bool,
+    /// Micro-batches trained before this process started (resume).
+    micro_at_start: u64,
+    /// The checkpointer threads' progress, and micro-batches per saved round.
+    checkpoints: Option<(Arc<CheckpointBarrier>, u64)>,
 }
 
 impl std::fmt::Debug for RunLog {
@@ -172,6 +177,25 @@ impl RunLog {
             failure: Mutex::new(None),
             interrupter,
             echo: !std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            micro_at_start: micro_done,
+            checkpoints: None,
+        }
+    }
+
+    /// Makes [`RunLog::wait_for_checkpoints`] wait on `barrier`; burn-train saves a round every
+    /// `micro_per_round` micro-batches.
+    pub fn with_checkpoint_barrier(mut self, barrier: Arc<CheckpointBarrier>, micro_per_round: u64) -> Self {
+        self.checkpoints = Some((barrier, micro_per_round.max(1)));
+        self
+    }
+
+    /// Blocks until burn-train's checkpointer threads have finished reading every round this
+    /// process saved before the coming micro-batch (see [`crate::checkpoint`]: on the fusion
+    /// backends, training while they read aborts the process).
+    pub fn wait_for_checkpoints(&self) {
+        if let Some((barrier, micro_per_round)) = &self.checkpoints {
+            let trained_here = self.micro.load(Ordering::SeqCst) - self.micro_at_start;
+            barrier.wait_for_rounds((trained_here / micro_per_round) as usize);
         }
     }
 
@@ -284,6 +308,9 @@ impl<B: AutodiffBackend> TrainStep for LmLearner<B> {
     type Output = StepOutput;
 
     fn step(&self, batch: LmBatch<B>) -> TrainOutput<StepOutput> {
+        if let Some(log) = &self.log {
+            log.wait_for_checkpoints();
+        }
         let loss = lm_loss(&self.lm, &batch, &MlpMode::Train);
         let value: f64 = loss.clone().into_scalar().elem();
         let tokens = (batch.layout.batch * batch.layout.seq_len) as u64;

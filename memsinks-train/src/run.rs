@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::record::{FileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder, RecorderError};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::metric::LearningRateMetric;
@@ -20,6 +19,7 @@ use memsinks_model::io::{load_model, save_model};
 use memsinks_model::{MemSinkLm, ModelConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{latest_complete_checkpoint, AtomicFileRecorder, CheckpointBarrier};
 use crate::config::{DedupBudget, ExperimentConfig, Method};
 use crate::learner::{LmLearner, NamedLoss, QuietRenderer, RunLog, EVAL_KEYS};
 use crate::loader::{cursor_file, EvalLoader, TrainLoader};
@@ -56,61 +56,6 @@ pub struct TrainSummary {
     pub resumed_from: Option<usize>,
     /// The prepared corpus the run trained on.
     pub data_dir: PathBuf,
-}
-
-/// Writes burn records atomically: to a temporary file in the same directory, synced, then
-/// renamed, so a killed process leaves either the previous checkpoint or a complete new one.
-#[derive(Debug, Default, Clone)]
-pub struct AtomicFileRecorder {
-    inner: NamedMpkFileRecorder<FullPrecisionSettings>,
-}
-
-impl<B: Backend> Recorder<B> for AtomicFileRecorder {
-    type Settings = FullPrecisionSettings;
-    type RecordArgs = PathBuf;
-    type RecordOutput = ();
-    type LoadArgs = PathBuf;
-
-    fn save_item<I: Serialize>(&self, item: I, mut file: PathBuf) -> Result<(), RecorderError> {
-        file.set_extension(<Self as FileRecorder<B>>::file_extension());
-        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        // The inner recorder sets the extension itself: keep `.mpk` last on the temporary name.
-        let tmp = file.with_file_name(format!(".{name}.{}.tmp.mpk", std::process::id()));
-        Recorder::<B>::save_item(&self.inner, item, tmp.clone())?;
-        let sync = std::fs::File::open(&tmp).and_then(|f| f.sync_all());
-        sync.and_then(|_| std::fs::rename(&tmp, &file)).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            RecorderError::Unknown(format!("{}: {e}", file.display()))
-        })
-    }
-
-    fn load_item<I: serde::de::DeserializeOwned>(&self, file: &mut PathBuf) -> Result<I, RecorderError> {
-        Recorder::<B>::load_item(&self.inner, file)
-    }
-}
-
-impl<B: Backend> FileRecorder<B> for AtomicFileRecorder {
-    fn file_extension() -> &'static str {
-        "mpk"
-    }
-}
-
-/// The newest round whose model, optimizer, scheduler and cursor files all exist.
-pub fn latest_complete_checkpoint(run_dir: &Path) -> Option<usize> {
-    let dir = run_dir.join("checkpoint");
-    let mut rounds: Vec<usize> = std::fs::read_dir(&dir)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("model-")?.strip_suffix(".mpk")?.parse().ok()
-        })
-        .collect();
-    rounds.sort_unstable();
-    rounds.into_iter().rev().find(|r| {
-        ["model", "optim", "scheduler"].iter().all(|k| dir.join(format!("{k}-{r}.mpk")).exists())
-            && cursor_file(run_dir, *r).exists()
-    })
 }
 
 /// Keeps the metric lines of rounds up to `round` (so a resumed run does not log twice).
@@ -246,17 +191,23 @@ pub fn train<B: AutodiffBackend>(
     let schedule_lr =
         WarmupCosine { peak: t.lr, min: t.min_lr, warmup: t.warmup_steps * accum, total: total_steps * accum, step: 0 };
     let interrupter = Interrupter::new();
-    let log = Arc::new(RunLog::new(
-        metrics,
-        micro_per_step,
-        accum as u64,
-        t.log_every as u64,
-        schedule_lr.clone(),
-        (round * t.eval_every) as u64 * micro_per_step,
-        round as u64,
-        interrupter.clone(),
-    ));
     let micro_per_round = t.eval_every as u64 * micro_per_step;
+    // The train step waits for the checkpointer threads of the rounds saved so far (see
+    // `checkpoint`: the fusion backends abort otherwise).
+    let checkpoints = Arc::new(CheckpointBarrier::default());
+    let log = Arc::new(
+        RunLog::new(
+            metrics,
+            micro_per_step,
+            accum as u64,
+            t.log_every as u64,
+            schedule_lr.clone(),
+            (round * t.eval_every) as u64 * micro_per_step,
+            round as u64,
+            interrupter.clone(),
+        )
+        .with_checkpoint_barrier(checkpoints.clone(), micro_per_round),
+    );
     let train_loader = TrainLoader::<B>::new(
         batcher,
         cursor,
@@ -281,7 +232,7 @@ pub fn train<B: AutodiffBackend>(
     .init::<B, LmLearner<B>>();
 
     let mut training = SupervisedTraining::new(run_dir, Arc::new(train_loader), Arc::new(eval_loader))
-        .with_file_checkpointer(AtomicFileRecorder::default())
+        .with_file_checkpointer(AtomicFileRecorder::counting(checkpoints))
         .with_checkpointing_strategy(KeepLastNCheckpoints::new(t.keep_checkpoints))
         .with_application_logger(None)
         .with_interrupter(interrupter)
