@@ -3,10 +3,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+mod support;
 
 use burn::backend::Flex;
 use memsinks_model::io::{load_model, named_tensors};
+use support::kill_when_exists;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_memsinks"));
@@ -49,34 +51,20 @@ fn eval_losses(run: &Path) -> Vec<f64> {
         .collect()
 }
 
-/// Starts a run and SIGKILLs it after `after`; returns whether it was still running then.
-fn kill_after(mut cmd: Command, after: Duration) -> bool {
-    let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + after;
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap(); // SIGKILL on Unix
-    child.wait().unwrap();
-    true
-}
-
 #[test]
 fn killed_and_resumed_runs_end_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
     let (whole, broken) = (dir.path().join("whole"), dir.path().join("broken"));
-    let started = Instant::now();
     assert!(train_cmd(&whole).status().unwrap().success());
-    let full = started.elapsed();
 
-    // Kill twice at different points (the second time during a resumed run), then finish.
-    let first = kill_after(train_cmd(&broken), full.mul_f64(0.4));
-    let second = kill_after(resume_cmd(&broken), full.mul_f64(0.55));
+    // Kill twice at different stages (the second time during a resumed run), then finish: first as
+    // round 6 of 15 ends (its data cursor written, its checkpoint not yet), then as round 10's
+    // checkpoint is being written (its model record exists, its optimizer record may not).
+    let checkpoint = broken.join("checkpoint");
+    let first = kill_when_exists(train_cmd(&broken), &checkpoint.join("cursor-6.json"));
+    let second = kill_when_exists(resume_cmd(&broken), &checkpoint.join("model-10.mpk"));
     assert!(resume_cmd(&broken).status().unwrap().success(), "the final resume failed");
-    assert!(first && second, "a run finished before it was killed ({full:?} for a whole run)");
+    assert!(first && second, "a run finished before it was killed");
 
     let (a, b) = (weights(&whole), weights(&broken));
     assert_eq!(a.len(), b.len());

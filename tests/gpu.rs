@@ -25,7 +25,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+
+mod support;
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -33,6 +34,7 @@ use burn::tensor::Tensor;
 use memsinks_data::LmBatch;
 use memsinks_model::io::{load_model, named_tensors, save_model};
 use memsinks_model::{MemSinkLm, MlpMode, ModelConfig, SeqLayout};
+use support::kill_when_exists;
 
 #[cfg(feature = "cuda")]
 type Gpu = burn::backend::Cuda;
@@ -366,23 +368,6 @@ fn smoke_training_runs_ten_times_in_a_row_without_an_abort() {
         }
         assert!(run.join("final").exists() && run.join("train.json").exists());
     }
-}
-
-/// Starts a run and SIGKILLs it as soon as `file` exists (the run is then mid-way: on a GPU the
-/// first steps compile kernels for tens of seconds, so a kill timed from a whole run's length
-/// would land anywhere). Returns whether it was still running then.
-fn kill_when_exists(mut cmd: Command, file: &Path) -> bool {
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while !file.exists() && Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    true
 }
 
 #[test]
