@@ -66,68 +66,62 @@ pub fn run_on<T: BackendTask>(name: &str, precision: &str, first: usize, count: 
         "ndarray" => task.run::<burn::backend::Autodiff<burn::backend::NdArray>>(vec![Default::default()]),
         #[cfg(feature = "cuda")]
         "cuda" => {
-            use burn::backend::{cuda::CudaDevice, Autodiff, Cuda};
+            use burn::backend::{cuda::CudaDevice, Cuda};
             let devices: Vec<CudaDevice> = indices.map(CudaDevice::new).collect();
-            probe::<Cuda>("cuda", &devices[0])?;
             match precision {
-                "f16" => run_half::<Cuda<burn::tensor::f16>, T>("cuda", devices, task),
-                "bf16" => run_half::<Cuda<burn::tensor::bf16>, T>("cuda", devices, task),
-                _ => task.run::<Autodiff<Cuda>>(devices),
+                "f16" => run_checked::<Cuda<burn::tensor::f16>, T>("cuda", devices, task),
+                "bf16" => run_checked::<Cuda<burn::tensor::bf16>, T>("cuda", devices, task),
+                _ => run_checked::<Cuda, T>("cuda", devices, task),
             }
         }
         #[cfg(feature = "wgpu")]
         "wgpu" => {
-            use burn::backend::{Autodiff, Wgpu};
+            use burn::backend::Wgpu;
             let devices: Vec<_> = if count <= 1 {
                 vec![burn::backend::wgpu::WgpuDevice::DefaultDevice]
             } else {
                 indices.map(burn::backend::wgpu::WgpuDevice::DiscreteGpu).collect()
             };
-            probe::<Wgpu>("wgpu", &devices[0])?;
             match precision {
-                "f16" => run_half::<Wgpu<burn::tensor::f16>, T>("wgpu", devices, task),
+                "f16" => run_checked::<Wgpu<burn::tensor::f16>, T>("wgpu", devices, task),
                 // burn's `wgpu` backend compiles WGSL shaders, and WGSL has no bf16 type.
                 "bf16" => bail!("wgpu has no bf16 (its WGSL shaders have no bf16 type); use --precision f16 or f32, or the cuda backend"),
-                _ => task.run::<Autodiff<Wgpu>>(devices),
+                _ => run_checked::<Wgpu, T>("wgpu", devices, task),
             }
         }
         _ => unreachable!("checked above"),
     }
 }
 
-/// Runs `task` in a half precision after checking that the adapter supports it, so that an
-/// adapter without f16 (or bf16) arithmetic gives a clear error instead of a shader panic.
+/// Runs `task` on GPU backend `G` after checking, without creating a tensor, that the device
+/// answers and supports `G`'s float type: a missing adapter or driver, or an adapter without f16
+/// (bf16) arithmetic, becomes one clear error line here instead of a panic mid-training.
+///
+/// No tensor may be created before the task runs: burn 0.21 fixes a device's default float type
+/// at its first tensor (per device, not per backend type), so a probe tensor made with the f32
+/// backend would make a later `Wgpu<f16>` run train in f32 without a word.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
-fn run_half<G: burn::tensor::backend::Backend, T: BackendTask>(
+fn run_checked<G: burn::tensor::backend::Backend, T: BackendTask>(
     name: &str,
     devices: Vec<G::Device>,
     task: T,
 ) -> Result<T::Output> {
     let dtype = <G::FloatElem as burn::tensor::Element>::dtype();
-    if !G::supports_dtype(&devices[0], dtype) {
-        bail!("this {name} adapter does not support {dtype:?} arithmetic; use --precision f32");
-    }
-    task.run::<burn::backend::Autodiff<G>>(devices)
-}
-
-/// Creates one tensor on the device so that a missing GPU adapter or driver becomes one clear
-/// error line here rather than a panic in the middle of training. The backends report a missing
-/// adapter by panicking (on their own device thread too): the panic hook is silenced for the
-/// probe so that neither their message nor a backtrace reaches the terminal.
-#[cfg(any(feature = "cuda", feature = "wgpu"))]
-fn probe<G: burn::tensor::backend::Backend>(name: &str, device: &G::Device) -> Result<()> {
+    // The backends report a missing adapter by panicking (on their own device thread too): the
+    // panic hook is silenced for the probe so that neither their message nor a backtrace shows.
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        burn::tensor::Tensor::<G, 1>::ones([4], device).sum().into_scalar();
-    }));
+    let supported = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| G::supports_dtype(&devices[0], dtype)));
     std::panic::set_hook(hook);
-    if ok.is_err() {
-        let hint = match name {
-            "wgpu" => "install a Vulkan driver (on Debian: apt-get install mesa-vulkan-drivers libvulkan1) or pick another --backend",
-            _ => "check the NVIDIA driver and CUDA installation (nvidia-smi) or pick another --backend",
-        };
-        bail!("no usable {name} device: {hint}");
+    match supported {
+        Err(_) => {
+            let hint = match name {
+                "wgpu" => "install a Vulkan driver (on Debian: apt-get install mesa-vulkan-drivers libvulkan1) or pick another --backend",
+                _ => "check the NVIDIA driver and CUDA installation (nvidia-smi) or pick another --backend",
+            };
+            bail!("no usable {name} device: {hint}")
+        }
+        Ok(false) => bail!("this {name} adapter does not support {dtype:?} arithmetic; use --precision f32"),
+        Ok(true) => task.run::<burn::backend::Autodiff<G>>(devices),
     }
-    Ok(())
 }
