@@ -21,6 +21,10 @@
 //!   model with its sinks dropped, a model that has lost its general ability);
 //! - f16 vs f32 training of the smoke run: every evaluation loss within 0.1 nats where pure f16
 //!   training stays finite (on lavapipe it does not: NaN at step 2, reported in one line).
+//!
+//! One file of about 500 lines on purpose: the test binary is the unit `experiments/gpu/check.sh`
+//! copies to a GPU machine, and its two halves (tensor parity, the binary on the GPU) share the
+//! adapter check, the serialising lock and the tolerances stated above.
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
 
 use std::path::{Path, PathBuf};
