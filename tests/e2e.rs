@@ -132,7 +132,8 @@ fn train_eval_and_export_a_folded_model() {
     let id = manifest["documents"][0]["id"].as_i64().unwrap();
     let doc_loss = |exclude: Option<i64>| {
         let mut cmd = bin();
-        cmd.args(["eval", "--mode", "activate-seq", "--max-docs", "8", "--k", "8", "--m", "8", "--run"]).arg(&run);
+        cmd.args(["eval", "--force", "--mode", "activate-seq", "--max-docs", "8", "--k", "8", "--m", "8", "--run"])
+            .arg(&run);
         if let Some(id) = exclude {
             cmd.arg("--exclude").arg(id.to_string());
         }

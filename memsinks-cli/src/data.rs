@@ -76,6 +76,10 @@ enum DataCommand {
         /// SlimPajama shards to fetch.
         #[arg(long, default_value_t = 1)]
         shards: usize,
+        /// Expected SHA-256 of each file, as `NAME=HEX` (repeatable). Without one, the digest of
+        /// the completed file is recorded in NAME.sha256 and checked on every later call.
+        #[arg(long = "sha256", value_name = "NAME=HEX")]
+        pins: Vec<String>,
     },
 }
 
@@ -90,8 +94,12 @@ struct DataSection {
 pub fn load_data_config(path: &std::path::Path, sets: &[String]) -> Result<DataConfig> {
     let section: DataSection =
         read_ron(path).with_context(|| format!("{}: the config needs a valid `data` section", path.display()))?;
-    let data_sets: Vec<String> = sets.iter().filter(|s| s.starts_with("data.")).cloned().collect();
-    Ok(apply_overrides(&section, &data_sets)?.data)
+    if let Some(other) = sets.iter().find(|s| !s.starts_with("data.")) {
+        bail!(
+            "--set {other}: `data prepare` reads only the data section; set data.* keys here, the others with `train`"
+        );
+    }
+    Ok(apply_overrides(&section, sets)?.data)
 }
 
 /// Runs the subcommand, writing results to `out`.
@@ -126,7 +134,16 @@ pub fn run(args: &DataArgs, out: &mut impl std::io::Write) -> Result<()> {
             Ok(())
         }
         DataCommand::Stats { dir } => stats(&PreparedCorpus::open(dir)?, out),
-        DataCommand::Download { corpus, to, shards } => {
+        DataCommand::Download { corpus, to, shards, pins } => {
+            let mut pinned = std::collections::HashMap::new();
+            for pin in pins {
+                let (name, hex) =
+                    pin.split_once('=').with_context(|| format!("--sha256 `{pin}` must look like NAME=HEX"))?;
+                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    bail!("--sha256 {name}: `{hex}` is not a SHA-256 (64 hexadecimal digits)");
+                }
+                pinned.insert(name.to_string(), hex.to_string());
+            }
             let urls: Vec<String> = match corpus.as_str() {
                 "tinystories" => TINYSTORIES_FILES.iter().map(|s| s.to_string()).collect(),
                 "slimpajama" => (0..*shards).map(slimpajama_url).collect(),
@@ -134,7 +151,7 @@ pub fn run(args: &DataArgs, out: &mut impl std::io::Write) -> Result<()> {
             };
             for url in urls {
                 let name = url.rsplit('/').next().unwrap_or("file");
-                let path = download_file(&url, &to.join(name), 5, true)?;
+                let path = download_file(&url, &to.join(name), pinned.get(name).map(String::as_str), 5, true)?;
                 writeln!(out, "{}", path.display())?;
             }
             Ok(())

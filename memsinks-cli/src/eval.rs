@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use memsinks_data::write_atomic;
-use memsinks_model::io::{export_safetensors, load_model};
+use memsinks_model::io::{export_safetensors, is_empty_dir, load_model, DirLock};
 use memsinks_model::MlpMode;
 use memsinks_train::run::{FinishedRun, FINAL_DIR};
 use memsinks_unlearn::eval::{
@@ -49,6 +49,9 @@ pub struct EvalArgs {
     /// Backend.
     #[arg(long)]
     backend: Option<String>,
+    /// Replace an existing RUN/eval.json.
+    #[arg(long)]
+    force: bool,
 }
 
 /// The content of `eval.json`.
@@ -119,9 +122,13 @@ impl BackendTask for EvalTask {
             batch_size: cfg.train.batch_size,
             context: cfg.data.context,
         };
+        options.validate().map_err(anyhow::Error::msg)?;
         let reports: Vec<ModeReport> =
             modes.iter().map(|mode| evaluate_mode(&model, &corpus, mode, &options, device)).collect();
-        let gap_of = |name: &str| reports.iter().find(|r| r.mode == name).map(|r| r.gap);
+        // A gap needs both sets: with no repeated (or validation) tokens there is none to close.
+        let gap_of = |name: &str| {
+            reports.iter().find(|r| r.mode == name && r.repeated.tokens > 0 && r.validation.tokens > 0).map(|r| r.gap)
+        };
         let gap_closure_vs_sinks_on = gap_of("drop-sinks").zip(gap_of("activate-seq")).map(|(d, a)| gap_closure(d, a));
         let gap_closure_vs_reference = match &self.reference {
             None => None,
@@ -157,6 +164,15 @@ pub fn load_eval(run: &std::path::Path) -> Result<EvalFile> {
 
 /// Runs `memsinks eval`.
 pub fn run_eval(args: &EvalArgs, out: &mut impl std::io::Write) -> Result<()> {
+    let target = args.run.join("eval.json");
+    if !args.run.join(memsinks_train::run::SUMMARY_FILE).exists() {
+        // Not a finished run: say so before creating anything in it.
+        memsinks_train::run::load_summary(&args.run)?;
+    }
+    let _lock = DirLock::acquire(&args.run, "eval")?;
+    if target.exists() && !args.force {
+        bail!("{} exists: pass --force to replace it", target.display());
+    }
     let backend = args.backend.clone().unwrap_or_else(|| default_backend().to_string());
     let task = EvalTask {
         run: args.run.clone(),
@@ -168,26 +184,36 @@ pub fn run_eval(args: &EvalArgs, out: &mut impl std::io::Write) -> Result<()> {
         reference: args.reference.clone(),
     };
     let file = run_on(&backend, "f32", 0, 1, task)?;
-    write_atomic(&args.run.join("eval.json"), &serde_json::to_vec_pretty(&file)?)?;
+    write_atomic(&target, &serde_json::to_vec_pretty(&file)?)?;
     writeln!(
         out,
         "{:<18} {:>8} {:>8} {:>8} {:>7} {:>9} {:>8} {:>9} {:>7}",
         "mode", "L_val", "L_rep", "L_canary", "gap", "extract", "verbatim", "extr.val", "MIA"
     )?;
     for r in &file.modes {
-        let canary = r.canary.as_ref().map_or(f64::NAN, |c| c.nll);
+        // A set with no documents (or no tokens) has no value: "n/a", never 0.000.
+        let cell = |present: bool, v: f64, width: usize, digits: usize| {
+            if present && v.is_finite() {
+                format!("{v:>width$.digits$}")
+            } else {
+                format!("{:>width$}", "n/a")
+            }
+        };
+        let (val, rep) = (r.validation.tokens > 0, r.repeated.tokens > 0);
+        let canary = r.canary.as_ref().filter(|c| c.tokens > 0);
+        let (ext_rep, ext_val) = (r.extraction_repeated.docs > 0, r.extraction_validation.docs > 0);
         writeln!(
             out,
-            "{:<18} {:>8.3} {:>8.3} {:>8.3} {:>7.3} {:>9.3} {:>8.1} {:>9.3} {:>7.3}",
+            "{:<18} {} {} {} {} {} {} {} {}",
             r.mode,
-            r.validation.nll,
-            r.repeated.nll,
-            canary,
-            r.gap,
-            r.extraction_repeated.match_rate,
-            r.extraction_repeated.verbatim_len,
-            r.extraction_validation.match_rate,
-            r.mia_auc
+            cell(val, r.validation.nll, 8, 3),
+            cell(rep, r.repeated.nll, 8, 3),
+            cell(canary.is_some(), canary.map_or(f64::NAN, |c| c.nll), 8, 3),
+            cell(val && rep, r.gap, 7, 3),
+            cell(ext_rep, r.extraction_repeated.match_rate, 9, 3),
+            cell(ext_rep, r.extraction_repeated.verbatim_len, 8, 1),
+            cell(ext_val, r.extraction_validation.match_rate, 9, 3),
+            cell(val && rep, r.mia_auc, 7, 3)
         )?;
     }
     if let Some(c) = file.gap_closure_vs_sinks_on {
@@ -222,6 +248,9 @@ pub struct ExportArgs {
     /// With --drop-sinks: do not rescale the general neurons.
     #[arg(long, requires = "drop_sinks")]
     plain: bool,
+    /// Write into a non-empty --out (replacing the exported files).
+    #[arg(long)]
+    force: bool,
 }
 
 struct ExportTask {
@@ -251,6 +280,14 @@ impl BackendTask for ExportTask {
 
 /// Runs `memsinks export` on the default backend.
 pub fn run_export(args: &ExportArgs, out: &mut impl std::io::Write) -> Result<()> {
+    memsinks_train::run::load_summary(&args.run)?;
+    if !is_empty_dir(&args.out)? && !args.force {
+        bail!(
+            "{} is not empty: choose a new directory, or pass --force to replace the exported files in it",
+            args.out.display()
+        );
+    }
+    let _lock = DirLock::acquire(&args.out, "export")?;
     let (path, params) = run_on(default_backend(), "f32", 0, 1, ExportTask { args: args.clone() })?;
     writeln!(out, "wrote {} ({params} parameters)", path.display())?;
     Ok(())

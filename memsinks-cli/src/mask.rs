@@ -30,6 +30,11 @@ pub struct MaskArgs {
     pub verbose: bool,
 }
 
+/// The most IDs one call prints (one line each).
+const MAX_IDS: u64 = 10_000_000;
+/// The widest sink pool accepted: far beyond any MLP (a line is one character per neuron).
+const MAX_SINK_NEURONS: usize = 1 << 24;
+
 /// Parses `1-200`, `1,7,42`, `5,10-12` (negative IDs are allowed as single numbers).
 pub fn parse_id_list(spec: &str) -> Result<Vec<i64>> {
     let mut ids = Vec::new();
@@ -42,6 +47,10 @@ pub fn parse_id_list(spec: &str) -> Result<Vec<i64>> {
                 let hi: i64 = hi.parse().with_context(|| format!("bad range end `{hi}` in `{part}`"))?;
                 if hi < lo {
                     bail!("empty range `{part}`: the end is below the start");
+                }
+                let count = (hi as i128 - lo as i128 + 1) as u128;
+                if count + ids.len() as u128 > MAX_IDS as u128 {
+                    bail!("`{spec}` names more than {MAX_IDS} IDs: print fewer at a time");
                 }
                 ids.extend(lo..=hi);
             }
@@ -58,6 +67,9 @@ pub fn parse_id_list(spec: &str) -> Result<Vec<i64>> {
 pub fn run(args: &MaskArgs, out: &mut impl std::io::Write) -> Result<()> {
     let scheme = MaskScheme::parse(&args.scheme)
         .with_context(|| format!("unknown --scheme `{}`; allowed: reference, mixed, mixed-salted", args.scheme))?;
+    if args.sink_neurons == 0 || args.sink_neurons > MAX_SINK_NEURONS {
+        bail!("--sink-neurons {} must be in 1..={MAX_SINK_NEURONS}", args.sink_neurons);
+    }
     if !(0.0..=1.0).contains(&args.p_mem) {
         bail!("--p-mem {} must be in [0, 1]", args.p_mem);
     }
@@ -84,6 +96,7 @@ mod tests {
         assert!(parse_id_list("3-1").is_err());
         assert!(parse_id_list("x").is_err());
         assert!(parse_id_list("").is_err());
+        assert!(parse_id_list("1-100000000000").unwrap_err().to_string().contains("more than"));
     }
 
     #[test]

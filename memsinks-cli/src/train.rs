@@ -20,7 +20,7 @@ pub struct TrainArgs {
     #[arg(long, required_unless_present = "resume")]
     pub config: Option<PathBuf>,
     /// Overrides, e.g. `--set train.method=Memsinks --set train.lr=3e-4`.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
+    #[arg(long = "set", value_name = "KEY=VALUE", conflicts_with = "resume")]
     pub sets: Vec<String>,
     /// Run directory (default: runs/NAME-METHOD-RUNID).
     #[arg(long)]

@@ -37,6 +37,9 @@ pub struct UnlearnArgs {
     /// Results file (default: RUN/unlearn-METHOD-FORGET.json).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Replace an existing results file.
+    #[arg(long)]
+    force: bool,
     /// List the built-in methods and exit.
     #[arg(long)]
     list: bool,
@@ -99,6 +102,13 @@ pub fn run(args: &UnlearnArgs, out: &mut impl std::io::Write) -> Result<()> {
     let backend = args.backend.clone().unwrap_or_else(|| default_backend().to_string());
     let stem = Path::new(method).file_stem().map_or_else(|| method.clone(), |s| s.to_string_lossy().to_string());
     let path = args.out.clone().unwrap_or_else(|| run.join(format!("unlearn-{stem}-{}.json", forget.name())));
+    // Checked before any work: the method and the run.
+    load_method(method, &args.sets)?;
+    memsinks_train::run::load_summary(run)?;
+    let _lock = memsinks_model::io::DirLock::acquire(run, "unlearn")?;
+    if path.exists() && !args.force {
+        anyhow::bail!("{} exists: pass --force to replace it, or --out another file", path.display());
+    }
     let result = run_method_on(run, method, &args.sets, forget, &backend)?;
     write_atomic(&path, &serde_json::to_vec_pretty(&result)?)?;
     writeln!(out, "{} on {} ({} mode), {:.1} s", result.method, forget.name(), result.mode, result.wall_s)?;

@@ -105,6 +105,29 @@ impl Batcher {
         self.batch_size
     }
 
+    /// Checks that `cursor` (read back from a checkpoint) points into this schedule: its position
+    /// at most the schedule's length, its offset inside that document (packing) or 0.
+    ///
+    /// # Errors
+    /// What is out of range, in words.
+    pub fn check_cursor(&self, cursor: &Cursor) -> Result<(), String> {
+        if cursor.position > self.schedule_len() {
+            return Err(format!(
+                "position {} lies past the schedule's {} occurrences",
+                cursor.position,
+                self.schedule_len()
+            ));
+        }
+        let limit = match self.schedule.get(cursor.position as usize) {
+            Some(&doc) if self.packing => self.cache.doc_len(doc as usize) + 1,
+            _ => 1,
+        };
+        if cursor.offset as usize >= limit {
+            return Err(format!("offset {} lies past the end of occurrence {}", cursor.offset, cursor.position));
+        }
+        Ok(())
+    }
+
     /// The next batch from `cursor` (advanced past it), or `None` at the end of the schedule, in
     /// which case the cursor moves to the start of the next epoch. A final partial batch is
     /// returned with fewer rows.
@@ -176,7 +199,9 @@ impl Batcher {
                     row.push((tokens[cursor.offset as usize], id, segment, flag));
                     cursor.offset += 1;
                 }
-                if cursor.offset as usize == tokens.len() {
+                // `>=`: a cursor read from a damaged checkpoint may point past the document's end
+                // (`check_cursor` rejects it on resume); it must never stall the stream.
+                if cursor.offset as usize >= tokens.len() {
                     *cursor = Cursor { epoch: cursor.epoch, position: cursor.position + 1, offset: 0 };
                     segment += 1;
                 }
@@ -204,5 +229,34 @@ impl Batcher {
             layout = layout.with_route_to_sinks(route);
         }
         HostBatch { rows, weights, layout, started }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::CacheKey;
+
+    /// Found by fuzzing (`fuzz/fuzz_targets/run_files.rs`): a packed cursor whose offset lies past
+    /// its document's end made `next_batch` loop forever.
+    #[test]
+    fn a_cursor_past_its_document_neither_hangs_nor_passes_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = CacheKey { source_hash: "s".into(), tokenizer_hash: "t".into(), config_hash: "c".into() };
+        let mut writer = TokenCache::writer(&dir.path().join("cache"), 50, key).unwrap();
+        for len in [1usize, 3, 5] {
+            writer.push(&(0..len as u32).collect::<Vec<_>>()).unwrap();
+        }
+        let cache = Arc::new(writer.finish().unwrap());
+        let batcher = Batcher::new(cache, Arc::new(vec![0, 1, 2]), 8, 2, 49, true);
+        let mut bad = Cursor { epoch: 1, position: 0, offset: 3 };
+        assert!(batcher.check_cursor(&bad).unwrap_err().contains("offset 3"));
+        assert!(batcher.check_cursor(&Cursor { epoch: 0, position: 4, offset: 0 }).is_err());
+        assert!(batcher.check_cursor(&Cursor { epoch: 0, position: 1, offset: 3 }).is_ok());
+        let mut batches = 0;
+        while batcher.next_batch(&mut bad).is_some() {
+            batches += 1;
+            assert!(batches < 10, "the stream stalled");
+        }
     }
 }

@@ -6,6 +6,10 @@
 //! Output directory of [`prepare`]:
 //! `manifest.json`, `tokenizer.json` (when trained), `cache/` (token shards), `schedule.bin` and
 //! `schedule_dedup.bin` (little-endian `u32` document indices, one per training occurrence).
+//!
+//! Over 500 lines on purpose: [`prepare`] is one pipeline of five numbered steps that reads best
+//! top to bottom; the configuration types live in `data_config`, the directory rules in
+//! `corpus_dir`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,163 +18,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::cache::{CacheKey, TokenCache};
+use crate::corpus_dir::{inspect, remove_if_exists, remove_stale_temporaries, Existing, CORPUS_MARKER};
 use crate::rng::{mix64, SplitMix64};
 use crate::source::{read_json_array, shard_files, Document, InvalidUtf8, JsonlReader, TinyStoriesReader};
 use crate::synthetic::StoryGenerator;
 use crate::tokenizer::TextTokenizer;
 use crate::{write_atomic, DataError};
 
-/// Where documents come from.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub enum SourceConfig {
-    /// The built-in story generator: the embedded default.
-    Synthetic {
-        /// Stories to generate.
-        stories: usize,
-        /// Generator seed.
-        seed: u64,
-    },
-    /// A TinyStories text file (`<|endoftext|>` separators).
-    TinyStories {
-        /// The file.
-        path: PathBuf,
-    },
-    /// A JSON array or JSON Lines file (`.json`, `.jsonl`, `.jsonl.zst`) with a text field.
-    Json {
-        /// The file.
-        path: PathBuf,
-        /// The string field holding the text.
-        field: String,
-    },
-    /// A SlimPajama-style directory of `.jsonl` / `.jsonl.zst` shards, streamed in name order.
-    SlimPajama {
-        /// The directory.
-        dir: PathBuf,
-        /// Keep only records whose `meta.redpajama_set_name` equals this.
-        #[serde(default)]
-        set_name: Option<String>,
-    },
-}
-
-/// The tokenizer to use.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub enum TokenizerConfig {
-    /// Train a byte-level BPE on the training documents (repeated + unique).
-    Train {
-        /// Vocabulary size including `<|endoftext|>`.
-        vocab_size: usize,
-    },
-    /// Load a Hugging Face `tokenizer.json`.
-    File {
-        /// The file.
-        path: PathBuf,
-    },
-}
-
-/// How repetitions are spread over the training run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub enum Ordering {
-    /// Every occurrence at a uniformly random position (seeded).
-    #[default]
-    Shuffled,
-    /// The repetitions of each document evenly spaced over the run, at a random phase.
-    Spaced,
-}
-
-/// A set of documents repeated a number of times.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RepeatConfig {
-    /// Number of distinct documents.
-    pub docs: usize,
-    /// Times each is seen in training.
-    pub repetitions: usize,
-}
-
-/// Random-token canaries.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CanaryConfig {
-    /// Number of distinct canaries.
-    pub docs: usize,
-    /// Times each is seen in training.
-    pub repetitions: usize,
-    /// Tokens per canary.
-    pub length: usize,
-}
-
-/// Everything that defines a prepared corpus.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DataConfig {
-    /// Where the unique (and, without `repeated_source`, all other) documents come from.
-    pub source: SourceConfig,
-    /// Where repeated and validation documents come from, when not `source` (SlimPajama with
-    /// repeated TinyStories mixed in).
-    #[serde(default)]
-    pub repeated_source: Option<SourceConfig>,
-    /// The tokenizer.
-    pub tokenizer: TokenizerConfig,
-    /// Repeated natural documents.
-    pub repeated: RepeatConfig,
-    /// Random-token canaries (`docs: 0` for none).
-    pub canary: CanaryConfig,
-    /// Unique documents seen once.
-    pub unique: usize,
-    /// Held-out validation documents.
-    pub validation: usize,
-    /// Training rows hold `context` input tokens.
-    pub context: usize,
-    /// How repetitions are spread.
-    #[serde(default)]
-    pub ordering: Ordering,
-    /// Pack several documents per row (otherwise one document per row, padded).
-    #[serde(default)]
-    pub packing: bool,
-    /// Seed of selection, canaries and order.
-    #[serde(default)]
-    pub seed: u64,
-    /// What to do with invalid UTF-8 in the sources.
-    #[serde(default)]
-    pub invalid_utf8: InvalidUtf8,
-}
-
-impl DataConfig {
-    /// Checks value ranges.
-    pub fn validate(&self) -> Result<(), DataError> {
-        let bad = |m: String| Err(DataError::Config(m));
-        if self.context < 2 {
-            return bad(format!("data.context {} must be at least 2", self.context));
-        }
-        if self.repeated.docs > 0 && self.repeated.repetitions == 0 {
-            return bad("data.repeated.repetitions must be positive".into());
-        }
-        if self.canary.docs > 0 && (self.canary.repetitions == 0 || self.canary.length < 2) {
-            return bad("data.canary needs repetitions > 0 and length >= 2".into());
-        }
-        if self.canary.docs > 0 && self.canary.length > self.context {
-            return bad(format!(
-                "data.canary.length {} exceeds data.context {}: a canary would be cut; shorten it or widen the context",
-                self.canary.length, self.context
-            ));
-        }
-        if self.repeated.docs + self.unique + self.canary.docs == 0 {
-            return bad("the corpus has no training documents: set repeated.docs, canary.docs or unique".into());
-        }
-        if let SourceConfig::Synthetic { stories: 0, .. } = self.source {
-            return bad("data.source Synthetic needs stories > 0".into());
-        }
-        Ok(())
-    }
-
-    /// SHA-256 of the configuration (its RON form): prepared data is keyed by it.
-    pub fn hash(&self) -> String {
-        let text = ron::to_string(self).expect("config serialises");
-        format!("{:x}", Sha256::digest(text.as_bytes()))
-    }
-}
+pub use crate::data_config::{CanaryConfig, DataConfig, Ordering, RepeatConfig, SourceConfig, TokenizerConfig};
 
 /// The role of a document.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -214,6 +69,9 @@ pub struct Manifest {
     pub config_hash: String,
     /// The configuration itself.
     pub config: DataConfig,
+    /// Fingerprint of the source files it was read from (paths, sizes, modification times).
+    #[serde(default)]
+    pub source_fingerprint: String,
     /// Tokenizer fingerprint.
     pub tokenizer_hash: String,
     /// Vocabulary size.
@@ -318,6 +176,14 @@ impl PreparedCorpus {
         Ok(Self { manifest, cache, tokenizer, dir: dir.to_path_buf() })
     }
 
+    /// The fingerprint a run records to recognise this corpus later.
+    ///
+    /// # Errors
+    /// When one of its files cannot be read.
+    pub fn fingerprint(&self) -> Result<crate::CorpusFingerprint, DataError> {
+        crate::CorpusFingerprint::of_dir(&self.dir, &self.manifest.config_hash)
+    }
+
     /// The training schedule (document index per occurrence), full or deduplicated.
     pub fn schedule(&self, dedup: bool) -> Result<Vec<u32>, DataError> {
         read_schedule(&self.dir.join(if dedup { SCHEDULE_DEDUP_FILE } else { SCHEDULE_FILE }))
@@ -390,7 +256,7 @@ pub fn open_source(
     })
 }
 
-fn source_name(source: &SourceConfig) -> String {
+pub(crate) fn source_name(source: &SourceConfig) -> String {
     match source {
         SourceConfig::Synthetic { stories, seed } => format!("synthetic stories={stories} seed={seed}"),
         SourceConfig::TinyStories { path } | SourceConfig::Json { path, .. } => path.display().to_string(),
@@ -450,25 +316,36 @@ fn take_distinct(
 }
 
 /// Builds (or reuses) the corpus described by `cfg` in `out`. A corpus whose manifest already
-/// carries the same configuration hash and whose cache matches source and tokenizer is reused.
+/// carries the same configuration hash and whose cache matches source and tokenizer is reused; a
+/// directory holding another corpus, or files that are not a corpus, is refused, never
+/// overwritten. The directory is locked while it is built.
 pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<PreparedCorpus, DataError> {
     cfg.validate()?;
-    std::fs::create_dir_all(out).map_err(|e| DataError::io(out, e))?;
     let config_hash = cfg.hash();
     let mut fingerprint = source_fingerprint(&cfg.source)?;
     if let Some(rep) = &cfg.repeated_source {
         fingerprint.push_str(&source_fingerprint(rep)?);
     }
-    if let Ok(existing) = PreparedCorpus::open(out) {
-        let key = existing.cache.key();
-        if existing.manifest.config_hash == config_hash
-            && key.source_hash == fingerprint
-            && key.tokenizer_hash == existing.tokenizer.fingerprint()
-        {
-            tracing::info!("reusing prepared corpus in {}", out.display());
-            return Ok(existing);
-        }
+    if let Existing::Reusable(corpus) = inspect(cfg, out, &config_hash, &fingerprint)? {
+        tracing::info!("reusing prepared corpus in {}", out.display());
+        return Ok(*corpus);
     }
+    let _lock =
+        memsinks_model::io::DirLock::acquire(out, "data prepare").map_err(|e| DataError::Config(e.to_string()))?;
+    // Another process may have finished it while we waited for nothing (the lock is not
+    // blocking, but it may have completed between the check above and the lock).
+    match inspect(cfg, out, &config_hash, &fingerprint)? {
+        Existing::Reusable(corpus) => return Ok(*corpus),
+        Existing::Rebuild(why) => {
+            tracing::warn!("rebuilding the corpus in {}: {why}", out.display());
+            // The manifest marks a complete corpus: it goes first, so a killed rebuild is seen
+            // as interrupted, never as complete.
+            remove_if_exists(&out.join(MANIFEST_FILE))?;
+        }
+        Existing::Empty => {}
+    }
+    write_atomic(&out.join(CORPUS_MARKER), config_hash.as_bytes())?;
+    remove_stale_temporaries(out);
 
     // 1. Select documents. Repeated and validation documents are drawn at random from the first
     //    `repeated + validation` distinct documents of their source; unique documents are the next
@@ -530,6 +407,7 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
 
     // 4. Tokenize into the cache: repeated, canary, validation, then unique documents streamed in
     //    chunks.
+    let key_source = fingerprint.clone();
     let key = CacheKey {
         source_hash: fingerprint,
         tokenizer_hash: tokenizer.fingerprint().to_string(),
@@ -627,6 +505,7 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
     let manifest = Manifest {
         version: 1,
         config_hash,
+        source_fingerprint: key_source,
         config: cfg.clone(),
         tokenizer_hash: tokenizer.fingerprint().to_string(),
         vocab_size: tokenizer.vocab_size(),

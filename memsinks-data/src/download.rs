@@ -1,6 +1,9 @@
 //! Downloads of the public corpora over HTTP(S), resumable: bytes go to `NAME.part`, an
 //! interrupted transfer continues with an HTTP range request, and the file takes its final name
-//! only once its size matches what the server announced.
+//! only once its size matches what the server announced and its SHA-256 matches the pinned
+//! digest, when one is given. Without a pin, the digest of the completed file is written beside it
+//! (`NAME.sha256`), so a later run detects a file damaged since (trust on first use); an existing
+//! target is accepted only when it matches its pin or its recorded digest.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -19,17 +22,57 @@ pub fn slimpajama_url(index: usize) -> String {
     format!("https://huggingface.co/datasets/cerebras/SlimPajama-627B/resolve/main/train/chunk1/example_train_{index}.jsonl.zst")
 }
 
+/// The digest file beside a downloaded file (`NAME.sha256`).
+fn digest_file(dest: &Path) -> PathBuf {
+    let mut name = dest.as_os_str().to_owned();
+    name.push(".sha256");
+    PathBuf::from(name)
+}
+
+/// Checks `path` against the pinned digest, or else against the one recorded when it was
+/// downloaded; `Ok(false)` when neither exists.
+fn verify(path: &Path, pinned: Option<&str>) -> Result<bool, DataError> {
+    let recorded = std::fs::read_to_string(digest_file(path)).ok();
+    let Some(expected) = pinned.map(str::to_string).or(recorded) else { return Ok(false) };
+    let found = memsinks_model::io::file_sha256(path).map_err(|e| DataError::Config(e.to_string()))?;
+    if found != expected.trim().to_ascii_lowercase() {
+        return Err(DataError::Format {
+            path: path.to_path_buf(),
+            message: format!(
+                "SHA-256 {found} differs from the expected {}: the file is damaged or not the one published; \
+                 move it away and download again",
+                expected.trim()
+            ),
+        });
+    }
+    Ok(true)
+}
+
 /// Downloads `url` to `dest`, resuming from `dest.part` and retrying up to `retries` times after a
-/// dropped connection. Returns the final path. An existing complete `dest` is kept.
-pub fn download_file(url: &str, dest: &Path, retries: usize, show_progress: bool) -> Result<PathBuf, DataError> {
+/// dropped connection, and checks the result against `sha256` when given. Returns the final path.
+/// An existing `dest` is kept only when it matches its pinned or recorded digest.
+pub fn download_file(
+    url: &str,
+    dest: &Path,
+    sha256: Option<&str>,
+    retries: usize,
+    show_progress: bool,
+) -> Result<PathBuf, DataError> {
     if dest.exists() {
-        return Ok(dest.to_path_buf());
+        if verify(dest, sha256)? {
+            return Ok(dest.to_path_buf());
+        }
+        return Err(DataError::Format {
+            path: dest.to_path_buf(),
+            message: "exists, with no digest to check it against (not downloaded by memsinks, or before digests \
+                      were recorded): move it away to download again, or pass the file's SHA-256"
+                .into(),
+        });
     }
     let err = |message: String| DataError::Download { url: url.to_string(), message };
-    let part = dest.with_extension(format!(
-        "{}part",
-        dest.extension().map(|e| format!("{}.", e.to_string_lossy())).unwrap_or_default()
-    ));
+    let mut part_name = dest.as_os_str().to_owned();
+    part_name.push(".part");
+    let part = PathBuf::from(part_name);
     if let Some(dir) = dest.parent() {
         std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     }
@@ -87,22 +130,30 @@ pub fn download_file(url: &str, dest: &Path, retries: usize, show_progress: bool
         };
         file.sync_all().map_err(|e| DataError::io(&part, e))?;
         match (outcome, total) {
-            (Ok(()), Some(total)) if written == total => {
+            (Ok(()), total) if total.is_none_or(|t| written == t) => {
+                let digest = memsinks_model::io::file_sha256(&part).map_err(|e| DataError::Config(e.to_string()))?;
+                if let Some(pinned) = sha256.filter(|p| p.trim().to_ascii_lowercase() != digest) {
+                    // A complete transfer with the wrong content: resuming it cannot help.
+                    let _ = std::fs::remove_file(&part);
+                    return Err(err(format!("SHA-256 {digest} differs from the pinned {pinned}; nothing was kept")));
+                }
+                crate::write_atomic(&digest_file(dest), digest.as_bytes())?;
                 std::fs::rename(&part, dest).map_err(|e| DataError::io(dest, e))?;
                 bar.finish_and_clear();
                 return Ok(dest.to_path_buf());
             }
-            (Ok(()), None) => {
-                std::fs::rename(&part, dest).map_err(|e| DataError::io(dest, e))?;
-                bar.finish_and_clear();
-                return Ok(dest.to_path_buf());
+            (Ok(()), total) => {
+                last_error = format!("connection closed after {written} of {} bytes", total.unwrap_or(written))
             }
-            (Ok(()), Some(total)) => last_error = format!("connection closed after {written} of {total} bytes"),
             (Err(e), _) => last_error = e,
         }
     }
     bar.abandon();
-    Err(err(format!("{last_error} (partial data kept in {}; rerun to resume)", part.display())))
+    let kept = match std::fs::metadata(&part) {
+        Ok(m) if m.len() > 0 => format!(" ({} bytes kept in {}; rerun to resume)", m.len(), part.display()),
+        _ => String::new(),
+    };
+    Err(err(format!("{last_error}{kept}")))
 }
 
 fn file_name(p: &Path) -> String {
@@ -163,17 +214,39 @@ mod tests {
         let url = serve(body.clone(), requests.clone());
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("data.txt");
-        let path = download_file(&url, &dest, 3, false).unwrap();
-        assert_eq!(std::fs::read(path).unwrap(), body);
+        let path = download_file(&url, &dest, None, 3, false).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), body);
         assert_eq!(requests.load(Ordering::SeqCst), 2, "one dropped transfer, one resumed");
         assert!(!dir.path().join("data.txt.part").exists());
+        // The recorded digest accepts the file again, and refuses it once damaged.
+        assert!(download_file(&url, &dest, None, 0, false).is_ok());
+        std::fs::write(&dest, &body[..body.len() / 2]).unwrap();
+        let err = download_file(&url, &dest, None, 0, false).unwrap_err().to_string();
+        assert!(err.contains("SHA-256") && err.contains("data.txt"), "{err}");
+        // A file that memsinks did not download is not taken on trust.
+        let foreign = dir.path().join("foreign.txt");
+        std::fs::write(&foreign, b"x").unwrap();
+        assert!(download_file(&url, &foreign, None, 0, false).unwrap_err().to_string().contains("no digest"));
+    }
+
+    #[test]
+    fn a_wrong_pin_keeps_nothing() {
+        let body: Vec<u8> = (0..50_000u32).map(|i| (i % 13) as u8).collect();
+        let url = serve(body, Arc::new(AtomicUsize::new(0)));
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("d.bin");
+        let err = download_file(&url, &dest, Some(&"0".repeat(64)), 3, false).unwrap_err().to_string();
+        assert!(err.contains("pinned"), "{err}");
+        assert!(!dest.exists() && !dir.path().join("d.bin.part").exists());
     }
 
     #[test]
     fn gives_up_cleanly_and_keeps_the_partial_file() {
         let dir = tempfile::tempdir().unwrap();
-        let err = download_file("http://127.0.0.1:9/none", &dir.path().join("x.bin"), 1, false).unwrap_err();
+        let err = download_file("http://127.0.0.1:9/none", &dir.path().join("x.bin"), None, 1, false).unwrap_err();
         assert!(err.to_string().contains("127.0.0.1:9"), "{err}");
+        // Nothing was received, so no partial file is named.
+        assert!(!err.to_string().contains(".part"), "{err}");
         assert!(!dir.path().join("x.bin").exists());
     }
 }

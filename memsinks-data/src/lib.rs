@@ -9,7 +9,10 @@ pub mod batch;
 pub mod batcher;
 pub mod cache;
 pub mod corpus;
+mod corpus_dir;
+pub mod data_config;
 pub mod download;
+pub mod fingerprint;
 pub mod overrides;
 pub mod rng;
 pub mod source;
@@ -22,6 +25,7 @@ pub use batch::LmBatch;
 pub use batcher::{Batcher, Cursor, HostBatch};
 pub use cache::TokenCache;
 pub use corpus::{prepare, DataConfig, Manifest, PreparedCorpus, Split};
+pub use fingerprint::CorpusFingerprint;
 pub use tokenizer::TextTokenizer;
 
 /// Errors of the data crate. Each names the file concerned and, where it helps, what to do.

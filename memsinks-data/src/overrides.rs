@@ -13,18 +13,52 @@ use crate::DataError;
 /// Reads a RON file into `T`, reporting the file and position of any error.
 pub fn read_ron<T: DeserializeOwned>(path: &Path) -> Result<T, DataError> {
     let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-    ron::from_str(&text)
+    parse_ron(&text, path)
+}
+
+/// Parses RON `text` into `T`; errors name `origin` (the file it came from) and the position.
+pub fn parse_ron<T: DeserializeOwned>(text: &str, origin: &Path) -> Result<T, DataError> {
+    let path = origin;
+    if let Some((line, key, word)) = non_finite_number(text) {
+        return Err(DataError::Format {
+            path: path.to_path_buf(),
+            message: format!("line {line}: `{key}` is `{word}`: every number in a config must be finite"),
+        });
+    }
+    ron::from_str(text)
         .map_err(|e| DataError::Format { path: path.to_path_buf(), message: format!("invalid config: {e}") })
+}
+
+/// The first non-finite float literal of a RON text (`NaN`, `inf`, `-inf`), outside strings and
+/// comments: its line, the key before it and the word. serde's JSON form (which the overrides act
+/// on) has no such numbers, so they are reported here, where the file and line are known.
+fn non_finite_number(text: &str) -> Option<(usize, String, String)> {
+    for (n, line) in text.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or("");
+        let mut in_string = false;
+        let mut cleaned = String::with_capacity(code.len());
+        for c in code.chars() {
+            if c == '"' {
+                in_string = !in_string;
+            }
+            cleaned.push(if in_string || c == '"' { ' ' } else { c });
+        }
+        let words = cleaned.split(|c: char| !(c.is_alphanumeric() || c == '_'));
+        if let Some(word) = words.into_iter().find(|w| matches!(*w, "NaN" | "inf" | "infinity")) {
+            let key = cleaned.split(':').next().map(str::trim).unwrap_or("").trim_start_matches('(').to_string();
+            return Some((n + 1, key, word.to_string()));
+        }
+    }
+    None
 }
 
 /// Applies `key=value` overrides (dotted keys, e.g. `data.unique=500`, `train.lr=3e-4`) to a
 /// configuration. A value is read as JSON when it parses as JSON (`500`, `true`, `"x"`,
 /// `{"Train": {"vocab_size": 512}}`), otherwise as a string. Keys may skip the variant name of an
 /// enum (`data.source.path=...` reaches `source: TinyStories(path: ...)`).
-pub fn apply_overrides<T: Serialize + DeserializeOwned>(config: &T, sets: &[String]) -> Result<T, DataError> {
+pub fn apply_overrides<T: Serialize + DeserializeOwned + Clone>(config: &T, sets: &[String]) -> Result<T, DataError> {
     if sets.is_empty() {
-        return serde_json::from_value(serde_json::to_value(config).expect("serialises"))
-            .map_err(|e| DataError::Config(e.to_string()));
+        return Ok(config.clone());
     }
     let mut value = serde_json::to_value(config).expect("config serialises");
     for set in sets {
@@ -108,5 +142,14 @@ mod tests {
         assert!(apply_overrides(&c, &["n".into()]).is_err());
         let whole = apply_overrides(&c, &[r#"source={"Synthetic": {"stories": 5, "seed": 2}}"#.into()]).unwrap();
         assert_eq!(whole.source, SourceConfig::Synthetic { stories: 5, seed: 2 });
+    }
+
+    #[test]
+    fn non_finite_numbers_are_named_with_their_line_and_key() {
+        let found = non_finite_number("(\n  n: 1,\n  inner: (lr: NaN),\n)");
+        assert_eq!(found, Some((3, "inner".into(), "NaN".into())));
+        assert_eq!(non_finite_number("(\n  lr: -inf,\n)").map(|f| f.1), Some("lr".into()));
+        // Not in strings or comments, and not inside longer words.
+        assert_eq!(non_finite_number("(name: \"NaN inf\", // inf\n info: 1, NaNa: 2)"), None);
     }
 }

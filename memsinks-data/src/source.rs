@@ -13,6 +13,21 @@ use crate::DataError;
 /// The separator line of the TinyStories text format.
 pub const END_OF_TEXT: &str = "<|endoftext|>";
 
+/// The largest document accepted, in bytes. Tokenizing (and training a tokenizer on) one text
+/// costs memory many times its size (a 50 MB document took 8.5 GB); the longest documents of the
+/// corpora used here (SlimPajama's books) stay far below this.
+pub const MAX_DOCUMENT_BYTES: usize = 8 << 20;
+
+fn too_large(path: &Path, offset: u64, what: &str) -> DataError {
+    DataError::Format {
+        path: path.to_path_buf(),
+        message: format!(
+            "the document at byte {offset} is larger than {} MiB{what}: split it, or check the file's format",
+            MAX_DOCUMENT_BYTES >> 20
+        ),
+    }
+}
+
 /// What to do with bytes that are not UTF-8.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum InvalidUtf8 {
@@ -75,6 +90,10 @@ impl<R: BufRead> TinyStoriesReader<R> {
                 return Ok(Some((doc, start)));
             }
             doc.extend_from_slice(&line);
+            if doc.len() > MAX_DOCUMENT_BYTES {
+                self.done = true;
+                return Err(too_large(&self.path, start, &format!(" (no `{END_OF_TEXT}` separator within it)")));
+            }
         }
     }
 }
@@ -90,6 +109,8 @@ impl<R: BufRead> Iterator for TinyStoriesReader<R> {
                 Err(e) => return Some(Err(e)),
             };
             match String::from_utf8(bytes) {
+                // Only Unicode whitespace (which the byte-level check above lets through).
+                Ok(text) if text.trim().is_empty() => continue,
                 Ok(text) => {
                     let origin = format!("{}:{start}", self.path.display());
                     return Some(Ok(Document { text: text.trim().to_string(), origin }));
@@ -181,6 +202,9 @@ impl Iterator for JsonlReader {
                     message: format!("record at byte {start} has no string field `{}`", self.field),
                 }));
             };
+            if text.len() > MAX_DOCUMENT_BYTES {
+                return Some(Err(too_large(&self.path, start, "")));
+            }
             return Some(Ok(Document { text: text.to_string(), origin: format!("{}:{start}", self.path.display()) }));
         }
     }
@@ -248,6 +272,20 @@ mod tests {
         assert_eq!(texts, vec!["One.\nTwo lines.", "Third"]);
         let last = stories(b"A\n<|endoftext|>\nB without separator", InvalidUtf8::Fail);
         assert_eq!(last.len(), 2);
+    }
+
+    #[test]
+    fn a_document_over_the_size_guard_is_an_error_not_an_allocation() {
+        let line = vec![b'a'; 1 << 20];
+        let mut text = b"Small.\n<|endoftext|>\n".to_vec();
+        for _ in 0..(MAX_DOCUMENT_BYTES >> 20) + 1 {
+            text.extend_from_slice(&line);
+            text.push(b'\n');
+        }
+        let docs = stories(&text, InvalidUtf8::Fail);
+        assert_eq!(docs.len(), 2, "one document, then the error, then nothing");
+        let err = docs[1].as_ref().unwrap_err().to_string();
+        assert!(err.contains("byte 21") && err.contains("MiB") && err.contains("separator"), "{err}");
     }
 
     #[test]

@@ -78,6 +78,19 @@ impl TextTokenizer {
             path: path.to_path_buf(),
             message: format!("the tokenizer has no `{END_OF_TEXT}` token; add it as a special token"),
         })?;
+        // The model's embedding has one row per vocabulary entry: every ID must index it.
+        let size = inner.get_vocab_size(true);
+        if let Some((token, id)) = inner.get_vocab(true).into_iter().max_by_key(|&(_, id)| id) {
+            if id as usize >= size {
+                return Err(DataError::Format {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "token `{token}` has ID {id}, but the vocabulary has {size} entries: IDs must run from 0 to {}",
+                        size.saturating_sub(1)
+                    ),
+                });
+            }
+        }
         let json = inner.to_string(false).map_err(|e| DataError::Tokenizer(e.to_string()))?;
         let fingerprint = format!("{:x}", Sha256::digest(json.as_bytes()));
         Ok(Self { inner, end_of_text, fingerprint })

@@ -93,15 +93,27 @@ fn synthetic_corpus_invariants_cache_reuse_and_batches() {
     let again = prepare(&cfg, dir.path(), false).unwrap();
     assert_eq!(again.manifest, corpus.manifest);
     assert_eq!(std::fs::metadata(dir.path().join(SCHEDULE_FILE)).unwrap().modified().unwrap(), stamp);
-    // A changed config rebuilds.
+    // A changed config never rebuilds a directory that holds another corpus: it is refused,
+    // naming the key that differs, and the corpus is left as it was.
     let mut other = cfg.clone();
     other.seed = 4;
-    let rebuilt = prepare(&other, dir.path(), false).unwrap();
+    let err = prepare(&other, dir.path(), false).err().unwrap().to_string();
+    assert!(err.contains("another data configuration") && err.contains("data.seed"), "{err}");
+    assert_eq!(PreparedCorpus::open(dir.path()).unwrap().manifest, corpus.manifest);
+    let fresh = tempfile::tempdir().unwrap();
+    let rebuilt = prepare(&other, fresh.path(), false).unwrap();
     assert_ne!(rebuilt.manifest.config_hash, corpus.manifest.config_hash);
+    // A user's own non-empty directory is refused before anything is written into it.
+    let user = tempfile::tempdir().unwrap();
+    std::fs::write(user.path().join("notes.txt"), "mine").unwrap();
+    let err = prepare(&cfg, user.path(), false).err().unwrap().to_string();
+    assert!(err.contains("holds no memsinks corpus"), "{err}");
+    let names: Vec<_> = std::fs::read_dir(user.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["notes.txt"]);
 
     // One document per row: every batch row starts with its document and masks the padding.
     let cache = Arc::new(rebuilt.cache);
-    let schedule = Arc::new(PreparedCorpus::open(dir.path()).unwrap().schedule(false).unwrap());
+    let schedule = Arc::new(PreparedCorpus::open(fresh.path()).unwrap().schedule(false).unwrap());
     let eot = rebuilt.manifest.end_of_text;
     let batcher = Batcher::new(cache.clone(), schedule.clone(), 64, 8, eot, false);
     let mut cursor = Cursor::default();

@@ -39,6 +39,80 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     result.map_err(io_err)
 }
 
+/// The lock file of a directory held by [`DirLock`].
+pub const LOCK_FILE: &str = ".memsinks.lock";
+
+/// An advisory, exclusive lock on a directory (an OS file lock on `DIR/.memsinks.lock`, which
+/// holds the owner's PID), held by every command that writes into a run or corpus directory so
+/// two writers can never interleave. The OS releases it when the process ends, killed or not, so
+/// a stale lock file never blocks anyone; the file itself is left in place (it is ours, and
+/// deleting it would race with a newcomer).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: fs::File,
+    dir: PathBuf,
+}
+
+impl DirLock {
+    /// Locks `dir` (created if missing) for `purpose` (a few words naming the command). A second
+    /// holder gets an error naming the PID of the first.
+    ///
+    /// # Errors
+    /// When the directory cannot be created or another process holds the lock.
+    pub fn acquire(dir: &Path, purpose: &str) -> Result<Self, ModelError> {
+        let path = dir.join(LOCK_FILE);
+        let io_err = |cause| ModelError::Io { path: path.clone(), cause };
+        fs::create_dir_all(dir).map_err(io_err)?;
+        let mut file =
+            fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io_err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(&path).unwrap_or_default();
+                let holder = holder.trim();
+                let holder = if holder.is_empty() { "another process".to_string() } else { holder.to_string() };
+                return Err(ModelError::Locked { dir: dir.to_path_buf(), holder });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        file.set_len(0).map_err(io_err)?;
+        write!(file, "PID {} ({purpose})", std::process::id()).map_err(io_err)?;
+        Ok(Self { _file: file, dir: dir.to_path_buf() })
+    }
+
+    /// The locked directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Whether `dir` is missing or holds nothing but a lock file: the only state in which a command
+/// may claim it for new output without overwriting a user's files.
+pub fn is_empty_dir(dir: &Path) -> Result<bool, ModelError> {
+    match fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry.map_err(|cause| ModelError::Io { path: dir.to_path_buf(), cause })?;
+                if entry.file_name() != LOCK_FILE {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(cause) => Err(ModelError::Io { path: dir.to_path_buf(), cause }),
+    }
+}
+
+/// SHA-256 of a file's bytes, as lower-case hex.
+pub fn file_sha256(path: &Path) -> Result<String, ModelError> {
+    use sha2::{Digest, Sha256};
+    let mut file = fs::File::open(path).map_err(|cause| ModelError::Io { path: path.to_path_buf(), cause })?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|cause| ModelError::Io { path: path.to_path_buf(), cause })?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
 /// Saves the model's weights and configuration into `dir` (`model.mpk`, `model.ron`).
 pub fn save_model<B: Backend>(model: &MemSinkLm<B>, cfg: &ModelConfig, dir: &Path) -> Result<(), ModelError> {
     let bytes = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
@@ -168,4 +242,23 @@ pub fn llama_config_json(cfg: &ModelConfig) -> String {
         "torch_dtype": "float32",
     });
     serde_json::to_string_pretty(&json).expect("json serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_a_directory_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DirLock::acquire(dir.path(), "train").unwrap();
+        let err = DirLock::acquire(dir.path(), "eval").unwrap_err().to_string();
+        assert!(err.contains(&format!("PID {} (train)", std::process::id())), "{err}");
+        assert!(is_empty_dir(dir.path()).unwrap(), "the lock file counts as content");
+        drop(first);
+        DirLock::acquire(dir.path(), "eval").unwrap();
+        std::fs::write(dir.path().join("x"), "").unwrap();
+        assert!(!is_empty_dir(dir.path()).unwrap());
+        assert!(is_empty_dir(&dir.path().join("missing")).unwrap());
+    }
 }

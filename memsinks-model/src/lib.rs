@@ -43,4 +43,12 @@ pub enum ModelError {
         /// What is wrong and what to do.
         message: String,
     },
+    /// Another process holds the directory's lock.
+    #[error("{dir} is in use by {holder}; wait for it to finish or use another directory")]
+    Locked {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Who holds it (`PID n (command)`).
+        holder: String,
+    },
 }

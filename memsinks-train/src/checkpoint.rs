@@ -122,11 +122,17 @@ impl<B: Backend> Recorder<B> for AtomicFileRecorder {
         // The inner recorder sets the extension itself: keep `.mpk` last on the temporary name.
         let tmp = file.with_file_name(format!(".{name}.{}.tmp.mpk", std::process::id()));
         Recorder::<B>::save_item(&self.inner, item, tmp.clone())?;
-        let sync = std::fs::File::open(&tmp).and_then(|f| f.sync_all());
-        sync.and_then(|_| std::fs::rename(&tmp, &file)).map_err(|e| {
+        let fail = |e: String| {
             let _ = std::fs::remove_file(&tmp);
             RecorderError::Unknown(format!("{}: {e}", file.display()))
-        })
+        };
+        // The digest is taken of the synced temporary file and written after the rename: a
+        // record without a matching digest is incomplete (see `latest_complete_checkpoint`).
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| fail(e.to_string()))?;
+        let digest = memsinks_model::io::file_sha256(&tmp).map_err(|e| fail(e.to_string()))?;
+        std::fs::rename(&tmp, &file).map_err(|e| fail(e.to_string()))?;
+        memsinks_model::io::write_atomic(&checksum_file(&file), digest.as_bytes())
+            .map_err(|e| RecorderError::Unknown(e.to_string()))
     }
 
     fn load_item<I: serde::de::DeserializeOwned>(&self, file: &mut PathBuf) -> Result<I, RecorderError> {
@@ -140,22 +146,130 @@ impl<B: Backend> FileRecorder<B> for AtomicFileRecorder {
     }
 }
 
-/// The newest round whose model, optimizer, scheduler and cursor files all exist.
-pub fn latest_complete_checkpoint(run_dir: &Path) -> Option<usize> {
-    let dir = run_dir.join("checkpoint");
-    let mut rounds: Vec<usize> = std::fs::read_dir(&dir)
-        .ok()?
+/// The digest file written beside a checkpoint record (`model-3.mpk.sha256`).
+pub fn checksum_file(record: &Path) -> PathBuf {
+    let mut name = record.as_os_str().to_owned();
+    name.push(".sha256");
+    PathBuf::from(name)
+}
+
+/// The record kinds burn-train saves each round.
+const RECORD_KINDS: [&str; 3] = ["model", "optim", "scheduler"];
+
+/// Why a record of a round cannot be resumed from, or `None` when it is sound: it exists, and its
+/// SHA-256 equals the digest written after it.
+fn record_problem(path: &Path) -> Option<String> {
+    if !path.exists() {
+        return Some("missing".into());
+    }
+    let Ok(expected) = std::fs::read_to_string(checksum_file(path)) else {
+        return Some("no checksum (its write did not finish)".into());
+    };
+    match memsinks_model::io::file_sha256(path) {
+        Ok(found) if found == expected.trim() => None,
+        Ok(_) => Some("its content does not match its checksum (truncated or damaged)".into()),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+/// The rounds with a model record in `checkpoint/`, newest first.
+fn rounds_on_disk(run_dir: &Path) -> Vec<usize> {
+    let Ok(entries) = std::fs::read_dir(run_dir.join("checkpoint")) else { return Vec::new() };
+    let mut rounds: Vec<usize> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             name.strip_prefix("model-")?.strip_suffix(".mpk")?.parse().ok()
         })
         .collect();
-    rounds.sort_unstable();
-    rounds.into_iter().rev().find(|r| {
-        ["model", "optim", "scheduler"].iter().all(|k| dir.join(format!("{k}-{r}.mpk")).exists())
-            && cursor_file(run_dir, *r).exists()
-    })
+    rounds.sort_unstable_by(|a, b| b.cmp(a));
+    rounds
+}
+
+/// The newest round whose model, optimizer and scheduler records all match their checksums and
+/// whose data cursor parses. Each newer round that is damaged or incomplete is named in a warning
+/// (file and reason), and the run falls back past it.
+pub fn latest_complete_checkpoint(run_dir: &Path) -> Option<usize> {
+    let dir = run_dir.join("checkpoint");
+    for round in rounds_on_disk(run_dir) {
+        let mut problems: Vec<String> = RECORD_KINDS
+            .iter()
+            .filter_map(|k| {
+                let path = dir.join(format!("{k}-{round}.mpk"));
+                record_problem(&path).map(|p| format!("{}: {p}", path.display()))
+            })
+            .collect();
+        let cursor = cursor_file(run_dir, round);
+        let parsed = std::fs::read_to_string(&cursor)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str::<memsinks_data::Cursor>(&t).map_err(|e| e.to_string()));
+        if let Err(e) = parsed {
+            problems.push(format!("{}: {e}", cursor.display()));
+        }
+        if problems.is_empty() {
+            return Some(round);
+        }
+        tracing::warn!(
+            "checkpoint round {round} cannot be resumed from ({}); trying the round before",
+            problems.join("; ")
+        );
+    }
+    None
+}
+
+/// Removes what killed or pruned rounds left in `checkpoint/`: temporary records of dead
+/// writers, and the cursors and checksums of rounds whose model record burn-train has pruned.
+/// Called only while no checkpointer thread runs (before training starts and after it ends,
+/// under the run's lock), and only on files this crate names.
+pub fn remove_stale_checkpoint_files(run_dir: &Path) {
+    let dir = run_dir.join("checkpoint");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return };
+    let kept: std::collections::HashSet<usize> = rounds_on_disk(run_dir).into_iter().collect();
+    let round_of = |name: &str, prefix: &str, suffix: &str| -> Option<usize> {
+        name.strip_prefix(prefix)?.strip_suffix(suffix)?.parse().ok()
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let temporary = name.starts_with('.') && name.contains(".tmp");
+        let orphan = round_of(&name, "cursor-", ".json")
+            .or_else(|| RECORD_KINDS.iter().find_map(|k| round_of(&name, &format!("{k}-"), ".mpk.sha256")))
+            .is_some_and(|r| !kept.contains(&r));
+        if temporary || orphan {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// burn-train's `KeepLastNCheckpoints` deletes round `e - n` while round `e` is being written, on
+/// other threads: with `n = 1` a kill can leave no complete round. This keeps `n` complete rounds
+/// whatever the moment of a kill: round `e - n - 1` is deleted only when round `e` is saved, so
+/// rounds `e - n .. e - 1` stay complete while `e` is written (`n + 1` rounds on disk at most).
+#[derive(Clone, Copy, Debug)]
+pub struct KeepCompleteRounds {
+    /// Complete rounds always kept.
+    pub keep: usize,
+}
+
+impl KeepCompleteRounds {
+    /// What to do when round `epoch` ends: save it, and delete the round `keep + 1` before it.
+    pub fn actions(&self, epoch: usize) -> Vec<burn::train::checkpoint::CheckpointingAction> {
+        use burn::train::checkpoint::CheckpointingAction;
+        let mut actions = vec![CheckpointingAction::Save];
+        if let Some(old) = epoch.checked_sub(self.keep + 1).filter(|&e| e > 0) {
+            actions.push(CheckpointingAction::Delete(old));
+        }
+        actions
+    }
+}
+
+impl burn::train::checkpoint::CheckpointingStrategy for KeepCompleteRounds {
+    fn checkpointing(
+        &mut self,
+        epoch: usize,
+        _collector: &burn::train::metric::store::EventStoreClient,
+    ) -> Vec<burn::train::checkpoint::CheckpointingAction> {
+        self.actions(epoch)
+    }
 }
 
 #[cfg(test)]
@@ -178,6 +292,63 @@ mod tests {
         barrier.wait_for_rounds(2);
         assert_eq!(barrier.finished(), 2 * RECORDS_PER_ROUND, "returned before the second round was finished");
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn pruning_keeps_n_complete_rounds_while_the_next_is_written() {
+        use burn::train::checkpoint::CheckpointingAction;
+        let deleted = |keep: usize, epoch: usize| {
+            KeepCompleteRounds { keep }.actions(epoch).into_iter().find_map(|a| match a {
+                CheckpointingAction::Delete(e) => Some(e),
+                CheckpointingAction::Save => None,
+            })
+        };
+        // keep 1: while round 5 is written, round 4 stays complete; round 3 goes.
+        assert_eq!(deleted(1, 5), Some(3));
+        assert_eq!(deleted(1, 2), None);
+        assert_eq!(deleted(2, 5), Some(2));
+    }
+
+    #[test]
+    fn a_damaged_record_or_cursor_makes_resume_fall_back() {
+        let run = tempfile::tempdir().unwrap();
+        let dir = run.path().join("checkpoint");
+        std::fs::create_dir_all(&dir).unwrap();
+        for round in [1, 2] {
+            for kind in RECORD_KINDS {
+                let path = dir.join(format!("{kind}-{round}.mpk"));
+                std::fs::write(&path, format!("{kind} {round}")).unwrap();
+                let digest = memsinks_model::io::file_sha256(&path).unwrap();
+                std::fs::write(checksum_file(&path), digest).unwrap();
+            }
+            std::fs::write(cursor_file(run.path(), round), r#"{"epoch":0,"position":3,"offset":0}"#).unwrap();
+        }
+        assert_eq!(latest_complete_checkpoint(run.path()), Some(2));
+        std::fs::write(dir.join("optim-2.mpk"), "optim 2 but damaged").unwrap();
+        assert_eq!(latest_complete_checkpoint(run.path()), Some(1));
+        std::fs::write(cursor_file(run.path(), 1), "{").unwrap();
+        assert_eq!(latest_complete_checkpoint(run.path()), None);
+        // Stale files: a pruned round's cursor and checksum, a dead writer's temporary record.
+        std::fs::remove_file(dir.join("model-1.mpk")).unwrap();
+        std::fs::write(dir.join(".model-3.mpk.123.tmp.mpk"), "partial").unwrap();
+        remove_stale_checkpoint_files(run.path());
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "cursor-2.json",
+                "model-2.mpk",
+                "model-2.mpk.sha256",
+                "optim-1.mpk",
+                "optim-2.mpk",
+                "optim-2.mpk.sha256",
+                "scheduler-1.mpk",
+                "scheduler-2.mpk",
+                "scheduler-2.mpk.sha256"
+            ]
+        );
     }
 
     #[test]

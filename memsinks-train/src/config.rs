@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use memsinks_data::overrides::{apply_overrides, read_ron};
+use memsinks_data::overrides::{apply_overrides, parse_ron, read_ron};
 use memsinks_data::DataConfig;
 use memsinks_model::{MaskScheme, ModelConfig};
 use serde::{Deserialize, Serialize};
@@ -77,6 +77,9 @@ pub enum DedupBudget {
     /// As many passes over its (shorter) schedule as the others make over theirs.
     SameEpochs,
 }
+
+/// A vocabulary size for checking the model settings before the tokenizer exists.
+const MODEL_CHECK_VOCAB: usize = 256;
 
 /// The model: a preset plus the MemSinks parameters. The vocabulary comes from the tokenizer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -251,6 +254,15 @@ impl ExperimentConfig {
     /// Reads a RON file and applies `key=value` overrides.
     pub fn load(path: &Path, sets: &[String]) -> Result<Self, TrainError> {
         let cfg: Self = read_ron(path)?;
+        Self::resolve(cfg, sets)
+    }
+
+    /// Parses a config from RON text (errors name `origin`) and applies `key=value` overrides.
+    pub fn parse(text: &str, origin: &Path, sets: &[String]) -> Result<Self, TrainError> {
+        Self::resolve(parse_ron(text, origin)?, sets)
+    }
+
+    fn resolve(cfg: Self, sets: &[String]) -> Result<Self, TrainError> {
         let cfg = apply_overrides(&cfg, sets)?;
         cfg.validate()?;
         Ok(cfg)
@@ -273,7 +285,39 @@ impl ExperimentConfig {
         if t.keep_checkpoints == 0 {
             return bad("train.keep_checkpoints must be at least 1");
         }
+        let range = |key: &str, v: f64, ok: bool, allowed: &str| {
+            if ok && v.is_finite() {
+                Ok(())
+            } else {
+                Err(TrainError::Config(format!("{key} = {v}: must be {allowed}")))
+            }
+        };
+        if t.steps == Some(0) {
+            return bad("train.steps = 0: must be at least 1 (or leave it out to train train.epochs passes)");
+        }
+        if t.eval_docs == 0 {
+            return bad("train.eval_docs = 0: must be at least 1");
+        }
+        range("train.beta_1", t.beta_1, (0.0..1.0).contains(&t.beta_1), "in [0, 1)")?;
+        range("train.beta_2", t.beta_2, (0.0..1.0).contains(&t.beta_2), "in [0, 1)")?;
+        range("train.weight_decay", t.weight_decay, t.weight_decay >= 0.0, "at least 0")?;
+        if let Some(c) = t.clip_norm {
+            range("train.clip_norm", c, c > 0.0, "positive (or None to disable clipping)")?;
+        }
+        let s = &self.study;
+        if s.eval_docs == 0 || s.extract_prompt == 0 || s.extract_continuation == 0 {
+            return bad("study.eval_docs, extract_prompt and extract_continuation must be at least 1");
+        }
+        if s.extract_prompt + s.extract_continuation > self.data.context {
+            return Err(TrainError::Config(format!(
+                "study.extract_prompt {} + extract_continuation {} exceed data.context {}: extraction runs within one context window",
+                s.extract_prompt, s.extract_continuation, self.data.context
+            )));
+        }
         ModelConfig::preset(&self.model.preset).map_err(|e| TrainError::Config(format!("model.preset: {e}")))?;
+        // The model's own checks (p_gen, p_mem, widths), before any corpus is built; the
+        // vocabulary comes from the tokenizer later.
+        self.model_config(MODEL_CHECK_VOCAB)?;
         Ok(())
     }
 

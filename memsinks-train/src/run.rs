@@ -11,15 +11,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::metric::LearningRateMetric;
 use burn::train::{ExecutionStrategy, Interrupter, Learner, MultiDeviceOptim, SupervisedTraining};
-use memsinks_data::{prepare, write_atomic, Batcher, Cursor, HostBatch, PreparedCorpus, Split};
+use memsinks_data::{prepare, write_atomic, Batcher, CorpusFingerprint, Cursor, HostBatch, PreparedCorpus, Split};
+use memsinks_model::io::{is_empty_dir, DirLock};
 use memsinks_model::io::{load_model, save_model};
 use memsinks_model::{MemSinkLm, ModelConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{latest_complete_checkpoint, AtomicFileRecorder, CheckpointBarrier};
+use crate::checkpoint::{
+    latest_complete_checkpoint, remove_stale_checkpoint_files, AtomicFileRecorder, CheckpointBarrier,
+    KeepCompleteRounds,
+};
 use crate::config::{DedupBudget, ExperimentConfig, Method};
 use crate::learner::{LmLearner, NamedLoss, QuietRenderer, RunLog, EVAL_KEYS};
 use crate::loader::{cursor_file, EvalLoader, TrainLoader};
@@ -32,6 +35,134 @@ pub const CONFIG_FILE: &str = "config.ron";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 /// The trained model directory.
 pub const FINAL_DIR: &str = "final";
+/// What a finished run trained (written last: its presence marks a finished run).
+pub const SUMMARY_FILE: &str = "train.json";
+/// The corpus a run trains on: its directory and fingerprint, written before training starts.
+pub const CORPUS_FILE: &str = "corpus.json";
+
+/// The corpus of a run, as recorded in `corpus.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunCorpus {
+    /// The prepared corpus directory (absolute).
+    pub dir: PathBuf,
+    /// Its fingerprint when training started.
+    pub fingerprint: CorpusFingerprint,
+}
+
+impl RunCorpus {
+    /// Reads `corpus.json` of a run, `None` when the run has not recorded one.
+    fn load(run_dir: &Path) -> Result<Option<Self>, TrainError> {
+        let path = run_dir.join(CORPUS_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| TrainError::Config(format!("{}: corrupt: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(TrainError::io(&path, e)),
+        }
+    }
+
+    /// Opens the recorded corpus and checks it is unchanged.
+    fn open(&self, run_dir: &Path) -> Result<PreparedCorpus, TrainError> {
+        let corpus = PreparedCorpus::open(&self.dir)?;
+        self.fingerprint.check(&corpus, &format!("the run in {}", run_dir.display()))?;
+        Ok(corpus)
+    }
+}
+
+/// How `train` may use its run directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Claim {
+    /// New (missing or empty): the run starts here.
+    Fresh,
+    /// This run's own directory (same config), unfinished.
+    Own,
+}
+
+/// Refuses every run directory `train` must not write into: a user's non-empty directory, another
+/// run, a finished run, an unfinished run without `--resume`, and `--resume` of a non-run.
+fn check_run_dir(cfg: &ExperimentConfig, run_dir: &Path, resume: bool) -> Result<Claim, TrainError> {
+    let dir = run_dir.display();
+    if is_empty_dir(run_dir)? {
+        return if resume {
+            Err(TrainError::Config(format!("{dir} holds no run to resume")))
+        } else {
+            Ok(Claim::Fresh)
+        };
+    }
+    let Ok(recorded) = load_run_config(run_dir) else {
+        return Err(TrainError::Config(format!(
+            "{dir} is not empty and holds no memsinks run: choose a new or empty --out (nothing was written)"
+        )));
+    };
+    if recorded.run_id() != cfg.run_id() {
+        return Err(TrainError::Config(format!(
+            "{dir} holds another run (id {}, this config is {}): choose another --out",
+            recorded.run_id(),
+            cfg.run_id()
+        )));
+    }
+    if run_dir.join(SUMMARY_FILE).exists() {
+        return Err(TrainError::Config(format!(
+            "{dir} holds this run, finished ({SUMMARY_FILE}): nothing to train; evaluate it or choose another --out"
+        )));
+    }
+    if !resume && latest_complete_checkpoint(run_dir).is_some() {
+        return Err(TrainError::Config(format!(
+            "{dir} already holds this run, unfinished: resume it with --resume, or choose another --out"
+        )));
+    }
+    Ok(Claim::Own)
+}
+
+/// Removes what `train` wrote into a run directory it found missing or empty before training
+/// started (its config, corpus record, the default corpus inside it, its lock file), and the
+/// directory itself when it did not exist.
+fn undo_fresh_run_dir(run_dir: &Path, existed: bool, default_data: bool, lock: DirLock) {
+    for file in [CONFIG_FILE, CORPUS_FILE] {
+        let _ = std::fs::remove_file(run_dir.join(file));
+    }
+    if default_data {
+        let _ = std::fs::remove_dir_all(run_dir.join("data"));
+    }
+    drop(lock);
+    let _ = std::fs::remove_file(run_dir.join(memsinks_model::io::LOCK_FILE));
+    if !existed {
+        let _ = std::fs::remove_dir(run_dir);
+    }
+}
+
+/// The corpus of a run: when resuming from a checkpoint, the one recorded in `corpus.json`,
+/// checked against its fingerprint (never rebuilt: the source may have changed since); otherwise
+/// prepared (or reused) in `data_dir` (default `RUN_DIR/data`) and recorded.
+fn open_run_corpus(
+    cfg: &ExperimentConfig,
+    run_dir: &Path,
+    data_dir: Option<&Path>,
+    from_checkpoint: bool,
+) -> Result<PreparedCorpus, TrainError> {
+    let default_dir = run_dir.join("data");
+    let wanted = data_dir.unwrap_or(&default_dir);
+    if from_checkpoint {
+        if let Some(recorded) = RunCorpus::load(run_dir)? {
+            let wanted = std::path::absolute(wanted).unwrap_or(wanted.to_path_buf());
+            if data_dir.is_some() && wanted != recorded.dir {
+                return Err(TrainError::Config(format!(
+                    "{} trained on the corpus in {}, not {}: resume without --data",
+                    run_dir.display(),
+                    recorded.dir.display(),
+                    wanted.display()
+                )));
+            }
+            return recorded.open(run_dir);
+        }
+    }
+    let corpus = prepare(&cfg.data, wanted, std::io::IsTerminal::is_terminal(&std::io::stderr()))?;
+    let dir = std::path::absolute(&corpus.dir).map_err(|e| TrainError::io(&corpus.dir, e))?;
+    let record = RunCorpus { fingerprint: corpus.fingerprint()?, dir: dir.clone() };
+    write_atomic(&run_dir.join(CORPUS_FILE), &serde_json::to_vec_pretty(&record).expect("serialises"))?;
+    Ok(PreparedCorpus { dir, ..corpus })
+}
 
 /// What a finished run trained.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -115,20 +246,37 @@ pub fn train<B: AutodiffBackend>(
 ) -> Result<TrainSummary, TrainError> {
     let started = Instant::now();
     let device = devices.first().cloned().ok_or_else(|| TrainError::Config("no device".into()))?;
-    std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
+    cfg.validate()?;
+    let existed = run_dir.exists();
+    let claim = check_run_dir(cfg, run_dir, resume)?;
+    let lock = DirLock::acquire(run_dir, if resume { "train --resume" } else { "train" })?;
+    // Checked again under the lock: another writer may have claimed it in between.
+    check_run_dir(cfg, run_dir, resume)?;
+    remove_stale_checkpoint_files(run_dir);
     let resume_round = if resume { latest_complete_checkpoint(run_dir) } else { None };
-    if !resume && run_dir.join("checkpoint").exists() {
-        return Err(TrainError::Config(format!(
-            "{} already holds a run: resume it with --resume, or choose another --out",
-            run_dir.display()
-        )));
+    if resume && resume_round.is_none() {
+        tracing::warn!("{} has no complete checkpoint: training from step 0", run_dir.display());
     }
-    write_atomic(&run_dir.join(CONFIG_FILE), cfg.to_ron().as_bytes())?;
-
-    let data_dir = data_dir.map(Path::to_path_buf).unwrap_or_else(|| run_dir.join("data"));
-    let corpus = prepare(&cfg.data, &data_dir, std::io::IsTerminal::is_terminal(&std::io::stderr()))?;
-    let model_cfg = cfg.model_config(corpus.tokenizer.vocab_size())?;
-    corpus.tokenizer.check_model_vocab(model_cfg.vocab_size)?;
+    let setup = || -> Result<(PreparedCorpus, ModelConfig), TrainError> {
+        if claim == Claim::Fresh {
+            write_atomic(&run_dir.join(CONFIG_FILE), cfg.to_ron().as_bytes())?;
+        }
+        let corpus = open_run_corpus(cfg, run_dir, data_dir, resume_round.is_some())?;
+        let model_cfg = cfg.model_config(corpus.tokenizer.vocab_size())?;
+        corpus.tokenizer.check_model_vocab(model_cfg.vocab_size)?;
+        Ok((corpus, model_cfg))
+    };
+    let (corpus, model_cfg) = match setup() {
+        Ok(ready) => ready,
+        Err(e) => {
+            // Nothing was trained: a new run directory goes back to how it was found, so that
+            // fixing the input and rerunning is never refused because of this attempt.
+            if claim == Claim::Fresh {
+                undo_fresh_run_dir(run_dir, existed, data_dir.is_none(), lock);
+            }
+            return Err(e);
+        }
+    };
 
     // Budget: every method takes as many optimizer steps as the standard model's schedule needs,
     // unless the dedup rule says otherwise.
@@ -175,6 +323,9 @@ pub fn train<B: AutodiffBackend>(
             let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
             let cursor: Cursor = serde_json::from_str(&text)
                 .map_err(|e| TrainError::Config(format!("{}: corrupt cursor: {e}", path.display())))?;
+            batcher.check_cursor(&cursor).map_err(|e| {
+                TrainError::Config(format!("{}: the cursor does not fit this run's schedule: {e}", path.display()))
+            })?;
             (cursor, r)
         }
         None => (Cursor::default(), 0),
@@ -233,7 +384,7 @@ pub fn train<B: AutodiffBackend>(
 
     let mut training = SupervisedTraining::new(run_dir, Arc::new(train_loader), Arc::new(eval_loader))
         .with_file_checkpointer(AtomicFileRecorder::counting(checkpoints))
-        .with_checkpointing_strategy(KeepLastNCheckpoints::new(t.keep_checkpoints))
+        .with_checkpointing_strategy(KeepCompleteRounds { keep: t.keep_checkpoints })
         .with_application_logger(None)
         .with_interrupter(interrupter)
         .num_epochs(rounds)
@@ -261,6 +412,7 @@ pub fn train<B: AutodiffBackend>(
     }
     let final_dir = run_dir.join(FINAL_DIR);
     save_model(&result.model.lm, &model_cfg, &final_dir)?;
+    remove_stale_checkpoint_files(run_dir);
     let rows = total_steps as u64 * rows_per_step as u64;
     let summary = TrainSummary {
         run_id: cfg.run_id(),
@@ -272,15 +424,15 @@ pub fn train<B: AutodiffBackend>(
         budget_rule: budget_rule.to_string(),
         wall_s: started.elapsed().as_secs_f64(),
         resumed_from: resume_round,
-        data_dir: std::path::absolute(&data_dir).unwrap_or(data_dir.clone()),
+        data_dir: corpus.dir.clone(),
     };
-    write_atomic(&run_dir.join("train.json"), &serde_json::to_vec_pretty(&summary).expect("serialises"))?;
+    write_atomic(&run_dir.join(SUMMARY_FILE), &serde_json::to_vec_pretty(&summary).expect("serialises"))?;
     Ok(summary)
 }
 
 /// Reads `train.json` of a finished run.
 pub fn load_summary(run_dir: &Path) -> Result<TrainSummary, TrainError> {
-    let path = run_dir.join("train.json");
+    let path = run_dir.join(SUMMARY_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
     serde_json::from_str(&text)
         .map_err(|e| TrainError::Config(format!("{}: {e}; the run did not finish", path.display())))
@@ -306,7 +458,16 @@ impl FinishedRun {
     /// When the run did not finish or its files or corpus are unreadable.
     pub fn open(dir: &Path) -> Result<Self, TrainError> {
         let summary = load_summary(dir)?;
-        let corpus = PreparedCorpus::open(&summary.data_dir)?;
+        let corpus = match RunCorpus::load(dir)? {
+            Some(recorded) => recorded.open(dir)?,
+            None => {
+                tracing::warn!(
+                    "{} records no corpus fingerprint (trained by an older memsinks): its corpus is not checked",
+                    dir.display()
+                );
+                PreparedCorpus::open(&summary.data_dir)?
+            }
+        };
         Ok(Self { dir: dir.to_path_buf(), config: load_run_config(dir)?, summary, corpus })
     }
 

@@ -44,9 +44,11 @@ fn loss_goes_down_on_smoke_and_the_run_directory_is_complete() {
     for f in ["config.ron", "train.json", "final/model.mpk", "final/model.ron", "checkpoint/cursor-3.json"] {
         assert!(dir.path().join(f).exists(), "{f} missing");
     }
-    // The run refuses to overwrite itself without --resume.
+    // A finished run is never trained over, with or without --resume.
     let again = train::<AD>(&cfg, dir.path(), None, false, vec![Default::default()]).unwrap_err();
-    assert!(again.to_string().contains("--resume"), "{again}");
+    assert!(again.to_string().contains("finished"), "{again}");
+    let resumed = train::<AD>(&cfg, dir.path(), None, true, vec![Default::default()]).unwrap_err();
+    assert!(resumed.to_string().contains("finished"), "{resumed}");
 }
 
 fn one_batch(cfg: &ModelConfig, id: i64, route: bool) -> LmBatch<AD> {

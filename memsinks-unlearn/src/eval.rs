@@ -22,6 +22,26 @@ pub struct EvalOptions {
     pub context: usize,
 }
 
+impl EvalOptions {
+    /// Checks the options against the model's context.
+    ///
+    /// # Errors
+    /// A zero count, or extraction that does not fit one context window.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_docs == 0 || self.k == 0 || self.m == 0 || self.batch_size == 0 {
+            return Err("documents per split, prompt (k) and continuation (m) tokens must be at least 1".into());
+        }
+        if self.k + self.m > self.context {
+            return Err(format!(
+                "extraction of k = {} prompt + m = {} continuation tokens exceeds the run's context of {} tokens: \
+                 k + m must be at most {}",
+                self.k, self.m, self.context, self.context
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Summary of greedy extraction over a set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExtractionSummary {

@@ -55,6 +55,62 @@ pub struct MethodFile {
     pub relearn: Option<RelearnConfig>,
 }
 
+impl MethodFile {
+    /// Checks every hyperparameter's range; the message names the key, the value and what is
+    /// allowed.
+    ///
+    /// # Errors
+    /// The first value out of range.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive =
+            |key: &str, v: usize| if v == 0 { Err(format!("{key} = 0: must be at least 1")) } else { Ok(()) };
+        let rate = |key: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{key} = {v}: must be a positive finite number"))
+            }
+        };
+        match &self.spec {
+            MethodSpec::Finetune(f) => {
+                rate("lr", f.lr)?;
+                positive("steps", f.steps)?;
+                positive("eval_every", f.eval_every)?;
+                positive("batch_size", f.batch_size)?;
+                positive("eval_docs", f.eval_docs)?;
+                if !(f.retain_weight.is_finite() && f.retain_weight >= 0.0) {
+                    return Err(format!("retain_weight = {}: must be finite and at least 0", f.retain_weight));
+                }
+                rate("beta", f.beta)?;
+            }
+            MethodSpec::Prune(p) => {
+                if p.fractions.is_empty() {
+                    return Err("fractions = []: give at least one share of units to prune".into());
+                }
+                if let Some(f) = p.fractions.iter().find(|f| !(f.is_finite() && (0.0..=1.0).contains(*f))) {
+                    return Err(format!("fractions contains {f}: each share must lie in [0, 1]"));
+                }
+                positive("score_docs", p.score_docs)?;
+                positive("eval_docs", p.eval_docs)?;
+                positive("batch_size", p.batch_size)?;
+            }
+            MethodSpec::DropSinks { eval_docs, batch_size, .. } => {
+                positive("eval_docs", *eval_docs)?;
+                positive("batch_size", *batch_size)?;
+            }
+        }
+        if let Some(r) = &self.relearn {
+            rate("relearn.lr", r.lr)?;
+            positive("relearn.steps", r.steps)?;
+            positive("relearn.batch_size", r.batch_size)?;
+            if r.sizes.contains(&0) {
+                return Err("relearn.sizes contains 0: relearn at least one document".into());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Everything one method run produced: the results JSON of `memsinks unlearn`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MethodResult {
@@ -109,6 +165,7 @@ pub fn load_method(name_or_path: &str, sets: &[String]) -> Result<(String, Metho
         .map(|s| if s.starts_with("about") || s.starts_with("relearn") { s.clone() } else { format!("spec.{s}") })
         .collect();
     let file = apply_overrides(&file, &sets).map_err(|e| UnlearnError::Method(e.to_string()))?;
+    file.validate().map_err(|e| UnlearnError::Method(format!("{origin}: {e}")))?;
     Ok((name, file))
 }
 

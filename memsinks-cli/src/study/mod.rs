@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use memsinks_data::overrides::apply_overrides;
 use memsinks_data::{write_atomic, Manifest, Split};
+use memsinks_model::io::{is_empty_dir, DirLock};
 use memsinks_train::run::{load_run_config, load_summary, TrainSummary};
 use memsinks_train::{ExperimentConfig, Method};
 use memsinks_unlearn::{load_method, ForgetSet, MethodResult};
@@ -169,7 +170,14 @@ pub fn run_reproduce(args: &ReproduceArgs, out: &mut impl std::io::Write) -> Res
     let cfg: ExperimentConfig = apply_overrides(&base, &args.sets)?;
     cfg.validate()?;
     let dir = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("reproduce-{name}")));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // A reproduction writes data/, runs/, posthoc/, plots/, results.json and report.md: never into
+    // a user's own directory.
+    let ours =
+        ["results.json", "runs", "data/.memsinks-corpus", "data/manifest.json"].iter().any(|f| dir.join(f).exists());
+    if !is_empty_dir(&dir)? && !ours {
+        bail!("{} is not empty and holds no reproduction: choose a new or empty --out", dir.display());
+    }
+    let _lock = DirLock::acquire(&dir, "reproduce")?;
     let backend = args.backend.clone().unwrap_or_else(|| default_backend().to_string());
     let study = &cfg.study;
     if !study.methods.contains(&Method::Standard) {

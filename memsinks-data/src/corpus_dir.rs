@@ -1,0 +1,117 @@
+//! The rules for a corpus directory: a prepared corpus is immutable (preparing another
+//! configuration, or from a changed source, into its directory is refused, naming what differs),
+//! an interrupted build of ours is finished in place, and a directory that is not a corpus is never
+//! written into.
+
+use std::path::Path;
+
+use crate::corpus::{source_name, Manifest, PreparedCorpus, MANIFEST_FILE};
+use crate::{DataConfig, DataError};
+
+/// Marks a directory as a memsinks corpus (written before anything else when a corpus is
+/// started), so an interrupted build can be finished in place while a user's own directory is
+/// never written into.
+pub const CORPUS_MARKER: &str = ".memsinks-corpus";
+
+/// What decides whether a corpus directory can be used as it is.
+pub(crate) enum Existing {
+    /// Missing or empty: build here.
+    Empty,
+    /// A complete corpus of this configuration and source.
+    Reusable(Box<PreparedCorpus>),
+    /// A corpus of this configuration whose files are damaged, or an interrupted build: ours to
+    /// (re)build, since its content is a function of the configuration.
+    Rebuild(String),
+}
+
+/// Classifies `out` for `cfg`: never answers "rebuild" for a directory that holds another
+/// corpus or files that are not a corpus.
+pub(crate) fn inspect(
+    cfg: &DataConfig,
+    out: &Path,
+    config_hash: &str,
+    fingerprint: &str,
+) -> Result<Existing, DataError> {
+    let empty = memsinks_model::io::is_empty_dir(out).map_err(|e| DataError::Config(e.to_string()))?;
+    if empty {
+        return Ok(Existing::Empty);
+    }
+    let manifest_path = out.join(MANIFEST_FILE);
+    let manifest: Option<Manifest> =
+        std::fs::read_to_string(&manifest_path).ok().and_then(|t| serde_json::from_str(&t).ok());
+    if manifest.is_none() && !out.join(CORPUS_MARKER).exists() {
+        return Err(DataError::Config(format!(
+            "{} is not empty and holds no memsinks corpus: choose a new or empty directory for the corpus",
+            out.display()
+        )));
+    }
+    let Some(manifest) = manifest else { return Ok(Existing::Rebuild("an interrupted build".into())) };
+    if manifest.config_hash != config_hash {
+        let changed = describe_config_change(&manifest.config, cfg);
+        return Err(DataError::Config(format!(
+            "{} holds the corpus of another data configuration ({changed}); a prepared corpus is never \
+             rebuilt in place, because runs trained on it would silently change: choose another --data \
+             directory (or --out), or delete {} yourself",
+            out.display(),
+            out.display()
+        )));
+    }
+    if !manifest.source_fingerprint.is_empty() && manifest.source_fingerprint != fingerprint {
+        return Err(DataError::Config(format!(
+            "{} was prepared from {}, which has changed since (size or modification time differ); a \
+             prepared corpus is never rebuilt in place: prepare into another directory",
+            out.display(),
+            source_name(&cfg.source)
+        )));
+    }
+    match PreparedCorpus::open(out) {
+        Ok(corpus) => {
+            let key = corpus.cache.key();
+            if key.source_hash == fingerprint && key.tokenizer_hash == corpus.tokenizer.fingerprint() {
+                Ok(Existing::Reusable(Box::new(corpus)))
+            } else {
+                Ok(Existing::Rebuild("its cache does not match its tokenizer or source".into()))
+            }
+        }
+        Err(e) => Ok(Existing::Rebuild(e.to_string())),
+    }
+}
+
+/// The first top-level keys whose values differ between two data configurations.
+fn describe_config_change(old: &DataConfig, new: &DataConfig) -> String {
+    let as_map = |c: &DataConfig| serde_json::to_value(c).unwrap_or_default();
+    let (a, b) = (as_map(old), as_map(new));
+    let keys: Vec<String> = match (a.as_object(), b.as_object()) {
+        (Some(a), Some(b)) => {
+            a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).map(|k| format!("data.{k}")).collect()
+        }
+        _ => Vec::new(),
+    };
+    let mut keys = keys;
+    keys.dedup();
+    if keys.is_empty() {
+        "its configuration hash differs".into()
+    } else {
+        format!("it differs in {}", keys.join(", "))
+    }
+}
+
+pub(crate) fn remove_if_exists(path: &Path) -> Result<(), DataError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DataError::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Removes temporary files and directories left by killed writers of this corpus (`.NAME.tmp-PID`,
+/// written by this crate only; called under the directory's lock, so no live writer owns them).
+pub(crate) fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(".tmp-") {
+            let path = entry.path();
+            let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! What defines a prepared corpus: its sources, tokenizer, splits and layout ([`DataConfig`]),
+//! read from the `data` section of an experiment file.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::source::InvalidUtf8;
+use crate::DataError;
+
+/// Where documents come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum SourceConfig {
+    /// The built-in story generator: the embedded default.
+    Synthetic {
+        /// Stories to generate.
+        stories: usize,
+        /// Generator seed.
+        seed: u64,
+    },
+    /// A TinyStories text file (`<|endoftext|>` separators).
+    TinyStories {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A JSON array or JSON Lines file (`.json`, `.jsonl`, `.jsonl.zst`) with a text field.
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The string field holding the text.
+        field: String,
+    },
+    /// A SlimPajama-style directory of `.jsonl` / `.jsonl.zst` shards, streamed in name order.
+    SlimPajama {
+        /// The directory.
+        dir: PathBuf,
+        /// Keep only records whose `meta.redpajama_set_name` equals this.
+        #[serde(default)]
+        set_name: Option<String>,
+    },
+}
+
+/// The tokenizer to use.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum TokenizerConfig {
+    /// Train a byte-level BPE on the training documents (repeated + unique).
+    Train {
+        /// Vocabulary size including `<|endoftext|>`.
+        vocab_size: usize,
+    },
+    /// Load a Hugging Face `tokenizer.json`.
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// How repetitions are spread over the training run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Ordering {
+    /// Every occurrence at a uniformly random position (seeded).
+    #[default]
+    Shuffled,
+    /// The repetitions of each document evenly spaced over the run, at a random phase.
+    Spaced,
+}
+
+/// A set of documents repeated a number of times.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepeatConfig {
+    /// Number of distinct documents.
+    pub docs: usize,
+    /// Times each is seen in training.
+    pub repetitions: usize,
+}
+
+/// Random-token canaries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryConfig {
+    /// Number of distinct canaries.
+    pub docs: usize,
+    /// Times each is seen in training.
+    pub repetitions: usize,
+    /// Tokens per canary.
+    pub length: usize,
+}
+
+/// Everything that defines a prepared corpus.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Where the unique (and, without `repeated_source`, all other) documents come from.
+    pub source: SourceConfig,
+    /// Where repeated and validation documents come from, when not `source` (SlimPajama with
+    /// repeated TinyStories mixed in).
+    #[serde(default)]
+    pub repeated_source: Option<SourceConfig>,
+    /// The tokenizer.
+    pub tokenizer: TokenizerConfig,
+    /// Repeated natural documents.
+    pub repeated: RepeatConfig,
+    /// Random-token canaries (`docs: 0` for none).
+    pub canary: CanaryConfig,
+    /// Unique documents seen once.
+    pub unique: usize,
+    /// Held-out validation documents.
+    pub validation: usize,
+    /// Training rows hold `context` input tokens.
+    pub context: usize,
+    /// How repetitions are spread.
+    #[serde(default)]
+    pub ordering: Ordering,
+    /// Pack several documents per row (otherwise one document per row, padded).
+    #[serde(default)]
+    pub packing: bool,
+    /// Seed of selection, canaries and order.
+    #[serde(default)]
+    pub seed: u64,
+    /// What to do with invalid UTF-8 in the sources.
+    #[serde(default)]
+    pub invalid_utf8: InvalidUtf8,
+}
+
+impl DataConfig {
+    /// Checks value ranges.
+    pub fn validate(&self) -> Result<(), DataError> {
+        let bad = |m: String| Err(DataError::Config(m));
+        if self.context < 2 {
+            return bad(format!("data.context {} must be at least 2", self.context));
+        }
+        if self.repeated.docs > 0 && self.repeated.repetitions == 0 {
+            return bad("data.repeated.repetitions must be positive".into());
+        }
+        if self.canary.docs > 0 && (self.canary.repetitions == 0 || self.canary.length < 2) {
+            return bad("data.canary needs repetitions > 0 and length >= 2".into());
+        }
+        if self.canary.docs > 0 && self.canary.length > self.context {
+            return bad(format!(
+                "data.canary.length {} exceeds data.context {}: a canary would be cut; shorten it or widen the context",
+                self.canary.length, self.context
+            ));
+        }
+        if self.repeated.docs + self.unique + self.canary.docs == 0 {
+            return bad("the corpus has no training documents: set repeated.docs, canary.docs or unique".into());
+        }
+        if let SourceConfig::Synthetic { stories: 0, .. } = self.source {
+            return bad("data.source Synthetic needs stories > 0".into());
+        }
+        Ok(())
+    }
+
+    /// SHA-256 of the configuration (its RON form): prepared data is keyed by it.
+    pub fn hash(&self) -> String {
+        let text = ron::to_string(self).expect("config serialises");
+        format!("{:x}", Sha256::digest(text.as_bytes()))
+    }
+}
