@@ -43,6 +43,7 @@ fn refused(out: Output, needles: &[&str]) -> String {
     let code = out.status.code();
     assert!(matches!(code, Some(1) | Some(2)), "exit {code:?} (a panic is 101, an abort a signal): {err}");
     assert!(!err.contains("panicked"), "a panic reached the user: {err}");
+    assert!(!err.contains('\x1b'), "colour codes in a redirected log: {err}");
     for needle in needles {
         assert!(err.contains(needle), "the error does not mention `{needle}`: {err}");
     }

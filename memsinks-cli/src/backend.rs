@@ -109,12 +109,8 @@ fn run_checked<G: burn::tensor::backend::Backend, T: BackendTask>(
     let dtype = <G::FloatElem as burn::tensor::Element>::dtype();
     // The backends report a missing adapter by panicking (on their own device thread too): the
     // panic hook is silenced for the probe so that neither their message nor a backtrace shows.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let supported = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| G::supports_dtype(&devices[0], dtype)));
-    std::panic::set_hook(hook);
-    match supported {
-        Err(_) => {
+    match memsinks_model::catch_library_panic(|| G::supports_dtype(&devices[0], dtype)).ok_or(()) {
+        Err(()) => {
             let hint = match name {
                 "wgpu" => "install a Vulkan driver (on Debian: apt-get install mesa-vulkan-drivers libvulkan1) or pick another --backend",
                 _ => "check the NVIDIA driver and CUDA installation (nvidia-smi) or pick another --backend",

@@ -56,6 +56,8 @@ fn main() {
                 .unwrap_or_else(|_| "info,burn_train=warn,burn_core=warn,cubecl_runtime=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: redirected to a log file, stderr stays plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     // Not locked for the whole command: burn-train's renderer prints from worker threads.

@@ -136,7 +136,12 @@ impl Batcher {
             *cursor = Cursor { epoch: cursor.epoch + 1, position: 0, offset: 0 };
             return None;
         }
-        Some(if self.packing { self.packed(cursor) } else { self.per_document(cursor) })
+        let batch = if self.packing { self.packed(cursor) } else { self.per_document(cursor) };
+        if batch.rows.is_empty() {
+            *cursor = Cursor { epoch: cursor.epoch + 1, position: 0, offset: 0 };
+            return None;
+        }
+        Some(batch)
     }
 
     /// The document's tokens followed by end-of-text, with its sequence ID.
@@ -213,8 +218,10 @@ impl Batcher {
                 }
                 *cursor = back;
             }
+            // A cursor past the end of the last occurrence (a damaged checkpoint's; resume rejects
+            // it with `check_cursor`) leaves nothing to put in a row.
+            let Some(&last) = row.last() else { break };
             let real = row.len();
-            let last = *row.last().expect("a row holds at least one token");
             row.resize(width, (self.end_of_text, last.1, last.2, last.3));
             weights.push((0..self.context).map(|t| if t + 1 < real { 1.0 } else { 0.0 }).collect());
             rows.push(row.iter().map(|r| r.0).collect());
@@ -258,5 +265,10 @@ mod tests {
             batches += 1;
             assert!(batches < 10, "the stream stalled");
         }
+        // Found next: the same past the end of the schedule's last occurrence (no row to fill).
+        let mut last = Cursor { epoch: 1, position: 2, offset: 91 };
+        assert!(batcher.check_cursor(&last).is_err());
+        assert!(batcher.next_batch(&mut last).is_none());
+        assert_eq!(last, Cursor { epoch: 2, position: 0, offset: 0 });
     }
 }

@@ -66,7 +66,14 @@ impl TextTokenizer {
         if !path.exists() {
             return Err(DataError::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
         }
-        let inner = Tokenizer::from_file(path).map_err(|e| DataError::Format {
+        // tokenizers 0.23.2 panics on some malformed files instead of failing (found by fuzzing:
+        // `decoders/mod.rs:90`, `expect("Helper")` on a decoder it cannot deserialize).
+        let loaded =
+            memsinks_model::catch_library_panic(|| Tokenizer::from_file(path)).ok_or_else(|| DataError::Format {
+                path: path.to_path_buf(),
+                message: "not a Hugging Face tokenizer.json (the tokenizers library cannot read it)".into(),
+            })?;
+        let inner = loaded.map_err(|e| DataError::Format {
             path: path.to_path_buf(),
             message: format!("not a Hugging Face tokenizer.json: {e}"),
         })?;
@@ -151,6 +158,15 @@ impl TextTokenizer {
 mod tests {
     use super::*;
     use crate::synthetic::generate_stories;
+
+    /// Found by fuzzing (`fuzz/fuzz_targets/tokenizer.rs`): a file on which tokenizers 0.23.2
+    /// panics while deserializing its decoder. It must be an error naming the file.
+    #[test]
+    fn a_file_the_library_panics_on_is_an_error() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/tokenizer/decoder-panic.json");
+        let err = TextTokenizer::load(&path).err().unwrap().to_string();
+        assert!(err.contains("decoder-panic.json") && err.contains("cannot read it"), "{err}");
+    }
 
     #[test]
     fn trains_round_trips_and_reloads() {

@@ -52,3 +52,14 @@ pub enum ModelError {
         holder: String,
     },
 }
+
+/// Runs `f`, turning a panic inside it into `None` without printing the panic message: for
+/// library calls that report bad input (or a missing device) by panicking. The process-wide panic
+/// hook is silenced while `f` runs, so call it only where no other thread's panic must be seen.
+pub fn catch_library_panic<T>(f: impl FnOnce() -> T) -> Option<T> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    result.ok()
+}
