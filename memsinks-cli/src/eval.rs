@@ -165,10 +165,8 @@ pub fn load_eval(run: &std::path::Path) -> Result<EvalFile> {
 /// Runs `memsinks eval`.
 pub fn run_eval(args: &EvalArgs, out: &mut impl std::io::Write) -> Result<()> {
     let target = args.run.join("eval.json");
-    if !args.run.join(memsinks_train::run::SUMMARY_FILE).exists() {
-        // Not a finished run: say so before creating anything in it.
-        memsinks_train::run::load_summary(&args.run)?;
-    }
+    // Not a finished run: say so before creating anything in it.
+    memsinks_train::run::load_summary(&args.run)?;
     let _lock = DirLock::acquire(&args.run, "eval")?;
     if target.exists() && !args.force {
         bail!("{} exists: pass --force to replace it", target.display());

@@ -330,8 +330,7 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
         tracing::info!("reusing prepared corpus in {}", out.display());
         return Ok(*corpus);
     }
-    let _lock =
-        memsinks_model::io::DirLock::acquire(out, "data prepare").map_err(|e| DataError::Config(e.to_string()))?;
+    let _lock = memsinks_model::io::DirLock::acquire(out, "data prepare")?;
     // Another process may have finished it while we waited for nothing (the lock is not
     // blocking, but it may have completed between the check above and the lock).
     match inspect(cfg, out, &config_hash, &fingerprint)? {

@@ -32,7 +32,7 @@ pub(crate) fn inspect(
     config_hash: &str,
     fingerprint: &str,
 ) -> Result<Existing, DataError> {
-    let empty = memsinks_model::io::is_empty_dir(out).map_err(|e| DataError::Config(e.to_string()))?;
+    let empty = memsinks_model::io::is_empty_dir(out)?;
     if empty {
         return Ok(Existing::Empty);
     }
@@ -81,14 +81,14 @@ pub(crate) fn inspect(
 fn describe_config_change(old: &DataConfig, new: &DataConfig) -> String {
     let as_map = |c: &DataConfig| serde_json::to_value(c).unwrap_or_default();
     let (a, b) = (as_map(old), as_map(new));
-    let keys: Vec<String> = match (a.as_object(), b.as_object()) {
+    // A set: a key present on both sides would otherwise be named twice.
+    let keys: std::collections::BTreeSet<String> = match (a.as_object(), b.as_object()) {
         (Some(a), Some(b)) => {
             a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).map(|k| format!("data.{k}")).collect()
         }
-        _ => Vec::new(),
+        _ => Default::default(),
     };
-    let mut keys = keys;
-    keys.dedup();
+    let keys: Vec<String> = keys.into_iter().collect();
     if keys.is_empty() {
         "its configuration hash differs".into()
     } else {

@@ -34,7 +34,7 @@ fn digest_file(dest: &Path) -> PathBuf {
 fn verify(path: &Path, pinned: Option<&str>) -> Result<bool, DataError> {
     let recorded = std::fs::read_to_string(digest_file(path)).ok();
     let Some(expected) = pinned.map(str::to_string).or(recorded) else { return Ok(false) };
-    let found = memsinks_model::io::file_sha256(path).map_err(|e| DataError::Config(e.to_string()))?;
+    let found = memsinks_model::io::file_sha256(path)?;
     if found != expected.trim().to_ascii_lowercase() {
         return Err(DataError::Format {
             path: path.to_path_buf(),
@@ -131,7 +131,7 @@ pub fn download_file(
         file.sync_all().map_err(|e| DataError::io(&part, e))?;
         match (outcome, total) {
             (Ok(()), total) if total.is_none_or(|t| written == t) => {
-                let digest = memsinks_model::io::file_sha256(&part).map_err(|e| DataError::Config(e.to_string()))?;
+                let digest = memsinks_model::io::file_sha256(&part)?;
                 if let Some(pinned) = sha256.filter(|p| p.trim().to_ascii_lowercase() != digest) {
                     // A complete transfer with the wrong content: resuming it cannot help.
                     let _ = std::fs::remove_file(&part);

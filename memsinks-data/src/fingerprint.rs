@@ -31,7 +31,7 @@ impl CorpusFingerprint {
     /// # Errors
     /// When one of its files cannot be read.
     pub fn of_dir(dir: &Path, config_hash: &str) -> Result<Self, DataError> {
-        let sha = |p: &Path| memsinks_model::io::file_sha256(p).map_err(|e| DataError::Config(e.to_string()));
+        let sha = |p: &Path| -> Result<String, DataError> { Ok(memsinks_model::io::file_sha256(p)?) };
         Ok(Self {
             config_hash: config_hash.to_string(),
             manifest_sha256: sha(&dir.join(MANIFEST_FILE))?,

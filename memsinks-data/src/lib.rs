@@ -86,10 +86,18 @@ impl DataError {
     }
 }
 
+/// The file helpers of `memsinks_model::io` (atomic writes, locks, digests) report in this
+/// crate's terms: an I/O error keeps its file, anything else its message.
+impl From<memsinks_model::ModelError> for DataError {
+    fn from(e: memsinks_model::ModelError) -> Self {
+        match e {
+            memsinks_model::ModelError::Io { path, cause } => DataError::Io { path, cause },
+            other => DataError::Config(other.to_string()),
+        }
+    }
+}
+
 /// Writes a file atomically (temporary file, sync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    memsinks_model::io::write_atomic(path, bytes).map_err(|e| match e {
-        memsinks_model::ModelError::Io { path, cause } => DataError::Io { path, cause },
-        other => DataError::Config(other.to_string()),
-    })
+    Ok(memsinks_model::io::write_atomic(path, bytes)?)
 }
