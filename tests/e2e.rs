@@ -8,6 +8,10 @@ mod support;
 
 use burn::backend::Flex;
 use memsinks_model::io::{load_model, named_tensors};
+use memsinks_study::report::load_results;
+use memsinks_study::{load_eval, StudyDir};
+use memsinks_train::metrics::read_evals;
+use memsinks_train::RunDir;
 use support::kill_when_exists;
 
 fn bin() -> Command {
@@ -34,7 +38,7 @@ fn resume_cmd(run: &Path) -> Command {
 }
 
 fn weights(run: &Path) -> Vec<(String, Vec<f32>)> {
-    let (model, _) = load_model::<Flex>(&run.join("final"), &Default::default()).unwrap();
+    let (model, _) = load_model::<Flex>(&RunDir::new(run).final_model(), &Default::default()).unwrap();
     named_tensors(&model)
         .into_iter()
         .map(|(name, t, _)| (name, t.into_data().convert::<f32>().to_vec().unwrap()))
@@ -42,13 +46,7 @@ fn weights(run: &Path) -> Vec<(String, Vec<f32>)> {
 }
 
 fn eval_losses(run: &Path) -> Vec<f64> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "eval")
-        .map(|v| v["val_loss"].as_f64().unwrap())
-        .collect()
+    read_evals(&RunDir::new(run).metrics()).unwrap().iter().map(|e| e.val_loss.unwrap()).collect()
 }
 
 #[test]
@@ -120,11 +118,11 @@ fn train_eval_and_export_a_folded_model() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("eval.json")).unwrap()).unwrap();
-    let modes: Vec<&str> = eval["modes"].as_array().unwrap().iter().map(|m| m["mode"].as_str().unwrap()).collect();
+    let eval = load_eval(&run).unwrap();
+    let modes: Vec<&str> = eval.modes.iter().map(|m| m.mode.as_str()).collect();
     assert_eq!(modes, ["activate-seq", "all", "drop-sinks", "drop-sinks-plain"]);
-    assert!(eval["gap_closure_vs_sinks_on"].as_f64().unwrap().is_finite());
-    assert_eq!(eval["exclusion_specificity"].as_array().unwrap().len(), 8);
+    assert!(eval.gap_closure_vs_sinks_on.unwrap().is_finite());
+    assert_eq!(eval.exclusion_specificity.len(), 8);
     // Excluding one repeated document's sinks raises its own loss more than the others'.
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("data").join("manifest.json")).expect("the run's corpus"))
@@ -138,9 +136,7 @@ fn train_eval_and_export_a_folded_model() {
             cmd.arg("--exclude").arg(id.to_string());
         }
         assert!(cmd.status().unwrap().success());
-        let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("eval.json")).unwrap()).unwrap();
-        let docs = eval["modes"][0]["repeated_docs"].as_array().unwrap().clone();
-        docs.iter().map(|d| d["nll"].as_f64().unwrap()).collect::<Vec<f64>>()
+        load_eval(&run).unwrap().modes[0].repeated_docs.iter().map(|d| d.nll).collect::<Vec<f64>>()
     };
     let (before, after) = (doc_loss(None), doc_loss(Some(id)));
     let others = |v: &[f64]| v[1..].iter().sum::<f64>() / (v.len() - 1) as f64;
@@ -155,6 +151,47 @@ fn train_eval_and_export_a_folded_model() {
         serde_json::from_slice(&std::fs::read(folded.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["intermediate_size"], 44); // floor(64 * 0.7)
     assert!(std::fs::metadata(folded.join("model.safetensors")).unwrap().len() > 0);
+    // Self-contained: the tokenizer, its configuration, the generation settings and a model card.
+    for file in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "README.md"] {
+        assert!(folded.join(file).is_file(), "the export lacks {file}");
+    }
+    let card = std::fs::read_to_string(folded.join("README.md")).unwrap();
+    assert!(card.contains("sinks dropped") && card.contains("the 20 sink neurons were removed"), "{card}");
+    transformers_continues_like_generate(&run, &folded);
+}
+
+/// With a Python that has transformers (`MEMSINKS_PYTHON`, default `python3`), the exported folder
+/// loads from its path alone, with no missing or unexpected weights, and continues a prompt
+/// greedily exactly as `memsinks generate --mode drop-sinks --greedy` does. Skips with one line
+/// otherwise.
+fn transformers_continues_like_generate(run: &Path, folded: &Path) {
+    let python = std::env::var("MEMSINKS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/export/check_transformers.py");
+    let prompt = "Once upon a time";
+    let out =
+        Command::new(&python).arg(&script).arg(folded).args(["--prompt", prompt, "--max-new-tokens", "12"]).output();
+    let out = match out {
+        Ok(o) if o.status.code() == Some(3) || o.status.code().is_none() => {
+            eprintln!("skipping the transformers check: {python} has no transformers (set MEMSINKS_PYTHON)");
+            return;
+        }
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("skipping the transformers check: cannot run {python}: {e}");
+            return;
+        }
+    };
+    assert!(out.status.success(), "transformers failed on the export: {}", String::from_utf8_lossy(&out.stderr));
+    let hf: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hf["missing_keys"], serde_json::json!([]), "{hf}");
+    assert_eq!(hf["unexpected_keys"], serde_json::json!([]), "{hf}");
+    let ours = run_ok(
+        bin()
+            .args(["generate", "--mode", "drop-sinks", "--greedy", "--max-tokens", "12", "--prompt", prompt, "--run"])
+            .arg(run),
+    );
+    let continuation = ours.trim_end_matches('\n').split_once('\u{2192}').expect("prompt→continuation").1;
+    assert_eq!(hf["continuation"].as_str().unwrap(), continuation, "transformers vs memsinks generate");
 }
 
 fn run_ok(cmd: &mut Command) -> String {
@@ -174,15 +211,17 @@ fn reproduce_writes_the_report_and_report_regenerates_it() {
     let stdout =
         run_ok(bin().arg("reproduce").arg(smoke()).arg("--out").arg(&out).args(["--set", posthoc, "--set", seeds]));
     assert!(stdout.contains("| memsinks, sinks dropped (rescaled) |"), "{stdout}");
-    // Two seeds: every number of the main table is a mean ± std.
+    // Two seeds: every number of the main table is a mean ± its 95 % interval (closure: none for
+    // the standard model itself).
     let standard = stdout.lines().find(|l| l.starts_with("| standard |")).unwrap();
-    assert_eq!(standard.matches(" ± ").count(), 10, "{standard}");
+    assert_eq!(standard.matches(" ± ").count(), 11, "{standard}");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     let header = report.lines().find(|l| l.starts_with("| model |")).expect("main table");
     for column in [
         "L_rep (natural)",
         "L_rep (canary)",
         "L_val",
+        "L_val ÷ standard",
         "gap",
         "gap closure vs standard",
         "extraction",
@@ -196,6 +235,7 @@ fn reproduce_writes_the_report_and_report_regenerates_it() {
     for label in [
         "standard",
         "dedup",
+        "gradient masking, sinks on",
         "gradient masking, sinks dropped",
         "memsinks, sinks on",
         "memsinks, sinks dropped (plain)",
@@ -203,21 +243,26 @@ fn reproduce_writes_the_report_and_report_regenerates_it() {
         assert!(report.contains(&format!("| {label} |")), "no row {label}");
     }
     assert!(report.contains("| gradient-ascent | canary |") && report.contains("| prune-activations | repeated |"));
+    // Findings call a claim only from its interval over the two seeds.
+    let verdict = report.lines().find(|l| l.starts_with("- Natural text:")).expect("the natural-text finding");
+    assert!(verdict.contains("95 % interval"), "{verdict}");
+    assert!(["**holds**", "**does not hold**", "**inconclusive"].iter().any(|v| verdict.contains(v)), "{verdict}");
     for plot in ["dynamics", "tradeoff", "forgetting-standard", "forgetting-memsinks"] {
         for ext in ["svg", "png"] {
             let len = std::fs::metadata(out.join("plots").join(format!("{plot}.{ext}"))).unwrap().len();
             assert!(len > 1000, "{plot}.{ext} is {len} bytes");
         }
     }
-    let results: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
-    assert_eq!(results["posthoc"].as_array().unwrap().len(), 4, "2 methods x natural and canary");
-    assert!(results["forgetting"][0]["docs"][0]["seen_at"].as_array().unwrap().len() >= 8, "8 repetitions of each");
+    let results = load_results(&out).unwrap();
+    assert_eq!(results.posthoc.len(), 4, "2 methods x natural and canary");
+    assert!(results.forgetting[0].docs[0].seen_at.len() >= 8, "8 repetitions of each");
 
     // `report` from results.json alone (the runs removed) gives the same report.md.
     std::fs::remove_dir_all(out.join("runs")).unwrap();
-    std::fs::remove_file(out.join("report.md")).unwrap();
+    let report_path = StudyDir::new(&out).report();
+    std::fs::remove_file(&report_path).unwrap();
     run_ok(bin().arg("report").arg(&out));
-    assert_eq!(std::fs::read_to_string(out.join("report.md")).unwrap(), report);
+    assert_eq!(std::fs::read_to_string(&report_path).unwrap(), report);
 }
 
 #[test]
@@ -234,13 +279,7 @@ fn reproduce_reuses_cached_stages_and_redoes_what_changed() {
     };
     run_ok(bin().arg("reproduce").arg(smoke()).arg("--out").arg(&out).args(sets(5)));
     let cached = |out: &Path| -> Vec<(String, bool)> {
-        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
-        r["timings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| (t["stage"].as_str().unwrap().to_string(), t["cached"].as_bool().unwrap()))
-            .collect()
+        load_results(out).unwrap().timings.into_iter().map(|t| (t.stage, t.cached)).collect()
     };
     let first = cached(&out);
     assert!(first.iter().all(|(s, c)| !c || s == "prepare corpus"), "{first:?}");

@@ -39,6 +39,9 @@ use burn::tensor::Tensor;
 use memsinks_data::LmBatch;
 use memsinks_model::io::{load_model, named_tensors, save_model};
 use memsinks_model::{MemSinkLm, MlpMode, ModelConfig, SeqLayout};
+use memsinks_study::report::load_results;
+use memsinks_train::metrics::read_evals;
+use memsinks_train::RunDir;
 use support::kill_when_exists;
 
 #[cfg(feature = "cuda")]
@@ -308,25 +311,18 @@ fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-fn eval_lines(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "eval")
-        .collect()
-}
-
 /// Every evaluation loss of a run, in order: `(round, key, value)`.
 fn eval_losses(run: &Path) -> Vec<(u64, String, f64)> {
     let mut out = Vec::new();
-    for line in eval_lines(run) {
-        let round = line["round"].as_u64().unwrap();
-        for (k, v) in line.as_object().unwrap() {
-            if let Some(x) = v.as_f64().filter(|_| k.ends_with("loss") || k.contains("_loss_")) {
-                out.push((round, k.clone(), x));
-            }
-        }
+    for e in read_evals(&RunDir::new(run).metrics()).unwrap() {
+        let named = [
+            ("val_loss", e.val_loss),
+            ("rep_loss_sinks", e.rep_loss_sinks),
+            ("rep_loss_nosinks", e.rep_loss_nosinks),
+            ("canary_loss_sinks", e.canary_loss_sinks),
+            ("canary_loss_nosinks", e.canary_loss_nosinks),
+        ];
+        out.extend(named.into_iter().filter_map(|(k, v)| Some((e.round, k.to_string(), v?))));
     }
     out
 }
@@ -446,15 +442,13 @@ fn f16_runs_in_f16_and_bf16_is_refused_clearly_where_unsupported() {
 
 /// The main-table losses of a study, by row label and seed.
 fn study_losses(dir: &Path) -> Vec<(String, f64)> {
-    let results: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("results.json")).unwrap()).unwrap();
     let mut out = Vec::new();
-    for row in results["rows"].as_array().unwrap() {
-        let label = row["label"].as_str().unwrap();
-        for v in row["values"].as_array().unwrap() {
-            for key in ["l_rep", "l_canary", "l_val", "gap"] {
-                if let Some(x) = v[key].as_f64() {
-                    out.push((format!("{label} (seed {}) {key}", v["seed"]), x));
-                }
+    for row in load_results(dir).unwrap().rows {
+        for v in row.values {
+            let named =
+                [("l_rep", Some(v.l_rep)), ("l_canary", v.l_canary), ("l_val", Some(v.l_val)), ("gap", Some(v.gap))];
+            for (key, x) in named.into_iter().filter_map(|(k, x)| Some((k, x?))) {
+                out.push((format!("{} (seed {}) {key}", row.label, v.seed), x));
             }
         }
     }

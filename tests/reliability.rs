@@ -259,7 +259,11 @@ fn bad_values_are_clear_errors_before_any_work() {
     refused(train_with("train.beta_1=2.0"), &["train.beta_1", "[0, 1)"]);
     refused(train_with("train.steps=0"), &["train.steps"]);
     refused(train_with("model.p_gen=0"), &["p_gen"]);
-    refused(train_with("study.extract_prompt=60"), &["extract_prompt", "context"]);
+    refused(train_with("study.extract_prompt=60"), &["study", "memsinks reproduce"]);
+    let study = dir.path().join("study");
+    let reproduce_with = |set: &str| memsinks(&["reproduce", &cfg, "--out", study.to_str().unwrap(), "--set", set]);
+    refused(reproduce_with("study.extract_prompt=60"), &["extract_prompt", "context"]);
+    assert!(!study.exists(), "a refused study wrote {}", study.display());
     assert!(!out.exists(), "a refused config wrote {}", out.display());
     // `--set` cannot change a run being resumed; `data prepare` takes data keys only.
     refused(memsinks(&["train", "--resume", o, "--set", "train.lr=1"]), &["--set"]);

@@ -2,16 +2,8 @@
 //! `cuda`). Everything below the CLI is generic; this is the one place that names backends.
 
 use anyhow::{bail, Result};
-use burn::tensor::backend::AutodiffBackend;
-
-/// A piece of work that runs on any autodiff backend.
-pub trait BackendTask {
-    /// What the work returns.
-    type Output;
-    /// Runs on backend `B` (autodiff over one of the compiled backends) with `devices` (one
-    /// for the CPU backends; the first is the main device).
-    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<Self::Output>;
-}
+use memsinks_study::{BackendTask, DeviceRange, Runner};
+use memsinks_train::config::Precision;
 
 /// Backend names, in order of preference for the default: the CPU backends first (flex trains
 /// fastest on CPU here: see experiments/bench/RESULTS.md).
@@ -33,17 +25,35 @@ pub fn default_backend() -> &'static str {
     BACKENDS.into_iter().find(|b| is_compiled(b)).unwrap_or("flex")
 }
 
-/// Float precisions: `f32` everywhere, `f16` and `bf16` on the GPU backends.
-pub const PRECISIONS: [&str; 3] = ["f32", "f16", "bf16"];
+/// The backend a command runs on: `--backend NAME`, or the default.
+#[derive(Clone, Debug)]
+pub struct BackendChoice {
+    name: String,
+}
 
-/// Runs `task` on the backend called `name` in `precision`, with `count` devices starting at
-/// index `first` (GPU backends; the CPU backends have one device).
-pub fn run_on<T: BackendTask>(name: &str, precision: &str, first: usize, count: usize, task: T) -> Result<T::Output> {
-    if !PRECISIONS.contains(&precision) {
-        bail!("unknown precision `{precision}`; allowed: {}", PRECISIONS.join(", "));
+impl BackendChoice {
+    /// The backend called `name`, or the default one.
+    pub fn chosen(name: Option<&str>) -> Self {
+        Self { name: name.unwrap_or(default_backend()).to_string() }
     }
-    if precision != "f32" && matches!(name, "flex" | "ndarray") {
-        bail!("precision {precision} needs a GPU backend (cuda or wgpu); the CPU backends train in f32");
+}
+
+impl Runner for BackendChoice {
+    fn backend(&self) -> &str {
+        &self.name
+    }
+
+    fn run<T: BackendTask>(&self, precision: Precision, devices: DeviceRange, task: T) -> Result<T::Output> {
+        run_on(&self.name, precision, devices, task)
+    }
+}
+
+/// Runs `task` on the backend called `name` in `precision` on `devices` (GPU backends; the CPU
+/// backends have one device).
+fn run_on<T: BackendTask>(name: &str, precision: Precision, devices: DeviceRange, task: T) -> Result<T::Output> {
+    let DeviceRange { first, count } = devices;
+    if precision != Precision::F32 && matches!(name, "flex" | "ndarray") {
+        bail!("precision {} needs a GPU backend (cuda or wgpu); the CPU backends train in f32", precision.name());
     }
     if !BACKENDS.contains(&name) {
         bail!("unknown backend `{name}`; allowed: {}", BACKENDS.join(", "));
@@ -69,9 +79,9 @@ pub fn run_on<T: BackendTask>(name: &str, precision: &str, first: usize, count: 
             use burn::backend::{cuda::CudaDevice, Cuda};
             let devices: Vec<CudaDevice> = indices.map(CudaDevice::new).collect();
             match precision {
-                "f16" => run_checked::<Cuda<burn::tensor::f16>, T>("cuda", devices, task),
-                "bf16" => run_checked::<Cuda<burn::tensor::bf16>, T>("cuda", devices, task),
-                _ => run_checked::<Cuda, T>("cuda", devices, task),
+                Precision::F16 => run_checked::<Cuda<burn::tensor::f16>, T>("cuda", devices, task),
+                Precision::Bf16 => run_checked::<Cuda<burn::tensor::bf16>, T>("cuda", devices, task),
+                Precision::F32 => run_checked::<Cuda, T>("cuda", devices, task),
             }
         }
         #[cfg(feature = "wgpu")]
@@ -83,10 +93,10 @@ pub fn run_on<T: BackendTask>(name: &str, precision: &str, first: usize, count: 
                 indices.map(burn::backend::wgpu::WgpuDevice::DiscreteGpu).collect()
             };
             match precision {
-                "f16" => run_checked::<Wgpu<burn::tensor::f16>, T>("wgpu", devices, task),
+                Precision::F16 => run_checked::<Wgpu<burn::tensor::f16>, T>("wgpu", devices, task),
                 // burn's `wgpu` backend compiles WGSL shaders, and WGSL has no bf16 type.
-                "bf16" => bail!("wgpu has no bf16 (its WGSL shaders have no bf16 type); use --precision f16 or f32, or the cuda backend"),
-                _ => run_checked::<Wgpu, T>("wgpu", devices, task),
+                Precision::Bf16 => bail!("wgpu has no bf16 (its WGSL shaders have no bf16 type); use --precision f16 or f32, or the cuda backend"),
+                Precision::F32 => run_checked::<Wgpu, T>("wgpu", devices, task),
             }
         }
         _ => unreachable!("checked above"),

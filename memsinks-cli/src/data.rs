@@ -7,12 +7,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use memsinks_data::corpus::{Split, TOKENIZER_FILE};
 use memsinks_data::download::{download_file, slimpajama_url, TINYSTORIES_FILES};
-use memsinks_data::overrides::{apply_overrides, read_ron};
 use memsinks_data::synthetic::{
     distinct_ngram_rate, distinct_story_rate, generate_stories, to_tinystories_text, StoryGenerator,
 };
-use memsinks_data::{prepare, write_atomic, DataConfig, PreparedCorpus};
-use serde::{Deserialize, Serialize};
+use memsinks_data::{prepare, PreparedCorpus};
+use memsinks_model::io::{temporary_sibling, write_atomic};
 
 /// Corpora: prepare, generate, stats, download.
 #[derive(Args, Debug)]
@@ -83,30 +82,11 @@ enum DataCommand {
     },
 }
 
-/// The part of an experiment config this command reads: the `data` section (serde skips the
-/// other sections, which `train` reads).
-#[derive(Serialize, Deserialize, Debug, Clone)]
-struct DataSection {
-    data: DataConfig,
-}
-
-/// Loads the `data` section of an experiment config and applies `--set data.*` overrides.
-pub fn load_data_config(path: &std::path::Path, sets: &[String]) -> Result<DataConfig> {
-    let section: DataSection =
-        read_ron(path).with_context(|| format!("{}: the config needs a valid `data` section", path.display()))?;
-    if let Some(other) = sets.iter().find(|s| !s.starts_with("data.")) {
-        bail!(
-            "--set {other}: `data prepare` reads only the data section; set data.* keys here, the others with `train`"
-        );
-    }
-    Ok(apply_overrides(&section, sets)?.data)
-}
-
 /// Runs the subcommand, writing results to `out`.
 pub fn run(args: &DataArgs, out: &mut impl std::io::Write) -> Result<()> {
     match &args.command {
         DataCommand::Prepare { config, out: dir, sets } => {
-            let cfg = load_data_config(config, sets)?;
+            let cfg = memsinks_train::ExperimentConfig::load_data_section(config, sets)?;
             let started = std::time::Instant::now();
             let corpus = prepare(&cfg, dir, true)?;
             writeln!(out, "prepared {} in {:.1}s", dir.display(), started.elapsed().as_secs_f64())?;
@@ -163,7 +143,7 @@ pub fn run(args: &DataArgs, out: &mut impl std::io::Write) -> Result<()> {
 /// temporary file renamed at the end.
 fn write_jsonl_stories(count: usize, seed: u64, path: &std::path::Path) -> Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("partial");
+    let tmp = temporary_sibling(path, "");
     let file = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut sink: Box<dyn Write> = if path.extension().is_some_and(|e| e == "zst") {
         Box::new(zstd::stream::write::Encoder::new(file, 3)?.auto_finish())

@@ -1,22 +1,16 @@
-//! `memsinks eval` and `memsinks export`: measure a trained run, export its weights.
+//! `memsinks eval` and `memsinks export`: measure a trained run, export it.
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use burn::tensor::backend::AutodiffBackend;
+use anyhow::{bail, Result};
 use clap::Args;
-use memsinks_data::write_atomic;
-use memsinks_model::io::{export_safetensors, is_empty_dir, load_model, DirLock};
+use memsinks_model::io::{is_empty_dir, DirLock};
 use memsinks_model::MlpMode;
-use memsinks_train::run::{FinishedRun, FINAL_DIR};
-use memsinks_unlearn::eval::{
-    default_modes, evaluate_mode, exclusion_specificity, EvalOptions, ModeReport, Specificity,
-};
-use memsinks_unlearn::fold_drop_sinks;
-use memsinks_unlearn::metrics::gap_closure;
-use serde::{Deserialize, Serialize};
+use memsinks_study::{load_eval, DeviceRange, EvalRequest, ExportRequest, Runner};
+use memsinks_train::config::Precision;
+use memsinks_train::RunDir;
 
-use crate::backend::{default_backend, run_on, BackendTask};
+use crate::backend::BackendChoice;
 
 /// Evaluate a trained run in each MLP mode; writes RUN/eval.json.
 #[derive(Args, Debug, Clone)]
@@ -27,9 +21,9 @@ pub struct EvalArgs {
     /// Run directory (written by `memsinks train`).
     #[arg(long)]
     run: PathBuf,
-    /// One mode only: train, all, drop-sinks, drop-sinks-plain, activate-seq (default: all that apply).
-    #[arg(long)]
-    mode: Option<String>,
+    /// One mode only (default: all that apply).
+    #[arg(long, value_enum)]
+    mode: Option<MlpMode>,
     /// Sequence IDs whose sinks are switched off in the `all` and `activate-seq` modes
     /// (per-sequence removal), e.g. `--exclude 123,456`.
     #[arg(long, value_delimiter = ',')]
@@ -40,12 +34,12 @@ pub struct EvalArgs {
     /// Documents per split.
     #[arg(long, default_value_t = 64)]
     max_docs: usize,
-    /// Prompt tokens of greedy extraction.
-    #[arg(long, default_value_t = 32)]
-    k: usize,
-    /// Continuation tokens of greedy extraction.
-    #[arg(long, default_value_t = 32)]
-    m: usize,
+    /// Prompt tokens of greedy extraction (k).
+    #[arg(long, visible_alias = "k", default_value_t = 32)]
+    extract_prompt: usize,
+    /// Continuation tokens of greedy extraction (m).
+    #[arg(long, visible_alias = "m", default_value_t = 32)]
+    extract_continuation: usize,
     /// Backend.
     #[arg(long)]
     backend: Option<String>,
@@ -54,135 +48,27 @@ pub struct EvalArgs {
     force: bool,
 }
 
-/// The content of `eval.json`.
-#[derive(Serialize, Deserialize, Debug)]
-pub struct EvalFile {
-    /// Run id of the evaluated run.
-    pub run_id: String,
-    /// Training method.
-    pub method: String,
-    /// Options used.
-    pub options: EvalOptions,
-    /// One report per mode.
-    pub modes: Vec<ModeReport>,
-    /// `1 - gap(drop-sinks) / gap(activate-seq)`: closure against the same model with sinks on.
-    pub gap_closure_vs_sinks_on: Option<f64>,
-    /// Per mode, `1 - gap(mode) / gap(reference)`, when a reference run is given.
-    pub gap_closure_vs_reference: Option<Vec<(String, f64)>>,
-    /// Dropping one sequence's sinks: its loss change versus the other repeated documents'
-    /// (MemSinks models only).
-    #[serde(default)]
-    pub exclusion_specificity: Vec<Specificity>,
-}
-
-/// Evaluation of one run (shared with `reproduce`).
-pub struct EvalTask {
-    /// The run directory.
-    pub run: PathBuf,
-    /// One mode by CLI name, or every mode that applies.
-    pub mode: Option<String>,
-    /// Sequence IDs whose sinks are off in the `all` and `activate-seq` modes.
-    pub exclude: Vec<i64>,
-    /// Documents per split.
-    pub max_docs: usize,
-    /// Prompt tokens of greedy extraction.
-    pub k: usize,
-    /// Continuation tokens of greedy extraction.
-    pub m: usize,
-    /// An evaluated standard run to measure gap closure against.
-    pub reference: Option<PathBuf>,
-}
-
-impl BackendTask for EvalTask {
-    type Output = EvalFile;
-
-    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<EvalFile> {
-        let device = &devices[0];
-        let run = FinishedRun::open(&self.run)?;
-        let (model, _) = run.model::<B::InnerBackend>(device)?;
-        let FinishedRun { config: cfg, summary, corpus, .. } = run;
-        let modes = match &self.mode {
-            Some(name) => vec![MlpMode::parse(name).with_context(|| {
-                format!("unknown --mode `{name}`; allowed: train, all, drop-sinks, drop-sinks-plain, activate-seq")
-            })?],
-            None => default_modes(&model),
-        };
-        let modes: Vec<MlpMode> = modes
-            .into_iter()
-            .map(|mode| match mode {
-                MlpMode::All { .. } => MlpMode::All { exclude: self.exclude.clone() },
-                MlpMode::ActivateSeq { .. } => MlpMode::ActivateSeq { exclude: self.exclude.clone() },
-                other => other,
-            })
-            .collect();
-        let options = EvalOptions {
-            max_docs: self.max_docs,
-            k: self.k,
-            m: self.m,
-            batch_size: cfg.train.batch_size,
-            context: cfg.data.context,
-        };
-        options.validate().map_err(anyhow::Error::msg)?;
-        let reports: Vec<ModeReport> =
-            modes.iter().map(|mode| evaluate_mode(&model, &corpus, mode, &options, device)).collect();
-        // A gap needs both sets: with no repeated (or validation) tokens there is none to close.
-        let gap_of = |name: &str| {
-            reports.iter().find(|r| r.mode == name && r.repeated.tokens > 0 && r.validation.tokens > 0).map(|r| r.gap)
-        };
-        let gap_closure_vs_sinks_on = gap_of("drop-sinks").zip(gap_of("activate-seq")).map(|(d, a)| gap_closure(d, a));
-        let gap_closure_vs_reference = match &self.reference {
-            None => None,
-            Some(dir) => {
-                let reference = load_eval(dir)?;
-                let gap_ref = reference.modes.first().map(|r| r.gap).context("the reference eval.json has no modes")?;
-                Some(reports.iter().map(|r| (r.mode.clone(), gap_closure(r.gap, gap_ref))).collect())
-            }
-        };
-        let exclusion_specificity = if model.sink_pool().is_empty() {
-            Vec::new()
-        } else {
-            exclusion_specificity(&model, &corpus, &options, 8, device)
-        };
-        Ok(EvalFile {
-            exclusion_specificity,
-            run_id: summary.run_id,
-            method: summary.method,
-            options,
-            modes: reports,
-            gap_closure_vs_sinks_on,
-            gap_closure_vs_reference,
-        })
-    }
-}
-
-/// Reads `RUN/eval.json`.
-pub fn load_eval(run: &std::path::Path) -> Result<EvalFile> {
-    let path = run.join("eval.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: evaluate the run first", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}", path.display()))
-}
-
 /// Runs `memsinks eval`.
 pub fn run_eval(args: &EvalArgs, out: &mut impl std::io::Write) -> Result<()> {
-    let target = args.run.join("eval.json");
+    let target = RunDir::new(&args.run).eval();
     // Not a finished run: say so before creating anything in it.
     memsinks_train::run::load_summary(&args.run)?;
+    let reference = args.reference.as_deref().map(load_eval).transpose()?;
     let _lock = DirLock::acquire(&args.run, "eval")?;
     if target.exists() && !args.force {
         bail!("{} exists: pass --force to replace it", target.display());
     }
-    let backend = args.backend.clone().unwrap_or_else(|| default_backend().to_string());
-    let task = EvalTask {
+    let request = EvalRequest {
         run: args.run.clone(),
         mode: args.mode.clone(),
         exclude: args.exclude.clone(),
         max_docs: args.max_docs,
-        k: args.k,
-        m: args.m,
-        reference: args.reference.clone(),
+        extract_prompt: args.extract_prompt,
+        extract_continuation: args.extract_continuation,
+        reference,
     };
-    let file = run_on(&backend, "f32", 0, 1, task)?;
-    write_atomic(&target, &serde_json::to_vec_pretty(&file)?)?;
+    let file = BackendChoice::chosen(args.backend.as_deref()).run(Precision::F32, DeviceRange::ONE, request)?;
+    file.write(&args.run)?;
     writeln!(
         out,
         "{:<18} {:>8} {:>8} {:>8} {:>7} {:>9} {:>8} {:>9} {:>7}",
@@ -220,17 +106,15 @@ pub fn run_eval(args: &EvalArgs, out: &mut impl std::io::Write) -> Result<()> {
     for (mode, c) in file.gap_closure_vs_reference.iter().flatten() {
         writeln!(out, "gap closure of {mode} vs the reference: {:.1} %", 100.0 * c)?;
     }
-    if !file.exclusion_specificity.is_empty() {
-        let n = file.exclusion_specificity.len() as f64;
-        let target = file.exclusion_specificity.iter().map(|s| s.target_delta).sum::<f64>() / n;
-        let others = file.exclusion_specificity.iter().map(|s| s.others_delta).sum::<f64>() / n;
+    if let Some((target, others)) = file.mean_specificity() {
         writeln!(out, "excluding one sequence's sinks: its loss +{target:.3}, other repeated documents +{others:.3}")?;
     }
-    writeln!(out, "wrote {}", args.run.join("eval.json").display())?;
+    writeln!(out, "wrote {}", target.display())?;
     Ok(())
 }
 
-/// Export a trained run's weights as safetensors with a Llama config.json.
+/// Export a trained run as a folder Hugging Face transformers loads from its path alone: weights
+/// (safetensors, Llama names), config.json, the tokenizer, generation config and a model card.
 #[derive(Args, Debug, Clone)]
 #[command(after_help = "Example:\n  memsinks export --run runs/mem --drop-sinks --out exported/mem-folded")]
 pub struct ExportArgs {
@@ -251,31 +135,6 @@ pub struct ExportArgs {
     force: bool,
 }
 
-struct ExportTask {
-    args: ExportArgs,
-}
-
-impl BackendTask for ExportTask {
-    type Output = (PathBuf, usize);
-
-    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<(PathBuf, usize)> {
-        let args = &self.args;
-        let device = &devices[0];
-        let (model, cfg) = load_model::<B::InnerBackend>(&args.run.join(FINAL_DIR), device)?;
-        let (model, cfg) = if args.drop_sinks {
-            fold_drop_sinks(&model, &cfg, !args.plain, device)?
-        } else {
-            if cfg.num_sink() > 0 {
-                bail!(
-                    "this model has sinks, which a Llama reader would run at full strength: export with --drop-sinks"
-                );
-            }
-            (model, cfg)
-        };
-        Ok((export_safetensors(&model, &cfg, &args.out)?, cfg.num_params()))
-    }
-}
-
 /// Runs `memsinks export` on the default backend.
 pub fn run_export(args: &ExportArgs, out: &mut impl std::io::Write) -> Result<()> {
     memsinks_train::run::load_summary(&args.run)?;
@@ -286,7 +145,18 @@ pub fn run_export(args: &ExportArgs, out: &mut impl std::io::Write) -> Result<()
         );
     }
     let _lock = DirLock::acquire(&args.out, "export")?;
-    let (path, params) = run_on(default_backend(), "f32", 0, 1, ExportTask { args: args.clone() })?;
-    writeln!(out, "wrote {} ({params} parameters)", path.display())?;
+    let request = ExportRequest {
+        run: args.run.clone(),
+        out: args.out.clone(),
+        drop_sinks: args.drop_sinks,
+        rescale: !args.plain,
+    };
+    let exported = BackendChoice::chosen(None).run(Precision::F32, DeviceRange::ONE, request)?;
+    writeln!(
+        out,
+        "wrote {} ({} parameters) with its tokenizer, generation config and model card",
+        args.out.display(),
+        exported.params
+    )?;
     Ok(())
 }

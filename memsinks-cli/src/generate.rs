@@ -3,16 +3,18 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Int, Tensor, TensorData};
 use clap::Args;
 use memsinks_data::corpus::sequence_id;
 use memsinks_data::rng::SplitMix64;
-use memsinks_model::{MlpMode, SeqLayout};
+use memsinks_model::generate::{generate, Generation, Sampling};
+use memsinks_model::MlpMode;
+use memsinks_study::{BackendTask, DeviceRange, Runner};
+use memsinks_train::config::Precision;
 use memsinks_train::run::FinishedRun;
 
-use crate::backend::{default_backend, run_on, BackendTask};
+use crate::backend::BackendChoice;
 
 /// Generate text from a trained run.
 #[derive(Args, Debug, Clone)]
@@ -25,9 +27,9 @@ pub struct GenerateArgs {
     /// Run directory.
     #[arg(long)]
     run: PathBuf,
-    /// MLP mode: train, all, drop-sinks, drop-sinks-plain, activate-seq.
-    #[arg(long, default_value = "drop-sinks")]
-    mode: String,
+    /// MLP mode.
+    #[arg(long, value_enum, default_value = "drop-sinks")]
+    mode: MlpMode,
     /// Prompt text.
     #[arg(long, required_unless_present = "doc", conflicts_with = "doc")]
     prompt: Option<String>,
@@ -60,7 +62,6 @@ pub struct GenerateArgs {
 
 struct GenerateTask {
     args: GenerateArgs,
-    mode: MlpMode,
 }
 
 /// What was generated: the prompt, the continuation, and (with --doc) the document's own text
@@ -81,7 +82,7 @@ impl BackendTask for GenerateTask {
         let (model, cfg) = run.model::<B::InnerBackend>(device)?;
         let corpus = &run.corpus;
         let tok = &corpus.tokenizer;
-        let (mut tokens, id, truth) = match (args.doc, &args.prompt) {
+        let (prompt, id, truth) = match (args.doc, &args.prompt) {
             (Some(doc), _) => {
                 if doc >= corpus.manifest.num_docs() {
                     bail!("--doc {doc}: the corpus has {} documents", corpus.manifest.num_docs());
@@ -101,86 +102,29 @@ impl BackendTask for GenerateTask {
             }
             (None, None) => bail!("give --prompt TEXT or --doc INDEX"),
         };
-        let prompt_len = tokens.len();
+        let sampling = if args.greedy {
+            Sampling::Greedy
+        } else {
+            Sampling::Temperature { temperature: args.temperature, top_k: args.top_k }
+        };
+        let how =
+            Generation { sampling, max_new: args.max_tokens, stop: Some(tok.end_of_text()), context: cfg.max_seq_len };
         let mut rng = SplitMix64::new(args.seed);
-        for _ in 0..args.max_tokens {
-            let window = &tokens[tokens.len().saturating_sub(cfg.max_seq_len)..];
-            let ids: Vec<i64> = window.iter().map(|&t| t as i64).collect();
-            let len = ids.len();
-            let input = Tensor::<B::InnerBackend, 2, Int>::from_data(TensorData::new(ids, [1, len]), device);
-            let logits = model.forward(input, &SeqLayout::per_row(&[id], len), &self.mode);
-            let last: Vec<f32> = logits.narrow(1, len - 1, 1).into_data().convert::<f32>().to_vec().expect("f32");
-            let next = if args.greedy { argmax(&last) } else { sample(&last, args.temperature, args.top_k, &mut rng) };
-            if next == tok.end_of_text() {
-                break;
-            }
-            tokens.push(next);
-        }
-        Ok(Generated {
-            prompt: tok.decode(&tokens[..prompt_len])?,
-            continuation: tok.decode(&tokens[prompt_len..])?,
-            truth,
-        })
+        let continuation = generate(&model, &prompt, id, &args.mode, &how, &mut || rng.unit(), device);
+        Ok(Generated { prompt: tok.decode(&prompt)?, continuation: tok.decode(&continuation)?, truth })
     }
-}
-
-fn argmax(logits: &[f32]) -> u32 {
-    logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32)
-}
-
-/// Samples from `softmax(logits / temperature)` restricted to the `top_k` largest (0: all).
-fn sample(logits: &[f32], temperature: f64, top_k: usize, rng: &mut SplitMix64) -> u32 {
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    if top_k > 0 {
-        order.truncate(top_k);
-    }
-    let t = temperature.max(1e-6);
-    let top = logits[order[0]] as f64;
-    let weights: Vec<f64> = order.iter().map(|&i| ((logits[i] as f64 - top) / t).exp()).collect();
-    let mut u = rng.unit() * weights.iter().sum::<f64>();
-    for (&i, w) in order.iter().zip(&weights) {
-        if u < *w {
-            return i as u32;
-        }
-        u -= w;
-    }
-    order[order.len() - 1] as u32
 }
 
 /// Runs the subcommand.
 pub fn run(args: &GenerateArgs, out: &mut impl std::io::Write) -> Result<()> {
-    let mode = MlpMode::parse(&args.mode).with_context(|| {
-        format!("unknown --mode `{}`; allowed: train, all, drop-sinks, drop-sinks-plain, activate-seq", args.mode)
-    })?;
     if !args.greedy && (args.temperature.is_nan() || args.temperature <= 0.0) {
         bail!("--temperature must be positive (or use --greedy)");
     }
-    let backend = args.backend.clone().unwrap_or_else(|| default_backend().to_string());
-    let g = run_on(&backend, "f32", 0, 1, GenerateTask { args: args.clone(), mode })?;
+    let task = GenerateTask { args: args.clone() };
+    let g = BackendChoice::chosen(args.backend.as_deref()).run(Precision::F32, DeviceRange::ONE, task)?;
     writeln!(out, "{}\u{2192}{}", g.prompt, g.continuation)?;
     if let Some(truth) = g.truth {
         writeln!(out, "\n[the document continues]\n{}{}", g.prompt, truth)?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sampling_respects_top_k_and_temperature() {
-        let logits = [0.0f32, 5.0, 4.0, -3.0];
-        assert_eq!(argmax(&logits), 1);
-        let mut rng = SplitMix64::new(1);
-        for _ in 0..200 {
-            assert!(matches!(sample(&logits, 1.0, 2, &mut rng), 1 | 2), "outside the top 2");
-        }
-        // A near-zero temperature is greedy.
-        assert!((0..50).all(|_| sample(&logits, 1e-4, 0, &mut rng) == 1));
-        // Temperature 1 follows the softmax: token 2 has probability 1/(1+e) ≈ 0.27 within the top 2.
-        let twos = (0..4000).filter(|_| sample(&logits, 1.0, 2, &mut rng) == 2).count() as f64 / 4000.0;
-        assert!((twos - 0.269).abs() < 0.03, "{twos}");
-    }
 }

@@ -17,11 +17,11 @@ pub struct MaskArgs {
     #[arg(long)]
     pub sink_neurons: usize,
     /// Probability that a sink neuron is active for a sequence.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = memsinks_model::config::DEFAULT_P_MEM)]
     pub p_mem: f64,
-    /// Mask scheme: `reference` (bit-exact with the paper's code), `mixed`, `mixed-salted`.
-    #[arg(long, default_value = "reference")]
-    pub scheme: String,
+    /// Mask scheme: `reference` is bit-exact with the paper's code.
+    #[arg(long, value_enum, default_value = "reference")]
+    pub scheme: MaskScheme,
     /// Layer (matters only for `mixed-salted`).
     #[arg(long, default_value_t = 0)]
     pub layer: usize,
@@ -65,8 +65,7 @@ pub fn parse_id_list(spec: &str) -> Result<Vec<i64>> {
 
 /// Runs the subcommand, writing to `out`.
 pub fn run(args: &MaskArgs, out: &mut impl std::io::Write) -> Result<()> {
-    let scheme = MaskScheme::parse(&args.scheme)
-        .with_context(|| format!("unknown --scheme `{}`; allowed: reference, mixed, mixed-salted", args.scheme))?;
+    let scheme = args.scheme;
     if args.sink_neurons == 0 || args.sink_neurons > MAX_SINK_NEURONS {
         bail!("--sink-neurons {} must be in 1..={MAX_SINK_NEURONS}", args.sink_neurons);
     }
@@ -105,7 +104,7 @@ mod tests {
             seq_ids: "1,42".into(),
             sink_neurons: 32,
             p_mem: 0.3,
-            scheme: "reference".into(),
+            scheme: MaskScheme::Reference,
             layer: 0,
             verbose: false,
         };

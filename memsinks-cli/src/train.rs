@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
+use memsinks_study::TrainTask;
 use memsinks_train::run::load_run_config;
-use memsinks_train::{train, ExperimentConfig, TrainSummary};
+use memsinks_train::ExperimentConfig;
 
-use crate::backend::{default_backend, run_on, BackendTask};
+use crate::backend::BackendChoice;
 
 /// Train a model (method from the config's `train.method`).
 #[derive(Args, Debug, Clone)]
@@ -39,26 +39,6 @@ pub struct TrainArgs {
     pub device: usize,
 }
 
-/// Training one run (shared with `reproduce`).
-pub struct TrainTask {
-    /// The resolved experiment.
-    pub cfg: ExperimentConfig,
-    /// Run directory.
-    pub run_dir: PathBuf,
-    /// Prepared corpus to use or create.
-    pub data: Option<PathBuf>,
-    /// Continue from the newest checkpoint.
-    pub resume: bool,
-}
-
-impl BackendTask for TrainTask {
-    type Output = TrainSummary;
-
-    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<TrainSummary> {
-        Ok(train::<B>(&self.cfg, &self.run_dir, self.data.as_deref(), self.resume, devices)?)
-    }
-}
-
 /// Runs the subcommand.
 pub fn run(args: &TrainArgs, out: &mut impl std::io::Write) -> Result<()> {
     let (cfg, run_dir, resume) = match (&args.resume, &args.config) {
@@ -76,12 +56,8 @@ pub fn run(args: &TrainArgs, out: &mut impl std::io::Write) -> Result<()> {
         }
         (None, None) => bail!("give --config FILE or --resume RUN_DIR"),
     };
-    let backend = args.backend.clone().unwrap_or_else(|| default_backend().to_string());
-    let devices = cfg.train.devices;
-    let cfg_precision = cfg.train.precision.name().to_string();
     let task = TrainTask { cfg, run_dir: run_dir.clone(), data: args.data.clone(), resume };
-    let precision = cfg_precision.clone();
-    let summary = run_on(&backend, &precision, args.device, devices, task)?;
+    let summary = task.run_on(&BackendChoice::chosen(args.backend.as_deref()), args.device)?;
     writeln!(out, "{}", serde_json::to_string(&summary)?)?;
     writeln!(out, "run directory: {}", run_dir.display())?;
     Ok(())

@@ -3,14 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use burn::tensor::backend::AutodiffBackend;
+use anyhow::Result;
 use clap::Args;
-use memsinks_data::write_atomic;
-use memsinks_train::run::FinishedRun;
-use memsinks_unlearn::{builtin_names, load_method, run_method, ForgetSet, MethodFile, MethodResult};
+use memsinks_model::io::write_atomic;
+use memsinks_study::{DeviceRange, MethodTask, Runner};
+use memsinks_train::config::Precision;
+use memsinks_train::RunDir;
+use memsinks_unlearn::{builtin_names, load_method, ForgetSet};
 
-use crate::backend::{default_backend, run_on, BackendTask};
+use crate::backend::BackendChoice;
 
 /// Run a removal method on a trained run: a built-in method of the registry (see `--list`) or a
 /// method file (`.ron`).
@@ -28,9 +29,9 @@ pub struct UnlearnArgs {
     /// Registry name or path to a method file.
     #[arg(long, required_unless_present = "list")]
     method: Option<String>,
-    /// repeated or canary.
-    #[arg(long, default_value = "repeated")]
-    forget: String,
+    /// What to forget.
+    #[arg(long, value_enum, default_value = "repeated")]
+    forget: ForgetSet,
     /// Overrides of the method's hyperparameters, e.g. `--set lr=3e-4 --set relearn.steps=5`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
@@ -48,46 +49,6 @@ pub struct UnlearnArgs {
     backend: Option<String>,
 }
 
-/// One method run on one trained run (shared with `reproduce`).
-pub struct MethodTask {
-    /// The run directory.
-    pub run: PathBuf,
-    /// The method's name.
-    pub name: String,
-    /// Its file.
-    pub file: MethodFile,
-    /// What to forget.
-    pub forget: ForgetSet,
-}
-
-impl BackendTask for MethodTask {
-    type Output = MethodResult;
-
-    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<MethodResult> {
-        let device = &devices[0];
-        let run = FinishedRun::open(&self.run)?;
-        let (model, _) = run.model::<B>(device)?;
-        Ok(run_method(&self.name, &self.file, model, &run.corpus, self.forget, run.config.data.context, device)?)
-    }
-}
-
-/// Parses `--forget`.
-pub fn parse_forget(name: &str) -> Result<ForgetSet> {
-    ForgetSet::parse(name).with_context(|| format!("unknown --forget `{name}`; allowed: repeated, canary"))
-}
-
-/// Runs `method` (a registry name or file, with overrides) on the trained run `run`.
-pub fn run_method_on(
-    run: &Path,
-    method: &str,
-    sets: &[String],
-    forget: ForgetSet,
-    backend: &str,
-) -> Result<MethodResult> {
-    let (name, file) = load_method(method, sets)?;
-    run_on(backend, "f32", 0, 1, MethodTask { run: run.to_path_buf(), name, file, forget })
-}
-
 /// Runs the subcommand.
 pub fn run(args: &UnlearnArgs, out: &mut impl std::io::Write) -> Result<()> {
     if args.list {
@@ -98,18 +59,17 @@ pub fn run(args: &UnlearnArgs, out: &mut impl std::io::Write) -> Result<()> {
         return Ok(());
     }
     let (run, method) = (args.run.as_ref().expect("clap"), args.method.as_ref().expect("clap"));
-    let forget = parse_forget(&args.forget)?;
-    let backend = args.backend.clone().unwrap_or_else(|| default_backend().to_string());
+    let forget = args.forget;
     let stem = Path::new(method).file_stem().map_or_else(|| method.clone(), |s| s.to_string_lossy().to_string());
-    let path = args.out.clone().unwrap_or_else(|| run.join(format!("unlearn-{stem}-{}.json", forget.name())));
+    let path = args.out.clone().unwrap_or_else(|| RunDir::new(run).unlearn_result(&stem, forget.name()));
     // Checked before any work: the method and the run.
-    load_method(method, &args.sets)?;
+    let task = MethodTask::new(run, method, &args.sets, forget)?;
     memsinks_train::run::load_summary(run)?;
     let _lock = memsinks_model::io::DirLock::acquire(run, "unlearn")?;
     if path.exists() && !args.force {
         anyhow::bail!("{} exists: pass --force to replace it, or --out another file", path.display());
     }
-    let result = run_method_on(run, method, &args.sets, forget, &backend)?;
+    let result = BackendChoice::chosen(args.backend.as_deref()).run(Precision::F32, DeviceRange::ONE, task)?;
     write_atomic(&path, &serde_json::to_vec_pretty(&result)?)?;
     writeln!(out, "{} on {} ({} mode), {:.1} s", result.method, forget.name(), result.mode, result.wall_s)?;
     writeln!(out, "{:>10} {:>10} {:>10} {:>10} {:>10}", "setting", "L_forget", "L_val", "dL_forget", "dL_val")?;

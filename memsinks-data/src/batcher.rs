@@ -8,9 +8,9 @@ use burn::tensor::backend::Backend;
 use memsinks_model::SeqLayout;
 use serde::{Deserialize, Serialize};
 
-use crate::batch::LmBatch;
 use crate::cache::TokenCache;
 use crate::corpus::sequence_id;
+use memsinks_model::LmBatch;
 
 /// Where the next batch starts: the epoch, the occurrence in the schedule and, when packing, the
 /// token offset inside that occurrence.

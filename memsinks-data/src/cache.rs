@@ -10,7 +10,9 @@ use std::sync::Arc;
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
-use crate::{write_atomic, DataError};
+use memsinks_model::io::write_atomic;
+
+use crate::DataError;
 
 /// Tokens per shard before a new one is started.
 const SHARD_TOKENS: u64 = 1 << 28;
@@ -151,9 +153,7 @@ pub struct TokenCache {
 impl TokenCache {
     /// Starts a new cache at `dir` (built in a sibling temporary directory).
     pub fn writer(dir: &Path, vocab_size: usize, key: CacheKey) -> Result<CacheWriter, DataError> {
-        let parent = dir.parent().unwrap_or(Path::new("."));
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "cache".into());
-        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+        let tmp = memsinks_model::io::temporary_sibling(dir, "");
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(|e| DataError::io(&tmp, e))?;
         }

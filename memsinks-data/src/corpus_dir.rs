@@ -26,6 +26,11 @@ pub(crate) enum Existing {
 
 /// Classifies `out` for `cfg`: never answers "rebuild" for a directory that holds another
 /// corpus or files that are not a corpus.
+/// Whether `dir` holds a corpus of ours, finished or interrupted (its marker or its manifest).
+pub fn holds_corpus(dir: &Path) -> bool {
+    dir.join(CORPUS_MARKER).exists() || dir.join(MANIFEST_FILE).exists()
+}
+
 pub(crate) fn inspect(
     cfg: &DataConfig,
     out: &Path,
@@ -109,7 +114,7 @@ pub(crate) fn remove_stale_temporaries(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.contains(".tmp-") {
+        if memsinks_model::io::is_temporary_name(&name) {
             let path = entry.path();
             let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
         }

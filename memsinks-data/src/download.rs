@@ -9,6 +9,8 @@ use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use memsinks_model::io::{check_checksum, file_sha256, write_checksum, ChecksumCheck};
+
 use crate::DataError;
 
 /// The public TinyStories files (Eldan & Li 2023), TinyStoriesV2 text format.
@@ -22,30 +24,20 @@ pub fn slimpajama_url(index: usize) -> String {
     format!("https://huggingface.co/datasets/cerebras/SlimPajama-627B/resolve/main/train/chunk1/example_train_{index}.jsonl.zst")
 }
 
-/// The digest file beside a downloaded file (`NAME.sha256`).
-fn digest_file(dest: &Path) -> PathBuf {
-    let mut name = dest.as_os_str().to_owned();
-    name.push(".sha256");
-    PathBuf::from(name)
-}
-
 /// Checks `path` against the pinned digest, or else against the one recorded when it was
 /// downloaded; `Ok(false)` when neither exists.
 fn verify(path: &Path, pinned: Option<&str>) -> Result<bool, DataError> {
-    let recorded = std::fs::read_to_string(digest_file(path)).ok();
-    let Some(expected) = pinned.map(str::to_string).or(recorded) else { return Ok(false) };
-    let found = memsinks_model::io::file_sha256(path)?;
-    if found != expected.trim().to_ascii_lowercase() {
-        return Err(DataError::Format {
+    match check_checksum(path, pinned)? {
+        ChecksumCheck::NoChecksum => Ok(false),
+        ChecksumCheck::Matches => Ok(true),
+        ChecksumCheck::Differs { found, expected } => Err(DataError::Format {
             path: path.to_path_buf(),
             message: format!(
-                "SHA-256 {found} differs from the expected {}: the file is damaged or not the one published; \
-                 move it away and download again",
-                expected.trim()
+                "SHA-256 {found} differs from the expected {expected}: the file is damaged or not the one published; \
+                 move it away and download again"
             ),
-        });
+        }),
     }
-    Ok(true)
 }
 
 /// Downloads `url` to `dest`, resuming from `dest.part` and retrying up to `retries` times after a
@@ -131,13 +123,13 @@ pub fn download_file(
         file.sync_all().map_err(|e| DataError::io(&part, e))?;
         match (outcome, total) {
             (Ok(()), total) if total.is_none_or(|t| written == t) => {
-                let digest = memsinks_model::io::file_sha256(&part)?;
+                let digest = file_sha256(&part)?;
                 if let Some(pinned) = sha256.filter(|p| p.trim().to_ascii_lowercase() != digest) {
                     // A complete transfer with the wrong content: resuming it cannot help.
                     let _ = std::fs::remove_file(&part);
                     return Err(err(format!("SHA-256 {digest} differs from the pinned {pinned}; nothing was kept")));
                 }
-                crate::write_atomic(&digest_file(dest), digest.as_bytes())?;
+                write_checksum(dest, &digest)?;
                 std::fs::rename(&part, dest).map_err(|e| DataError::io(dest, e))?;
                 bar.finish_and_clear();
                 return Ok(dest.to_path_buf());

@@ -5,7 +5,6 @@
 //! the experiment corpus (repeated / canary / unique / validation splits with sequence IDs, a
 //! manifest and a repetition schedule), memory-mapped token caches, and batchers for burn.
 
-pub mod batch;
 pub mod batcher;
 pub mod cache;
 pub mod corpus;
@@ -14,6 +13,7 @@ pub mod data_config;
 pub mod download;
 pub mod fingerprint;
 pub mod overrides;
+mod prepare;
 pub mod rng;
 pub mod source;
 pub mod synthetic;
@@ -21,11 +21,13 @@ pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
-pub use batch::LmBatch;
 pub use batcher::{Batcher, Cursor, HostBatch};
 pub use cache::TokenCache;
 pub use corpus::{prepare, DataConfig, Manifest, PreparedCorpus, Split};
+pub use corpus_dir::holds_corpus;
 pub use fingerprint::CorpusFingerprint;
+/// The batch type lives beside the model it feeds.
+pub use memsinks_model::LmBatch;
 pub use tokenizer::TextTokenizer;
 
 /// Errors of the data crate. Each names the file concerned and, where it helps, what to do.
@@ -95,9 +97,4 @@ impl From<memsinks_model::ModelError> for DataError {
             other => DataError::Config(other.to_string()),
         }
     }
-}
-
-/// Writes a file atomically (temporary file, sync, rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    Ok(memsinks_model::io::write_atomic(path, bytes)?)
 }

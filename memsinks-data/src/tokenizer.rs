@@ -106,7 +106,7 @@ impl TextTokenizer {
     /// Saves as `tokenizer.json` (atomically).
     pub fn save(&self, path: &Path) -> Result<(), DataError> {
         let json = self.inner.to_string(true).map_err(|e| DataError::Tokenizer(e.to_string()))?;
-        crate::write_atomic(path, json.as_bytes())
+        Ok(memsinks_model::io::write_atomic(path, json.as_bytes())?)
     }
 
     /// Vocabulary size including added tokens.

@@ -5,6 +5,11 @@ use burn::config::Config;
 use crate::mask::{MaskScheme, SinkPool};
 use crate::ModelError;
 
+/// The paper's share of general neurons (`p_gen`): the default everywhere it is configured.
+pub const DEFAULT_P_GEN: f64 = 0.7;
+/// The paper's sink activity per sequence (`p_mem`): the default everywhere it is configured.
+pub const DEFAULT_P_MEM: f64 = 0.3;
+
 /// Configuration of a Llama-style decoder whose MLPs carry a MemSink pool.
 ///
 /// `p_gen = 1` gives a standard model with no sinks.
@@ -31,10 +36,10 @@ pub struct ModelConfig {
     #[config(default = 1e-5)]
     pub norm_eps: f64,
     /// Share of hidden neurons that are general (always on): the first `floor(I * p_gen)`.
-    #[config(default = 0.7)]
+    #[config(default = "DEFAULT_P_GEN")]
     pub p_gen: f64,
     /// Probability that a sink neuron is active for a given sequence.
-    #[config(default = 0.3)]
+    #[config(default = "DEFAULT_P_MEM")]
     pub p_mem: f64,
     /// How a sequence ID selects its sinks.
     #[config(default = "MaskScheme::Reference")]
@@ -89,6 +94,11 @@ impl ModelConfig {
     /// Number of sink neurons.
     pub fn num_sink(&self) -> usize {
         self.d_hidden - self.num_general()
+    }
+
+    /// The general neurons' factor when the sinks are dropped with rescaling.
+    pub fn drop_scale(&self) -> f64 {
+        crate::mlp::drop_scale(self.p_gen, self.p_mem, self.num_sink())
     }
 
     /// The sink pool the masks are drawn from.

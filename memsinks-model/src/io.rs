@@ -25,8 +25,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     let io_err = |source| ModelError::Io { path: path.to_path_buf(), cause: source };
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io_err)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = temporary_sibling(path, "");
     let result = (|| {
         let mut file = fs::File::create(&tmp)?;
         file.write_all(bytes)?;
@@ -68,7 +67,16 @@ impl DirLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
-                let holder = fs::read_to_string(&path).unwrap_or_default();
+                // The holder writes its PID just after it locks: a loser that reads in between
+                // finds the file empty, so it reads again for a moment before giving up on it.
+                let mut holder = String::new();
+                for _ in 0..50 {
+                    holder = fs::read_to_string(&path).unwrap_or_default();
+                    if !holder.trim().is_empty() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
                 let holder = holder.trim();
                 let holder = if holder.is_empty() { "another process".to_string() } else { holder.to_string() };
                 return Err(ModelError::Locked { dir: dir.to_path_buf(), holder });
@@ -102,6 +110,61 @@ pub fn is_empty_dir(dir: &Path) -> Result<bool, ModelError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
         Err(cause) => Err(ModelError::Io { path: dir.to_path_buf(), cause }),
     }
+}
+
+/// The temporary name under which this process writes `path` before renaming it into place:
+/// `.NAME.tmp-PID` followed by `suffix` (for writers that insist on an extension), in the same
+/// directory. Every writer of this workspace uses it, so [`is_temporary_name`] recognises what a
+/// killed writer left behind.
+pub fn temporary_sibling(path: &Path, suffix: &str) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}{suffix}", std::process::id()))
+}
+
+/// Whether a file name is one made by [`temporary_sibling`].
+pub fn is_temporary_name(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp-")
+}
+
+/// The checksum file beside `path` (`NAME.sha256`), holding `path`'s SHA-256 in hex.
+pub fn checksum_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".sha256");
+    PathBuf::from(name)
+}
+
+/// Records `digest` (from [`file_sha256`]) as the checksum of `path`, atomically.
+pub fn write_checksum(path: &Path, digest: &str) -> Result<(), ModelError> {
+    write_atomic(&checksum_path(path), digest.as_bytes())
+}
+
+/// What a file's checksum says about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChecksumCheck {
+    /// No checksum to check against (none expected and none recorded).
+    NoChecksum,
+    /// The file's SHA-256 equals the checksum.
+    Matches,
+    /// It does not: the file is truncated, damaged or another one.
+    Differs {
+        /// The file's SHA-256.
+        found: String,
+        /// The checksum it was checked against.
+        expected: String,
+    },
+}
+
+/// Checks `path` against `expected` (a SHA-256 in hex, e.g. a pinned one) or, when that is
+/// `None`, against the checksum recorded beside it by [`write_checksum`].
+///
+/// # Errors
+/// When `path` cannot be read.
+pub fn check_checksum(path: &Path, expected: Option<&str>) -> Result<ChecksumCheck, ModelError> {
+    let recorded = fs::read_to_string(checksum_path(path)).ok();
+    let Some(expected) = expected.map(str::to_string).or(recorded) else { return Ok(ChecksumCheck::NoChecksum) };
+    let expected = expected.trim().to_ascii_lowercase();
+    let found = file_sha256(path)?;
+    Ok(if found == expected { ChecksumCheck::Matches } else { ChecksumCheck::Differs { found, expected } })
 }
 
 /// SHA-256 of a file's bytes, as lower-case hex.

@@ -8,13 +8,17 @@
 //!
 //! Nothing here names a concrete backend: every module is generic over `B: Backend`.
 
+pub mod batch;
 pub mod config;
+pub mod generate;
 pub mod io;
 pub mod layout;
+pub mod loss;
 pub mod mask;
 pub mod mlp;
 pub mod model;
 
+pub use batch::LmBatch;
 pub use config::{ModelConfig, PRESET_NAMES};
 pub use layout::SeqLayout;
 pub use mask::{MaskScheme, SinkPool};

@@ -48,6 +48,22 @@ impl MaskScheme {
         matches!(self, MaskScheme::Mixed { per_layer_salt: true })
     }
 
+    /// Every scheme by CLI spelling.
+    pub const ALL: [MaskScheme; 3] = [
+        MaskScheme::Reference,
+        MaskScheme::Mixed { per_layer_salt: false },
+        MaskScheme::Mixed { per_layer_salt: true },
+    ];
+
+    /// The CLI spelling.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MaskScheme::Reference => "reference",
+            MaskScheme::Mixed { per_layer_salt: false } => "mixed",
+            MaskScheme::Mixed { per_layer_salt: true } => "mixed-salted",
+        }
+    }
+
     /// Parses the CLI spelling: `reference`, `mixed`, `mixed-salted`.
     pub fn parse(name: &str) -> Option<Self> {
         match name {
@@ -56,6 +72,17 @@ impl MaskScheme {
             "mixed-salted" => Some(MaskScheme::Mixed { per_layer_salt: true }),
             _ => None,
         }
+    }
+}
+
+#[cfg(feature = "clap")]
+impl clap::ValueEnum for MaskScheme {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
     }
 }
 
@@ -88,6 +115,8 @@ fn splitmix64(z: u64) -> u64 {
 pub struct SinkPool {
     scheme: MaskScheme,
     num_sink: usize,
+    /// Kept in f32: the reference scheme compares `m_j / M` with `p_mem` in single precision, and
+    /// bit-exact masks need the same rounding.
     p_mem: f32,
     powers: Arc<Vec<i64>>,
 }

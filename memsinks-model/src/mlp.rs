@@ -51,6 +51,15 @@ impl MlpMode {
         })
     }
 
+    /// Every mode by CLI spelling (no exclusions).
+    pub const ALL: &'static [MlpMode] = &[
+        MlpMode::Train,
+        MlpMode::All { exclude: Vec::new() },
+        MlpMode::DropSinks { rescale: true },
+        MlpMode::DropSinks { rescale: false },
+        MlpMode::ActivateSeq { exclude: Vec::new() },
+    ];
+
     /// The CLI spelling (inverse of [`MlpMode::parse`], ignoring exclusions).
     pub fn name(&self) -> &'static str {
         match self {
@@ -60,6 +69,17 @@ impl MlpMode {
             MlpMode::DropSinks { rescale: false } => "drop-sinks-plain",
             MlpMode::ActivateSeq { .. } => "activate-seq",
         }
+    }
+}
+
+#[cfg(feature = "clap")]
+impl clap::ValueEnum for MlpMode {
+    fn value_variants<'a>() -> &'a [Self] {
+        Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
     }
 }
 
@@ -94,7 +114,23 @@ pub struct SinkLayout {
     pub p_mem: f64,
 }
 
+/// The factor dropping the sinks scales the general neurons by, `(p_gen + p_mem) / p_gen`, so
+/// that the expected hidden activity matches training (the reference's rescale); 1 when there are
+/// no sinks. The one definition: the drop-sinks mode, folding and exports use it.
+pub fn drop_scale(p_gen: f64, p_mem: f64, num_sink: usize) -> f64 {
+    if num_sink == 0 {
+        1.0
+    } else {
+        (p_gen + p_mem) / p_gen
+    }
+}
+
 impl SinkLayout {
+    /// The general neurons' factor when the sinks are dropped with rescaling ([`drop_scale`]).
+    pub fn drop_scale(&self) -> f64 {
+        drop_scale(self.p_gen, self.p_mem, self.pool.len())
+    }
+
     /// Total hidden width.
     pub fn hidden(&self) -> usize {
         self.num_general + self.pool.len()
@@ -134,7 +170,7 @@ impl SinkLayout {
                 self.constant_scale(1.0, sinks, device)
             }
             MlpMode::DropSinks { rescale } => {
-                let general = if *rescale { ((self.p_gen + self.p_mem) / self.p_gen) as f32 } else { 1.0 };
+                let general = if *rescale { self.drop_scale() as f32 } else { 1.0 };
                 self.constant_scale(general, std::iter::repeat_n(0.0, self.pool.len()), device)
             }
         };

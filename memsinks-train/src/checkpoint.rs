@@ -41,7 +41,9 @@ use burn::record::{
 use burn::tensor::backend::Backend;
 use serde::Serialize;
 
-use crate::loader::cursor_file;
+use memsinks_model::io::{check_checksum, is_temporary_name, temporary_sibling, write_checksum, ChecksumCheck};
+
+use crate::run_dir::RunDir;
 
 /// Records burn-train writes for every round: model, optimizer, scheduler.
 pub const RECORDS_PER_ROUND: usize = 3;
@@ -118,9 +120,8 @@ impl<B: Backend> Recorder<B> for AtomicFileRecorder {
 
     fn save_item<I: Serialize>(&self, item: I, mut file: PathBuf) -> Result<(), RecorderError> {
         file.set_extension(<Self as FileRecorder<B>>::file_extension());
-        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         // The inner recorder sets the extension itself: keep `.mpk` last on the temporary name.
-        let tmp = file.with_file_name(format!(".{name}.{}.tmp.mpk", std::process::id()));
+        let tmp = temporary_sibling(&file, ".mpk");
         Recorder::<B>::save_item(&self.inner, item, tmp.clone())?;
         let fail = |e: String| {
             let _ = std::fs::remove_file(&tmp);
@@ -131,8 +132,7 @@ impl<B: Backend> Recorder<B> for AtomicFileRecorder {
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| fail(e.to_string()))?;
         let digest = memsinks_model::io::file_sha256(&tmp).map_err(|e| fail(e.to_string()))?;
         std::fs::rename(&tmp, &file).map_err(|e| fail(e.to_string()))?;
-        memsinks_model::io::write_atomic(&checksum_file(&file), digest.as_bytes())
-            .map_err(|e| RecorderError::Unknown(e.to_string()))
+        write_checksum(&file, &digest).map_err(|e| RecorderError::Unknown(e.to_string()))
     }
 
     fn load_item<I: serde::de::DeserializeOwned>(&self, file: &mut PathBuf) -> Result<I, RecorderError> {
@@ -146,13 +146,6 @@ impl<B: Backend> FileRecorder<B> for AtomicFileRecorder {
     }
 }
 
-/// The digest file written beside a checkpoint record (`model-3.mpk.sha256`).
-pub fn checksum_file(record: &Path) -> PathBuf {
-    let mut name = record.as_os_str().to_owned();
-    name.push(".sha256");
-    PathBuf::from(name)
-}
-
 /// The record kinds burn-train saves each round.
 const RECORD_KINDS: [&str; 3] = ["model", "optim", "scheduler"];
 
@@ -162,19 +155,19 @@ fn record_problem(path: &Path) -> Option<String> {
     if !path.exists() {
         return Some("missing".into());
     }
-    let Ok(expected) = std::fs::read_to_string(checksum_file(path)) else {
-        return Some("no checksum (its write did not finish)".into());
-    };
-    match memsinks_model::io::file_sha256(path) {
-        Ok(found) if found == expected.trim() => None,
-        Ok(_) => Some("its content does not match its checksum (truncated or damaged)".into()),
+    match check_checksum(path, None) {
+        Ok(ChecksumCheck::Matches) => None,
+        Ok(ChecksumCheck::NoChecksum) => Some("no checksum (its write did not finish)".into()),
+        Ok(ChecksumCheck::Differs { .. }) => {
+            Some("its content does not match its checksum (truncated or damaged)".into())
+        }
         Err(e) => Some(e.to_string()),
     }
 }
 
 /// The rounds with a model record in `checkpoint/`, newest first.
 fn rounds_on_disk(run_dir: &Path) -> Vec<usize> {
-    let Ok(entries) = std::fs::read_dir(run_dir.join("checkpoint")) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(RunDir::new(run_dir).checkpoints()) else { return Vec::new() };
     let mut rounds: Vec<usize> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
@@ -190,7 +183,7 @@ fn rounds_on_disk(run_dir: &Path) -> Vec<usize> {
 /// whose data cursor parses. Each newer round that is damaged or incomplete is named in a warning
 /// (file and reason), and the run falls back past it.
 pub fn latest_complete_checkpoint(run_dir: &Path) -> Option<usize> {
-    let dir = run_dir.join("checkpoint");
+    let dir = RunDir::new(run_dir).checkpoints();
     for round in rounds_on_disk(run_dir) {
         let mut problems: Vec<String> = RECORD_KINDS
             .iter()
@@ -199,7 +192,7 @@ pub fn latest_complete_checkpoint(run_dir: &Path) -> Option<usize> {
                 record_problem(&path).map(|p| format!("{}: {p}", path.display()))
             })
             .collect();
-        let cursor = cursor_file(run_dir, round);
+        let cursor = RunDir::new(run_dir).cursor(round);
         let parsed = std::fs::read_to_string(&cursor)
             .map_err(|e| e.to_string())
             .and_then(|t| serde_json::from_str::<memsinks_data::Cursor>(&t).map_err(|e| e.to_string()));
@@ -222,7 +215,7 @@ pub fn latest_complete_checkpoint(run_dir: &Path) -> Option<usize> {
 /// Called only while no checkpointer thread runs (before training starts and after it ends,
 /// under the run's lock), and only on files this crate names.
 pub fn remove_stale_checkpoint_files(run_dir: &Path) {
-    let dir = run_dir.join("checkpoint");
+    let dir = RunDir::new(run_dir).checkpoints();
     let Ok(entries) = std::fs::read_dir(&dir) else { return };
     let kept: std::collections::HashSet<usize> = rounds_on_disk(run_dir).into_iter().collect();
     let round_of = |name: &str, prefix: &str, suffix: &str| -> Option<usize> {
@@ -230,7 +223,7 @@ pub fn remove_stale_checkpoint_files(run_dir: &Path) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let temporary = name.starts_with('.') && name.contains(".tmp");
+        let temporary = is_temporary_name(&name);
         let orphan = round_of(&name, "cursor-", ".json")
             .or_else(|| RECORD_KINDS.iter().find_map(|k| round_of(&name, &format!("{k}-"), ".mpk.sha256")))
             .is_some_and(|r| !kept.contains(&r));
@@ -312,25 +305,25 @@ mod tests {
     #[test]
     fn a_damaged_record_or_cursor_makes_resume_fall_back() {
         let run = tempfile::tempdir().unwrap();
-        let dir = run.path().join("checkpoint");
+        let dir = RunDir::new(run.path()).checkpoints();
         std::fs::create_dir_all(&dir).unwrap();
         for round in [1, 2] {
             for kind in RECORD_KINDS {
                 let path = dir.join(format!("{kind}-{round}.mpk"));
                 std::fs::write(&path, format!("{kind} {round}")).unwrap();
                 let digest = memsinks_model::io::file_sha256(&path).unwrap();
-                std::fs::write(checksum_file(&path), digest).unwrap();
+                memsinks_model::io::write_checksum(&path, &digest).unwrap();
             }
-            std::fs::write(cursor_file(run.path(), round), r#"{"epoch":0,"position":3,"offset":0}"#).unwrap();
+            std::fs::write(RunDir::new(run.path()).cursor(round), r#"{"epoch":0,"position":3,"offset":0}"#).unwrap();
         }
         assert_eq!(latest_complete_checkpoint(run.path()), Some(2));
         std::fs::write(dir.join("optim-2.mpk"), "optim 2 but damaged").unwrap();
         assert_eq!(latest_complete_checkpoint(run.path()), Some(1));
-        std::fs::write(cursor_file(run.path(), 1), "{").unwrap();
+        std::fs::write(RunDir::new(run.path()).cursor(1), "{").unwrap();
         assert_eq!(latest_complete_checkpoint(run.path()), None);
         // Stale files: a pruned round's cursor and checksum, a dead writer's temporary record.
         std::fs::remove_file(dir.join("model-1.mpk")).unwrap();
-        std::fs::write(dir.join(".model-3.mpk.123.tmp.mpk"), "partial").unwrap();
+        std::fs::write(dir.join(".model-3.mpk.tmp-123.mpk"), "partial").unwrap();
         remove_stale_checkpoint_files(run.path());
         let mut left: Vec<String> =
             std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();

@@ -9,10 +9,12 @@ use memsinks_model::{MaskScheme, ModelConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::optim::OptimConfig;
 use crate::TrainError;
 
 /// The four models the paper compares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Method {
     /// No sinks (`p_gen = 1`), the full corpus.
     Standard,
@@ -46,6 +48,7 @@ impl Method {
 
 /// Float precision of training (f16/bf16 need a GPU backend).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Precision {
     /// 32-bit floats (all backends).
     #[default]
@@ -57,6 +60,9 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// Every precision.
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::F16, Precision::Bf16];
+
     /// The backend spelling.
     pub fn name(self) -> &'static str {
         match self {
@@ -64,6 +70,11 @@ impl Precision {
             Precision::F16 => "f16",
             Precision::Bf16 => "bf16",
         }
+    }
+
+    /// The precision spelled `name` ([`Precision::name`]).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
     }
 }
 
@@ -108,10 +119,10 @@ pub struct ModelSection {
 }
 
 fn default_p_gen() -> f64 {
-    0.7
+    memsinks_model::config::DEFAULT_P_GEN
 }
 fn default_p_mem() -> f64 {
-    0.3
+    memsinks_model::config::DEFAULT_P_MEM
 }
 
 /// Optimisation and logging.
@@ -176,20 +187,34 @@ pub struct TrainConfig {
     pub precision: Precision,
 }
 
+impl TrainConfig {
+    /// The optimiser settings of this section.
+    pub fn optim(&self) -> OptimConfig {
+        OptimConfig {
+            beta_1: self.beta_1 as f32,
+            beta_2: self.beta_2 as f32,
+            weight_decay: self.weight_decay as f32,
+            clip_norm: self.clip_norm.map(|c| c as f32),
+            ..OptimConfig::default()
+        }
+    }
+}
+
 fn one() -> usize {
     1
 }
+// The optimiser's defaults have one home, `OptimConfig::default()`.
 fn default_wd() -> f64 {
-    0.1
+    OptimConfig::default().weight_decay as f64
 }
 fn default_beta1() -> f64 {
-    0.9
+    OptimConfig::default().beta_1 as f64
 }
 fn default_beta2() -> f64 {
-    0.95
+    OptimConfig::default().beta_2 as f64
 }
 fn default_clip() -> Option<f64> {
-    Some(1.0)
+    OptimConfig::default().clip_norm.map(f64::from)
 }
 fn default_log_every() -> usize {
     10
@@ -201,41 +226,8 @@ fn default_keep() -> usize {
     2
 }
 
-/// What `memsinks reproduce` runs around training (`memsinks train` ignores it).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StudyConfig {
-    /// Training methods compared (each trained once per seed).
-    pub methods: Vec<Method>,
-    /// Training seeds (`train.seed` when empty); several give mean ± std in the report.
-    pub seeds: Vec<u64>,
-    /// Post-hoc methods run on the standard model: registry names or `.ron` paths, each
-    /// optionally followed by `key=value` overrides (`"gradient-ascent steps=20 lr=1e-3"`).
-    pub posthoc: Vec<String>,
-    /// Documents per split in evaluation.
-    pub eval_docs: usize,
-    /// Prompt tokens of greedy extraction.
-    pub extract_prompt: usize,
-    /// Continuation tokens of greedy extraction.
-    pub extract_continuation: usize,
-}
-
-impl Default for StudyConfig {
-    fn default() -> Self {
-        Self {
-            methods: vec![Method::Standard, Method::Dedup, Method::Memsinks, Method::GradientMasking],
-            seeds: Vec::new(),
-            posthoc: ["gradient-ascent", "gradient-difference", "npo", "prune-activations", "prune-random"]
-                .map(String::from)
-                .to_vec(),
-            eval_docs: 64,
-            extract_prompt: 32,
-            extract_continuation: 32,
-        }
-    }
-}
-
-/// A whole experiment: data, model, training, and what a reproduction runs around them.
+/// What training reads of an experiment file: data, model and training. The file's `study`
+/// section (what `memsinks reproduce` runs around training) belongs to `memsinks-study`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentConfig {
@@ -245,9 +237,9 @@ pub struct ExperimentConfig {
     pub model: ModelSection,
     /// Training.
     pub train: TrainConfig,
-    /// The study `memsinks reproduce` runs (defaults: all four methods, five post-hoc baselines).
-    #[serde(default)]
-    pub study: StudyConfig,
+    /// The file's `study` section, read by `memsinks-study`; skipped here (not part of the run ID).
+    #[serde(default, skip_serializing)]
+    pub study: serde::de::IgnoredAny,
 }
 
 impl ExperimentConfig {
@@ -257,12 +249,37 @@ impl ExperimentConfig {
         Self::resolve(cfg, sets)
     }
 
+    /// The `data` section alone of the experiment file at `path`, with `data.*` overrides (for
+    /// `data prepare`, which needs no model or training section to be valid).
+    ///
+    /// # Errors
+    /// When the file has no valid data section, or an override names another section.
+    pub fn load_data_section(path: &Path, sets: &[String]) -> Result<DataConfig, TrainError> {
+        /// The part of an experiment file `data prepare` reads (serde skips the other sections).
+        #[derive(Clone, Serialize, Deserialize)]
+        struct DataSection {
+            data: DataConfig,
+        }
+        if let Some(other) = sets.iter().find(|s| !s.starts_with("data.")) {
+            return Err(TrainError::Config(format!(
+                "--set {other}: `data prepare` reads only the data section; set data.* keys here, the others with `train`"
+            )));
+        }
+        let section: DataSection = read_ron(path)?;
+        Ok(apply_overrides(&section, sets)?.data)
+    }
+
     /// Parses a config from RON text (errors name `origin`) and applies `key=value` overrides.
     pub fn parse(text: &str, origin: &Path, sets: &[String]) -> Result<Self, TrainError> {
         Self::resolve(parse_ron(text, origin)?, sets)
     }
 
     fn resolve(cfg: Self, sets: &[String]) -> Result<Self, TrainError> {
+        if let Some(set) = sets.iter().find(|s| s.starts_with("study.")) {
+            return Err(TrainError::Config(format!(
+                "--set {set}: training does not read the study section; set study.* keys with `memsinks reproduce`"
+            )));
+        }
         let cfg = apply_overrides(&cfg, sets)?;
         cfg.validate()?;
         Ok(cfg)
@@ -304,16 +321,6 @@ impl ExperimentConfig {
         if let Some(c) = t.clip_norm {
             range("train.clip_norm", c, c > 0.0, "positive (or None to disable clipping)")?;
         }
-        let s = &self.study;
-        if s.eval_docs == 0 || s.extract_prompt == 0 || s.extract_continuation == 0 {
-            return bad("study.eval_docs, extract_prompt and extract_continuation must be at least 1");
-        }
-        if s.extract_prompt + s.extract_continuation > self.data.context {
-            return Err(TrainError::Config(format!(
-                "study.extract_prompt {} + extract_continuation {} exceed data.context {}: extraction runs within one context window",
-                s.extract_prompt, s.extract_continuation, self.data.context
-            )));
-        }
         ModelConfig::preset(&self.model.preset).map_err(|e| TrainError::Config(format!("model.preset: {e}")))?;
         // The model's own checks (p_gen, p_mem, widths), before any corpus is built; the
         // vocabulary comes from the tokenizer later.
@@ -326,10 +333,9 @@ impl ExperimentConfig {
         ron::ser::to_string_pretty(self, ron::ser::PrettyConfig::default()).expect("config serialises")
     }
 
-    /// Run ID: a short hash of what training depends on (data, model, training; not `study`).
+    /// Run ID: a short hash of what training depends on (data, model, training).
     pub fn run_id(&self) -> String {
-        let training = Self { study: StudyConfig::default(), ..self.clone() };
-        let digest = Sha256::digest(training.to_ron().as_bytes());
+        let digest = Sha256::digest(self.to_ron().as_bytes());
         digest[..6].iter().map(|b| format!("{b:02x}")).collect()
     }
 

@@ -1,14 +1,9 @@
 //! The model as burn-train sees it: a module wrapping [`MemSinkLm`] with the causal-LM train and
-//! evaluation steps, their outputs, the metrics shown on burn-train's dashboard, and the shared
-//! run log (JSON lines) both steps and loaders write to.
+//! evaluation steps, their outputs, and the metrics shown on burn-train's dashboard. Both steps
+//! report to the run's [`RunLog`].
 
-use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsParams, Optimizer};
@@ -19,13 +14,13 @@ use burn::train::metric::{
     Adaptor, Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes, NumericEntry,
     SerializedEntry,
 };
-use burn::train::{InferenceStep, Interrupter, ItemLazy, TrainOutput, TrainStep};
+use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
 use memsinks_data::{LmBatch, Split};
 use memsinks_model::{MemSinkLm, MlpMode};
 
-use crate::checkpoint::CheckpointBarrier;
-use crate::loss::{lm_loss, token_nll};
-use crate::optim::{clip_global_norm, WarmupCosine};
+use crate::optim::clip_global_norm;
+use crate::run_log::RunLog;
+use memsinks_model::loss::{lm_loss, token_nll};
 
 /// An evaluation batch: one document per row, all of one split, with each row's document index.
 #[derive(Clone, Debug)]
@@ -112,190 +107,25 @@ impl Numeric for NamedLoss {
     }
 }
 
-/// Names of the evaluation losses.
-pub const EVAL_KEYS: [&str; 5] =
-    ["val_loss", "rep_loss_sinks", "rep_loss_nosinks", "canary_loss_sinks", "canary_loss_nosinks"];
-
-/// State shared by the train step, the evaluation step and the loaders of one run: step count,
-/// the JSON-lines metric log, evaluation accumulators and the non-finite-loss stop.
-pub struct RunLog {
-    path: PathBuf,
-    micro_per_step: u64,
-    iterations_per_step: u64,
-    log_every: u64,
-    schedule: WarmupCosine,
-    /// Micro-batches trained so far.
-    micro: AtomicU64,
-    window: Mutex<(Instant, u64, f64, u64)>,
-    eval: Mutex<EvalAccumulator>,
-    failure: Mutex<Option<String>>,
-    interrupter: Interrupter,
-    echo: bool,
-    /// Micro-batches trained before this process started (resume).
-    micro_at_start: u64,
-    /// The checkpointer threads' progress, and micro-batches per saved round.
-    checkpoints: Option<(Arc<CheckpointBarrier>, u64)>,
-}
-
-impl std::fmt::Debug for RunLog {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunLog").field("path", &self.path).field("step", &self.step()).finish()
-    }
-}
-
-#[derive(Debug, Default)]
-struct EvalAccumulator {
-    sums: BTreeMap<&'static str, (f64, usize)>,
-    per_doc: BTreeMap<usize, (f64, f64)>,
-    rounds: u64,
-}
-
-impl RunLog {
-    /// A log appending to `path`; `micro_done` micro-batches were trained before (resume).
-    /// `micro_per_step` counts micro-batches over all devices, `iterations_per_step` the
-    /// scheduler steps (gradient accumulation) per optimizer step.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        path: PathBuf,
-        micro_per_step: u64,
-        iterations_per_step: u64,
-        log_every: u64,
-        schedule: WarmupCosine,
-        micro_done: u64,
-        rounds_done: u64,
-        interrupter: Interrupter,
-    ) -> Self {
-        Self {
-            path,
-            micro_per_step,
-            iterations_per_step,
-            log_every,
-            schedule,
-            micro: AtomicU64::new(micro_done),
-            window: Mutex::new((Instant::now(), 0, 0.0, 0)),
-            eval: Mutex::new(EvalAccumulator { rounds: rounds_done, ..Default::default() }),
-            failure: Mutex::new(None),
-            interrupter,
-            echo: !std::io::IsTerminal::is_terminal(&std::io::stdout()),
-            micro_at_start: micro_done,
-            checkpoints: None,
-        }
-    }
-
-    /// Makes [`RunLog::wait_for_checkpoints`] wait on `barrier`; burn-train saves a round every
-    /// `micro_per_round` micro-batches.
-    pub fn with_checkpoint_barrier(mut self, barrier: Arc<CheckpointBarrier>, micro_per_round: u64) -> Self {
-        self.checkpoints = Some((barrier, micro_per_round.max(1)));
-        self
-    }
-
-    /// Blocks until burn-train's checkpointer threads have finished reading every round this
-    /// process saved before the coming micro-batch (see [`crate::checkpoint`]: on the fusion
-    /// backends, training while they read aborts the process).
-    pub fn wait_for_checkpoints(&self) {
-        if let Some((barrier, micro_per_round)) = &self.checkpoints {
-            let trained_here = self.micro.load(Ordering::SeqCst) - self.micro_at_start;
-            barrier.wait_for_rounds((trained_here / micro_per_round) as usize);
-        }
-    }
-
-    fn append(&self, line: serde_json::Value) {
-        if self.echo {
-            eprintln!("{line}");
-        }
-        let written =
-            OpenOptions::new().create(true).append(true).open(&self.path).and_then(|mut f| writeln!(f, "{line}"));
-        if let Err(e) = written {
-            tracing::warn!("cannot write {}: {e}", self.path.display());
-        }
-    }
-
-    /// Optimizer steps completed so far.
-    pub fn step(&self) -> u64 {
-        self.micro.load(Ordering::SeqCst) / self.micro_per_step
-    }
-
-    fn after_train(&self, loss: f64, tokens: u64) {
-        let micro = self.micro.fetch_add(1, Ordering::SeqCst) + 1;
-        let step = micro / self.micro_per_step;
-        if !loss.is_finite() {
-            let msg = format!("non-finite training loss ({loss}) at step {step}; the last complete checkpoint is kept");
-            *self.failure.lock().expect("poisoned") = Some(msg.clone());
-            self.interrupter.stop(Some(&msg));
-            return;
-        }
-        let mut w = self.window.lock().expect("poisoned");
-        w.1 += tokens;
-        w.2 += loss;
-        w.3 += 1;
-        if micro.is_multiple_of(self.log_every * self.micro_per_step) {
-            let secs = w.0.elapsed().as_secs_f64();
-            let line = serde_json::json!({
-                "kind": "train",
-                "step": step,
-                "loss": w.2 / w.3 as f64,
-                "lr": self.schedule.lr_at((step.max(1) * self.iterations_per_step) as usize),
-                "tokens_per_s": w.1 as f64 / secs.max(1e-9),
-                "tokens_seen": micro * tokens,
-            });
-            *w = (Instant::now(), 0, 0.0, 0);
-            drop(w);
-            self.append(line);
-        }
-    }
-
-    fn add_eval(&self, out: &StepOutput, per_doc: &[(usize, f64, f64)]) {
-        let mut acc = self.eval.lock().expect("poisoned");
-        for &(k, mean, n) in &out.losses {
-            let e = acc.sums.entry(k).or_default();
-            e.0 += mean * n as f64;
-            e.1 += n;
-        }
-        for &(doc, with, without) in per_doc {
-            acc.per_doc.insert(doc, (with, without));
-        }
-    }
-
-    /// Writes the evaluation line of the round that just ended and resets the accumulators.
-    pub fn flush_eval(&self) {
-        let mut acc = self.eval.lock().expect("poisoned");
-        acc.rounds += 1;
-        let mut line = serde_json::json!({"kind": "eval", "round": acc.rounds, "step": self.step()});
-        for (k, (sum, n)) in &acc.sums {
-            line[*k] = serde_json::json!(sum / (*n).max(1) as f64);
-        }
-        let docs: serde_json::Map<String, serde_json::Value> =
-            acc.per_doc.iter().map(|(d, (w, wo))| (d.to_string(), serde_json::json!([w, wo]))).collect();
-        line["rep_doc_losses"] = serde_json::Value::Object(docs);
-        acc.sums.clear();
-        acc.per_doc.clear();
-        drop(acc);
-        self.append(line);
-    }
-
-    /// The failure that stopped training, if any.
-    pub fn failure(&self) -> Option<String> {
-        self.failure.lock().expect("poisoned").clone()
-    }
-}
-
 /// The module burn-train trains: the LM plus the run's shared state.
 #[derive(Module, Debug)]
-pub struct LmLearner<B: Backend> {
+pub struct TrainingLm<B: Backend> {
     /// The language model.
     pub lm: MemSinkLm<B>,
     #[module(skip)]
     log: Option<Arc<RunLog>>,
     #[module(skip)]
     clip_norm: Option<f64>,
+    /// Repeated documents whose own losses are logged at every evaluation.
     #[module(skip)]
-    per_doc_tracked: usize,
+    tracked: Arc<BTreeSet<usize>>,
 }
 
-impl<B: Backend> LmLearner<B> {
-    /// Wraps `lm` for training with `log` and global gradient clipping at `clip_norm`.
-    pub fn new(lm: MemSinkLm<B>, log: Arc<RunLog>, clip_norm: Option<f64>) -> Self {
-        Self { lm, log: Some(log), clip_norm, per_doc_tracked: 16 }
+impl<B: Backend> TrainingLm<B> {
+    /// Wraps `lm` for training with `log`, global gradient clipping at `clip_norm`, and the
+    /// repeated documents whose losses are logged one by one.
+    pub fn new(lm: MemSinkLm<B>, log: Arc<RunLog>, clip_norm: Option<f64>, tracked: Arc<BTreeSet<usize>>) -> Self {
+        Self { lm, log: Some(log), clip_norm, tracked }
     }
 
     fn has_sinks(&self) -> bool {
@@ -303,7 +133,7 @@ impl<B: Backend> LmLearner<B> {
     }
 }
 
-impl<B: AutodiffBackend> TrainStep for LmLearner<B> {
+impl<B: AutodiffBackend> TrainStep for TrainingLm<B> {
     type Input = LmBatch<B>;
     type Output = StepOutput;
 
@@ -334,7 +164,7 @@ impl<B: AutodiffBackend> TrainStep for LmLearner<B> {
     }
 }
 
-impl<B: Backend> InferenceStep for LmLearner<B> {
+impl<B: Backend> InferenceStep for TrainingLm<B> {
     type Input = EvalBatch<B>;
     type Output = StepOutput;
 
@@ -372,12 +202,10 @@ impl<B: Backend> InferenceStep for LmLearner<B> {
             out.losses.push((with_key, m_with, n));
         }
         let per_doc: Vec<(usize, f64, f64)> = if item.split == Split::Repeated {
-            // Repeated documents come first in the corpus, so indices below the tracked count are
-            // the same documents in every evaluation.
             item.docs
                 .iter()
                 .zip(with.iter().zip(&without))
-                .filter(|(d, _)| **d < self.per_doc_tracked)
+                .filter(|(d, _)| self.tracked.contains(*d))
                 .map(|(d, (w, wo))| (*d, *w, *wo))
                 .collect()
         } else {

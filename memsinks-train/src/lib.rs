@@ -6,19 +6,22 @@
 //! repeated set with and without sinks, atomic checkpoints and exact resume.
 
 pub mod checkpoint;
+pub mod claim;
 pub mod config;
 pub mod learner;
 pub mod loader;
-pub mod loss;
+pub mod metrics;
 pub mod optim;
 pub mod run;
+pub mod run_dir;
+pub mod run_log;
 
 use std::path::{Path, PathBuf};
 
-pub use config::{ExperimentConfig, Method, StudyConfig};
-pub use loss::{lm_loss, token_nll, token_nll_of_logits};
+pub use config::{ExperimentConfig, Method};
 pub use optim::OptimConfig;
 pub use run::{train, TrainSummary};
+pub use run_dir::RunDir;
 
 /// Errors of training.
 #[derive(Debug, thiserror::Error)]

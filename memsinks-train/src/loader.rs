@@ -8,14 +8,12 @@ use std::sync::{Arc, Mutex};
 
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::tensor::backend::Backend;
-use memsinks_data::{write_atomic, Batcher, Cursor, HostBatch, Split};
+use memsinks_data::{Batcher, Cursor, HostBatch, Split};
+use memsinks_model::io::write_atomic;
 
-use crate::learner::{EvalBatch, RunLog};
-
-/// File holding the data cursor after round `round`.
-pub fn cursor_file(run_dir: &std::path::Path, round: usize) -> PathBuf {
-    run_dir.join("checkpoint").join(format!("cursor-{round}.json"))
-}
+use crate::learner::EvalBatch;
+use crate::run_dir::RunDir;
+use crate::run_log::RunLog;
 
 #[derive(Debug)]
 struct RoundState {
@@ -111,7 +109,7 @@ impl<B: Backend> Iterator for TrainIter<'_, B> {
                 state.round += 1;
                 state.cursor = self.cursor;
                 let json = serde_json::to_vec(&self.cursor).expect("cursor serialises");
-                if let Err(e) = write_atomic(&cursor_file(&self.loader.run_dir, state.round), &json) {
+                if let Err(e) = write_atomic(&RunDir::new(&self.loader.run_dir).cursor(state.round), &json) {
                     tracing::error!("cannot save the data cursor: {e}");
                 }
             }

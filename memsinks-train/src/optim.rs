@@ -21,6 +21,7 @@ pub struct OptimConfig {
     /// Numerical-stability term.
     pub epsilon: f32,
     /// Global gradient-norm clip (as `torch.nn.utils.clip_grad_norm_`); `None` disables it.
+    /// Applied by [`step`] and by the training step, before the optimiser sees the gradients.
     pub clip_norm: Option<f32>,
 }
 
@@ -31,7 +32,7 @@ impl Default for OptimConfig {
 }
 
 impl OptimConfig {
-    /// The optimiser for module `M`.
+    /// The optimiser for module `M` (AdamW; the clip is applied before it, see `clip_norm`).
     pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(&self) -> OptimizerAdaptor<MatrixDecayAdamW, M, B> {
         let base = AdamWConfig::new().with_beta_1(self.beta_1).with_beta_2(self.beta_2).with_epsilon(self.epsilon);
         MatrixDecayAdamW {
@@ -117,17 +118,17 @@ pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     norm
 }
 
-/// One optimiser update from a loss: backward, global clip, AdamW. Used by the benchmark and
-/// the unlearning baselines; training goes through burn-train's learner.
+/// One optimiser update from a loss: backward, the global clip of `config`, AdamW. Used by the
+/// benchmark and the unlearning baselines; training goes through burn-train's learner.
 pub fn step<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
     optim: &mut O,
     model: M,
     loss: Tensor<B, 1>,
     lr: f64,
-    clip_norm: Option<f32>,
+    config: &OptimConfig,
 ) -> M {
     let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-    if let Some(max) = clip_norm {
+    if let Some(max) = config.clip_norm {
         clip_global_norm(&model, &mut grads, max as f64);
     }
     optim.step(lr, model, grads)

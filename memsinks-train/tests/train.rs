@@ -6,9 +6,10 @@ use std::path::Path;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::Tensor;
 use memsinks_data::LmBatch;
+use memsinks_model::loss::lm_loss;
 use memsinks_model::{MemSinkLm, MlpMode, ModelConfig, SeqLayout};
 use memsinks_train::optim::step;
-use memsinks_train::{lm_loss, train, ExperimentConfig, OptimConfig, TrainError};
+use memsinks_train::{train, ExperimentConfig, OptimConfig, TrainError};
 
 type AD = Autodiff<Flex>;
 
@@ -96,7 +97,7 @@ fn one_step_leaves_sinks_outside_the_mask_unchanged() {
     let n_gen = model.sinks().num_general;
     let mut optim = OptimConfig { weight_decay: 0.0, ..Default::default() }.init::<AD, MemSinkLm<AD>>();
     let loss = lm_loss(&model, &one_batch(&cfg, id, false), &MlpMode::Train);
-    let model = step(&mut optim, model, loss, 1e-2, Some(1.0));
+    let model = step(&mut optim, model, loss, 1e-2, &OptimConfig::default());
     let after = unit_weights(&model);
     for (layer, (b, a)) in before.iter().zip(&after).enumerate() {
         for j in 0..cfg.d_hidden {
@@ -119,7 +120,7 @@ fn gradient_masking_leaves_general_mlp_weights_untouched() {
     let n_gen = model.sinks().num_general;
     let mut optim = OptimConfig { weight_decay: 0.0, ..Default::default() }.init::<AD, MemSinkLm<AD>>();
     let loss = lm_loss(&model, &one_batch(&cfg, 99, true), &MlpMode::Train);
-    let model = step(&mut optim, model, loss, 1e-2, Some(1.0));
+    let model = step(&mut optim, model, loss, 1e-2, &OptimConfig::default());
     let after = unit_weights(&model);
     for (b, a) in before.iter().zip(&after) {
         for j in 0..n_gen {

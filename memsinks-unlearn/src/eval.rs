@@ -8,14 +8,16 @@ use serde::{Deserialize, Serialize};
 use crate::metrics::{gap, greedy_extraction, loss_mia_auc, score_docs, DocScore, Extraction, SetScore};
 
 /// What to evaluate.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvalOptions {
     /// Documents per split (the first ones of each split).
     pub max_docs: usize,
-    /// Prompt length of greedy extraction.
-    pub k: usize,
-    /// Continuation length of greedy extraction.
-    pub m: usize,
+    /// Prompt tokens of greedy extraction (`k` in the extraction literature).
+    #[serde(alias = "k")]
+    pub extract_prompt: usize,
+    /// Continuation tokens of greedy extraction (`m`).
+    #[serde(alias = "m")]
+    pub extract_continuation: usize,
     /// Rows per forward pass.
     pub batch_size: usize,
     /// Tokens per row.
@@ -28,14 +30,15 @@ impl EvalOptions {
     /// # Errors
     /// A zero count, or extraction that does not fit one context window.
     pub fn validate(&self) -> Result<(), String> {
-        if self.max_docs == 0 || self.k == 0 || self.m == 0 || self.batch_size == 0 {
+        let (k, m) = (self.extract_prompt, self.extract_continuation);
+        if self.max_docs == 0 || k == 0 || m == 0 || self.batch_size == 0 {
             return Err("documents per split, prompt (k) and continuation (m) tokens must be at least 1".into());
         }
-        if self.k + self.m > self.context {
+        if k + m > self.context {
             return Err(format!(
                 "extraction of k = {} prompt + m = {} continuation tokens exceeds the run's context of {} tokens: \
                  k + m must be at most {}",
-                self.k, self.m, self.context, self.context
+                k, m, self.context, self.context
             ));
         }
         Ok(())
@@ -132,8 +135,17 @@ pub fn evaluate_mode<B: Backend>(
     let repeated = score(&rep_docs);
     let canary = (!canary_docs.is_empty()).then(|| score(&canary_docs));
     let unique = (!unique_docs.is_empty()).then(|| score(&unique_docs));
-    let extract =
-        |docs: &[usize]| summarize(greedy_extraction(model, &corpus.cache, docs, mode, opts.k, opts.m, device));
+    let extract = |docs: &[usize]| {
+        summarize(greedy_extraction(
+            model,
+            &corpus.cache,
+            docs,
+            mode,
+            opts.extract_prompt,
+            opts.extract_continuation,
+            device,
+        ))
+    };
     ModeReport {
         mode: mode.name().to_string(),
         gap: gap(validation.nll, repeated.nll),

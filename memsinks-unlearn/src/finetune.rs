@@ -7,9 +7,10 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use memsinks_data::{Batcher, Cursor, LmBatch, PreparedCorpus, Split};
+use memsinks_model::loss::{lm_loss, token_nll};
 use memsinks_model::{MemSinkLm, MlpMode};
 use memsinks_train::optim::step;
-use memsinks_train::{lm_loss, token_nll, OptimConfig};
+use memsinks_train::OptimConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::probe::{point, ForgetSet, Probe, TradeoffPoint};
@@ -119,7 +120,8 @@ pub fn unlearn<B: AutodiffBackend>(
     let mut forget_batches = Cycle::new(corpus, &probe.forget_docs, context, cfg.batch_size);
     let mut retain_batches =
         (!retain_docs.is_empty()).then(|| Cycle::new(corpus, &retain_docs, context, cfg.batch_size));
-    let mut optim = OptimConfig { weight_decay: 0.0, ..Default::default() }.init::<B, MemSinkLm<B>>();
+    let optim_cfg = OptimConfig { weight_decay: 0.0, ..Default::default() };
+    let mut optim = optim_cfg.init::<B, MemSinkLm<B>>();
     let mut model = model;
     for s in 1..=cfg.steps {
         let fb: LmBatch<B> = forget_batches.next(device);
@@ -142,7 +144,7 @@ pub fn unlearn<B: AutodiffBackend>(
                 burn::tensor::activation::softplus(ratio, 1.0).mean().mul_scalar(2.0 / cfg.beta)
             }
         };
-        model = step(&mut optim, model, loss, cfg.lr, Some(1.0));
+        model = step(&mut optim, model, loss, cfg.lr, &optim_cfg);
         if s % cfg.eval_every.max(1) == 0 || s == cfg.steps {
             curve.push(point(s as f64, probe.losses(&model.valid(), mode, device), base));
         }

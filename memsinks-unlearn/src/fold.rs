@@ -15,7 +15,7 @@ pub fn fold_drop_sinks<B: Backend>(
 ) -> Result<(MemSinkLm<B>, ModelConfig), ModelError> {
     let sinks = model.sinks();
     let keep = sinks.num_general;
-    let scale = if rescale && !sinks.pool.is_empty() { (sinks.p_gen + sinks.p_mem) / sinks.p_gen } else { 1.0 };
+    let scale = if rescale { sinks.drop_scale() } else { 1.0 };
     let mut folded_cfg = cfg.clone();
     folded_cfg.d_hidden = keep;
     folded_cfg.p_gen = 1.0;

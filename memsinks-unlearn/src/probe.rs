@@ -11,6 +11,7 @@ use crate::UnlearnError;
 
 /// What to forget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum ForgetSet {
     /// The repeated natural documents.
     Repeated,

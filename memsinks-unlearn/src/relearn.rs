@@ -6,9 +6,10 @@
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use memsinks_data::LmBatch;
+use memsinks_model::loss::lm_loss;
 use memsinks_model::{MemSinkLm, MlpMode};
 use memsinks_train::optim::step;
-use memsinks_train::{lm_loss, OptimConfig};
+use memsinks_train::OptimConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::finetune::Cycle;
@@ -74,12 +75,13 @@ pub fn relearn<B: AutodiffBackend>(
         .into_iter()
         .map(|n| {
             let mut batches = Cycle::new(probe.corpus, &forgotten[..n], probe.context, cfg.batch_size);
-            let mut optim = OptimConfig { weight_decay: 0.0, ..Default::default() }.init::<B, MemSinkLm<B>>();
+            let optim_cfg = OptimConfig { weight_decay: 0.0, ..Default::default() };
+            let mut optim = optim_cfg.init::<B, MemSinkLm<B>>();
             let mut model = treated.clone();
             for _ in 0..cfg.steps {
                 let batch: LmBatch<B> = batches.next(device);
                 let loss = lm_loss(&model, &batch, treated_mode);
-                model = step(&mut optim, model, loss, cfg.lr, Some(1.0));
+                model = step(&mut optim, model, loss, cfg.lr, &optim_cfg);
             }
             let others_relearned = probe.nll(&model.valid(), &others, treated_mode, device);
             RelearnPoint {

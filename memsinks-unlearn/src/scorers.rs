@@ -9,8 +9,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use memsinks_data::rng::SplitMix64;
 use memsinks_data::{Batcher, Cursor, LmBatch, PreparedCorpus};
+use memsinks_model::loss::token_nll_of_logits;
 use memsinks_model::{MemSinkLm, MlpMode, SeqLayout};
-use memsinks_train::loss::token_nll_of_logits;
 use serde::{Deserialize, Serialize};
 
 use crate::finetune::Cycle;

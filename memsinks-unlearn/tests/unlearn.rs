@@ -7,9 +7,10 @@ use burn::module::AutodiffModule;
 use burn::tensor::{Int, Tensor, TensorData};
 use memsinks_data::cache::{CacheKey, TokenCache};
 use memsinks_data::LmBatch;
+use memsinks_model::loss::lm_loss;
 use memsinks_model::{MemSinkLm, MlpMode, ModelConfig, SeqLayout};
 use memsinks_train::optim::step;
-use memsinks_train::{lm_loss, OptimConfig};
+use memsinks_train::OptimConfig;
 use memsinks_unlearn::metrics::{greedy_extraction, loss_mia_auc, score_docs};
 use memsinks_unlearn::{fold_drop_sinks, ForgetSet};
 
@@ -42,7 +43,7 @@ fn memorizer(memorize: usize, cache: &TokenCache) -> MemSinkLm<Flex> {
     let batch: LmBatch<AD> = host.to_device(&Default::default());
     for _ in 0..400 {
         let loss = lm_loss(&model, &batch, &MlpMode::Train);
-        model = step(&mut optim, model, loss, 1e-2, Some(1.0));
+        model = step(&mut optim, model, loss, 1e-2, &OptimConfig::default());
     }
     model.valid()
 }
@@ -328,7 +329,7 @@ fn memorizing_smoke_model(
     for _ in 0..60 {
         for batch in &batches {
             let loss = lm_loss(&model, batch, &MlpMode::Train);
-            model = step(&mut optim, model, loss, 3e-3, Some(1.0));
+            model = step(&mut optim, model, loss, 3e-3, &OptimConfig::default());
         }
     }
     model

@@ -1,10 +1,10 @@
-//! The causal-LM objective.
+//! The causal-LM objective, next to the model as nanoGPT keeps it (its `forward` returns the
+//! loss).
 
+use crate::{LmBatch, MemSinkLm, MlpMode};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use memsinks_data::LmBatch;
-use memsinks_model::{MemSinkLm, MlpMode};
 
 /// Mean next-token negative log-likelihood over the targets the loss mask keeps, with the MLPs
 /// in `mode`. Returns a one-element tensor.

@@ -1,8 +1,8 @@
 //! The batch every training and evaluation step consumes.
 
+use crate::SeqLayout;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use memsinks_model::SeqLayout;
 
 /// A causal-LM batch: `inputs[b, t]` predicts `targets[b, t]`; `loss_mask` is 1 where the target
 /// counts (0 on padding); `layout` carries each token's sequence ID and document boundaries.

@@ -86,6 +86,10 @@ pub struct RowValues {
     pub gap: f64,
     /// `1 − gap / gap(standard, same seed)`.
     pub closure_vs_standard: Option<f64>,
+    /// `L_val / L_val(standard, same seed)`: what a closure cost in general ability (absent in
+    /// results written before it was recorded; the report then computes it).
+    #[serde(default)]
+    pub l_val_vs_standard: Option<f64>,
     /// Greedy extraction: mean share of continuation tokens reproduced (repeated documents).
     pub extraction: f64,
     /// The same on held-out documents: what predictable text reaches without memorization.

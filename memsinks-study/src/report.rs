@@ -5,11 +5,14 @@ use std::fmt::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use memsinks_data::write_atomic;
+use memsinks_model::io::write_atomic;
+use memsinks_unlearn::metrics::gap_closure;
 use memsinks_unlearn::{delta_val_at, ForgetSet, MethodResult};
 
-use super::plot::{Chart, Series, Style};
-use super::results::{Results, RowValues};
+use crate::charts::charts;
+use crate::results::{Results, RowValues};
+use crate::stats::{Estimate, Side};
+use crate::study_dir::StudyDir;
 
 /// Forgetting levels (nats of forget-loss increase) at which post-hoc methods are compared.
 pub const MATCHED_TARGETS: [f64; 4] = [0.25, 0.5, 1.0, 2.0];
@@ -19,91 +22,84 @@ pub const PLOTS: [&str; 4] = ["dynamics", "tradeoff", "forgetting-standard", "fo
 
 /// Reads `DIR/results.json`.
 pub fn load_results(dir: &Path) -> Result<Results> {
-    let path = dir.join("results.json");
+    let path = StudyDir::new(dir).results();
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not a memsinks results file", path.display()))
 }
 
 /// Writes `report.md` and `plots/*.{svg,png}` into `dir`.
 pub fn write_report(dir: &Path, results: &Results) -> Result<()> {
-    let plots = dir.join("plots");
+    let files = StudyDir::new(dir);
+    let plots = files.plots();
     std::fs::create_dir_all(&plots).with_context(|| format!("cannot create {}", plots.display()))?;
     for (name, chart) in charts(results) {
         write_atomic(&plots.join(format!("{name}.svg")), chart.svg().as_bytes())?;
         write_atomic(&plots.join(format!("{name}.png")), &chart.png())?;
     }
-    write_atomic(&dir.join("report.md"), markdown(results).as_bytes())?;
+    write_atomic(&files.report(), markdown(results).as_bytes())?;
     Ok(())
 }
 
-fn mean_std(xs: &[f64]) -> (f64, f64) {
-    let n = xs.len().max(1) as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
-    (mean, var.sqrt())
+/// The mean over seeds `± ` the half-width of its 95 % interval, with `digits` decimals and the
+/// values multiplied by `scale`; `—` when no seed has a value.
+fn cell(values: &[RowValues], digits: usize, scale: f64, f: impl Fn(&RowValues) -> Option<f64>) -> String {
+    estimate(values, f).map_or("—".into(), |e| e.format(digits, scale))
 }
 
-/// `mean` or `mean ± std` over seeds, with `digits` decimals; `—` when no seed has a value.
-fn cell(values: &[RowValues], digits: usize, f: impl Fn(&RowValues) -> Option<f64>) -> String {
-    let xs: Vec<f64> = values.iter().filter_map(f).filter(|x| x.is_finite()).collect();
-    if xs.is_empty() {
-        return "—".into();
-    }
-    let (m, s) = mean_std(&xs);
-    if xs.len() > 1 {
-        format!("{m:.digits$} ± {s:.digits$}")
-    } else {
-        format!("{m:.digits$}")
-    }
+/// The estimate over seeds of `f`.
+fn estimate(values: &[RowValues], f: impl Fn(&RowValues) -> Option<f64>) -> Option<Estimate> {
+    Estimate::of(&values.iter().filter_map(f).collect::<Vec<_>>())
 }
 
 fn percent(x: f64) -> String {
     format!("{:.1} %", 100.0 * x)
 }
 
-/// The main-table row of `label`'s first seed.
-fn row<'a>(results: &'a Results, method: &str, mode: &str) -> Option<&'a RowValues> {
-    results.rows.iter().find(|r| r.method == method && r.mode == mode).and_then(|r| r.values.first())
+/// The main-table values (one per seed) of a method in a mode.
+fn row<'a>(results: &'a Results, method: &str, mode: &str) -> Option<&'a [RowValues]> {
+    results.rows.iter().find(|r| r.method == method && r.mode == mode).map(|r| r.values.as_slice())
+}
+
+/// `L_val / L_val(standard)` of a row value: recorded, or computed from the standard row of the
+/// same seed (results written before the ratio was recorded).
+fn l_val_ratio(results: &Results, v: &RowValues) -> Option<f64> {
+    v.l_val_vs_standard.or_else(|| {
+        let std = row(results, "standard", "train")?.iter().find(|s| s.seed == v.seed)?;
+        Some(v.l_val / std.l_val)
+    })
 }
 
 /// The main table in Markdown (also printed by CI).
 pub fn main_table(results: &Results) -> String {
     let mut s = String::new();
-    s.push_str("| model | L_rep (natural) | L_rep (canary) | L_val | gap | gap closure vs standard | extraction (held-out) | verbatim | MIA AUC | tokens | wall (s) |\n");
-    s.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    s.push_str("| model | L_rep (natural) | L_rep (canary) | L_val | L_val ÷ standard | gap | gap closure vs standard (%) | extraction (held-out) | verbatim | MIA AUC | tokens | wall (s) |\n");
+    s.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for r in &results.rows {
         let v = &r.values;
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} |",
             r.label,
-            cell(v, 3, |x| Some(x.l_rep)),
-            cell(v, 3, |x| x.l_canary),
-            cell(v, 3, |x| Some(x.l_val)),
-            cell(v, 3, |x| Some(x.gap)),
-            cell(v, 1, |x| x.closure_vs_standard.map(|c| 100.0 * c)).replace(" ±", " % ±") + closure_unit(v),
-            cell(v, 3, |x| Some(x.extraction)),
-            cell(v, 3, |x| Some(x.extraction_heldout)),
-            cell(v, 1, |x| Some(x.verbatim)),
-            cell(v, 3, |x| Some(x.mia_auc)),
-            cell(v, 0, |x| Some(x.tokens_seen as f64)),
-            cell(v, 1, |x| Some(x.wall_s)),
+            cell(v, 3, 1.0, |x| Some(x.l_rep)),
+            cell(v, 3, 1.0, |x| x.l_canary),
+            cell(v, 3, 1.0, |x| Some(x.l_val)),
+            cell(v, 3, 1.0, |x| l_val_ratio(results, x)),
+            cell(v, 3, 1.0, |x| Some(x.gap)),
+            cell(v, 1, 100.0, |x| x.closure_vs_standard),
+            cell(v, 3, 1.0, |x| Some(x.extraction)),
+            cell(v, 3, 1.0, |x| Some(x.extraction_heldout)),
+            cell(v, 1, 1.0, |x| Some(x.verbatim)),
+            cell(v, 3, 1.0, |x| Some(x.mia_auc)),
+            cell(v, 0, 1.0, |x| Some(x.tokens_seen as f64)),
+            cell(v, 1, 1.0, |x| Some(x.wall_s)),
         );
     }
     s
 }
 
-fn closure_unit(v: &[RowValues]) -> &'static str {
-    if v.iter().any(|x| x.closure_vs_standard.is_some()) {
-        " %"
-    } else {
-        ""
-    }
-}
-
 /// The MemSinks drop-sinks point against the standard model's untreated point on the same
 /// probe documents: `(ΔL_forget, ΔL_val)` for `forget`.
-fn memsinks_point(results: &Results, forget: ForgetSet) -> Option<(f64, f64)> {
+pub(crate) fn memsinks_point(results: &Results, forget: ForgetSet) -> Option<(f64, f64)> {
     let dropped = results.by_design.iter().find(|m| m.forget == forget)?.curve.last()?.clone();
     let base = results.posthoc.iter().find(|m| m.forget == forget)?.curve.first()?.clone();
     Some((dropped.forget_loss - base.forget_loss, dropped.val_loss - base.val_loss))
@@ -166,7 +162,28 @@ fn relearn_cell(m: &MethodResult) -> String {
         .join(", ")
 }
 
-/// Plain statements of what the run shows about the paper's claims, from the numbers.
+/// A closure bought with a validation loss this many times the standard model's is flagged: the
+/// gap closed because the model got worse, not because memorization was isolated.
+const L_VAL_TOLERANCE: f64 = 1.05;
+
+/// The verdict on "`what` is above `threshold`" from an estimate: called only when the whole 95 %
+/// interval is on one side.
+fn verdict(e: &Estimate, threshold: f64, above: &str, below: &str) -> String {
+    match e.side_of(threshold) {
+        Side::Above => above.to_string(),
+        Side::Below => below.to_string(),
+        Side::Straddles => "inconclusive: the 95 % interval contains the threshold".to_string(),
+        Side::NoInterval => "inconclusive: one seed gives no interval".to_string(),
+    }
+}
+
+/// Per-seed differences `a - b` of two rows, paired by seed.
+fn paired(a: &[RowValues], b: &[RowValues], f: impl Fn(&RowValues) -> f64) -> Vec<f64> {
+    a.iter().filter_map(|x| b.iter().find(|y| y.seed == x.seed).map(|y| f(x) - f(y))).collect()
+}
+
+/// Plain statements of what the run shows about the paper's claims, from the numbers; a claim is
+/// called only when its 95 % interval over seeds lies on one side of the threshold.
 fn findings(results: &Results) -> String {
     let mut s = String::new();
     let std = row(results, "standard", "train");
@@ -174,37 +191,77 @@ fn findings(results: &Results) -> String {
     let on = row(results, "memsinks", "activate-seq");
     let dedup = row(results, "dedup", "train");
     if let (Some(std), Some(d)) = (std, dropped) {
-        let closure = d.closure_vs_standard.unwrap_or(f64::NAN);
-        let verdict = if closure > 0.5 {
-            "more than half, as the paper claims"
-        } else if closure > 0.2 {
-            "a clear part, but less than the paper's \"over half\""
-        } else {
-            "little: isolation does not show in this regime (see experiments/README.md for where it does)"
-        };
-        let _ = writeln!(s, "- Dropping the sinks closed **{}** of the standard model's gap between repeated and held-out text: {verdict}.", percent(closure));
-        if let Some(on) = on {
-            let vs_on = 1.0 - d.gap / on.gap;
-            let _ = writeln!(s, "- Against the same model with its sinks on, the closure is {}.", percent(vs_on));
-        }
-        let ratio = d.l_val / std.l_val;
-        let _ = writeln!(
-            s,
-            "- Validation loss with sinks dropped is {ratio:.3}× the standard model's ({:.3} vs {:.3}).",
-            d.l_val, std.l_val
-        );
-        if let Some(dd) = dedup {
-            let word = if d.l_val < dd.l_val { "beats" } else { "does not beat" };
+        if let Some(closure) = estimate(d, |x| x.closure_vs_standard) {
             let _ = writeln!(
                 s,
-                "- MemSinks (sinks dropped) {word} deduplication on validation loss ({:.3} vs {:.3}).",
-                d.l_val, dd.l_val
+                "- Natural text: dropping the sinks closed **{} %** of the standard model's gap between repeated and held-out text (95 % interval {} %); over half, as the paper claims: **{}**.",
+                closure.format(1, 100.0),
+                closure.interval(1, 100.0),
+                verdict(&closure, 0.5, "holds", "does not hold")
             );
         }
+        if let Some(on) = on {
+            let vs_on: Vec<f64> = d
+                .iter()
+                .filter_map(|x| on.iter().find(|y| y.seed == x.seed).map(|y| gap_closure(x.gap, y.gap)))
+                .collect();
+            if let Some(e) = Estimate::of(&vs_on) {
+                let _ =
+                    writeln!(s, "- Against the same model with its sinks on, the closure is {} %.", e.format(1, 100.0));
+            }
+        }
+        if let Some(ratio) = estimate(d, |x| l_val_ratio(results, x)) {
+            let _ = writeln!(
+                s,
+                "- Validation loss with sinks dropped is {}× the standard model's (95 % interval {}); within {:.0} % of standard: **{}**.",
+                ratio.format(3, 1.0),
+                ratio.interval(3, 1.0),
+                100.0 * (L_VAL_TOLERANCE - 1.0),
+                verdict(&ratio, L_VAL_TOLERANCE, "no, it is worse", "yes")
+            );
+        }
+        if let Some(dd) = dedup {
+            if let Some(diff) = Estimate::of(&paired(d, dd, |x| x.l_val)) {
+                let _ = writeln!(
+                    s,
+                    "- MemSinks (sinks dropped) minus deduplication, validation loss: {} (95 % interval {}); MemSinks beats deduplication: **{}**.",
+                    diff.format(3, 1.0),
+                    diff.interval(3, 1.0),
+                    verdict(&diff, 0.0, "no", "yes")
+                );
+            }
+        }
+        let ext = |v: &[RowValues], f: fn(&RowValues) -> f64| {
+            estimate(v, |x| Some(f(x))).map_or("—".into(), |e| e.format(3, 1.0))
+        };
         let _ = writeln!(
             s,
-            "- Greedy extraction of repeated documents: {:.3} (standard) → {:.3} (sinks dropped); held-out baseline {:.3}.",
-            std.extraction, d.extraction, d.extraction_heldout
+            "- Greedy extraction of repeated documents: {} (standard) → {} (sinks dropped); held-out baseline {}.",
+            ext(std, |x| x.extraction),
+            ext(d, |x| x.extraction),
+            ext(d, |x| x.extraction_heldout)
+        );
+    }
+    // Every other closure next to what it cost: a closure bought with a broken model is flagged.
+    for r in
+        results.rows.iter().filter(|r| r.method != "standard" && !(r.method == "memsinks" && r.mode == "drop-sinks"))
+    {
+        let (Some(c), Some(ratio)) =
+            (estimate(&r.values, |x| x.closure_vs_standard), estimate(&r.values, |x| l_val_ratio(results, x)))
+        else {
+            continue;
+        };
+        let flag = if ratio.mean > L_VAL_TOLERANCE {
+            format!(" — **bought with a worse model** (L_val above {L_VAL_TOLERANCE}× standard): not isolation")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            s,
+            "- {}: closure {} % at L_val {}× standard{flag}.",
+            r.label,
+            c.format(1, 100.0),
+            ratio.format(3, 1.0)
         );
     }
     if let Some((target, others)) = results.specificity {
@@ -269,7 +326,7 @@ pub fn markdown(results: &Results) -> String {
         results.config_hash, results.seeds, results.versions.memsinks, results.versions.burn, results.backend
     );
     let (k, m) = results.extraction;
-    let _ = writeln!(s, "## Main table\n\nLosses are mean next-token NLL (nats); extraction is the share of {m} greedy-decoded tokens that match the document after a {k}-token prompt (held-out baseline in parentheses); verbatim is the matching prefix length; MIA AUC separates repeated from validation documents by loss.\n");
+    let _ = writeln!(s, "## Main table\n\nLosses are mean next-token NLL (nats); L_val ÷ standard is the validation loss against the standard model of the same seed; extraction is the share of {m} greedy-decoded tokens that match the document after a {k}-token prompt (held-out baseline in parentheses); verbatim is the matching prefix length; MIA AUC separates repeated from validation documents by loss. Each cell is the mean over {} seed(s); `±` gives the half-width of its 95 % confidence interval (Student's t), absent for one seed.\n", results.seeds.len());
     s.push_str(&main_table(results));
     s.push_str("\n## Findings\n\n");
     s.push_str(&findings(results));
@@ -290,114 +347,4 @@ pub fn markdown(results: &Results) -> String {
     }
     let _ = writeln!(s, "\n## Configuration\n\n```ron\n{}\n```", results.config.trim_end());
     s
-}
-
-/// Palette index of a training method.
-fn method_color(method: &str) -> usize {
-    match method {
-        "standard" => 0,
-        "dedup" => 1,
-        "memsinks" => 2,
-        _ => 3,
-    }
-}
-
-fn charts(results: &Results) -> Vec<(&'static str, Chart)> {
-    let mut dynamics = Chart {
-        title: "Loss during training".into(),
-        x_label: "step".into(),
-        y_label: "loss (nats)".into(),
-        ..Default::default()
-    };
-    for d in &results.dynamics {
-        let c = method_color(&d.method);
-        let pts =
-            |f: fn(&super::results::DynamicsPoint) -> f64| d.points.iter().map(|p| (p.step as f64, f(p))).collect();
-        dynamics.series.push(Series {
-            label: format!("{} val", d.method),
-            points: pts(|p| p.val),
-            color: c,
-            style: Style::Line,
-        });
-        dynamics.series.push(Series {
-            label: format!("{} rep", d.method),
-            points: pts(|p| p.rep_sinks),
-            color: c,
-            style: Style::Dashed,
-        });
-        if d.points.iter().any(|p| p.rep_nosinks != p.rep_sinks) {
-            dynamics.series.push(Series {
-                label: format!("{} rep, no sinks", d.method),
-                points: pts(|p| p.rep_nosinks),
-                color: c + 4,
-                style: Style::Dashed,
-            });
-        }
-    }
-    let mut tradeoff = Chart {
-        title: "Post-hoc removal: forgetting vs capability".into(),
-        x_label: "increase of the forget-set loss (nats)".into(),
-        y_label: "increase of validation loss (nats)".into(),
-        // The matched range of the post-hoc table; fine-tuning runs on far beyond it.
-        x_max: Some(2.0 * MATCHED_TARGETS[MATCHED_TARGETS.len() - 1]),
-        ..Default::default()
-    };
-    let mut names: Vec<&str> = results.posthoc.iter().map(|m| m.method.as_str()).collect();
-    names.sort();
-    names.dedup();
-    for (i, name) in names.iter().enumerate() {
-        for m in results.posthoc.iter().filter(|m| m.method == *name) {
-            let style = if m.forget == ForgetSet::Canary { Style::Dashed } else { Style::Line };
-            tradeoff.series.push(Series {
-                label: format!("{name} ({})", m.forget.name()),
-                points: m.curve.iter().map(|p| (p.delta_forget, p.delta_val)).collect(),
-                color: i,
-                style,
-            });
-        }
-    }
-    for (forget, color) in [(ForgetSet::Repeated, 6), (ForgetSet::Canary, 7)] {
-        if let Some(p) = memsinks_point(results, forget) {
-            tradeoff.series.push(Series {
-                label: format!("MemSinks drop ({})", forget.name()),
-                points: vec![p],
-                color,
-                style: Style::Marker,
-            });
-        }
-    }
-    let forgetting = |method: &str| {
-        let mut chart = Chart {
-            title: format!("Tracked repeated documents: {method}"),
-            x_label: "step".into(),
-            y_label: "loss (nats)".into(),
-            ..Default::default()
-        };
-        for f in results.forgetting.iter().filter(|f| f.method == method) {
-            for (i, d) in f.docs.iter().enumerate() {
-                chart.series.push(Series {
-                    label: format!("doc {}", d.doc),
-                    points: d.losses.iter().map(|&(s, with, _)| (s as f64, with)).collect(),
-                    color: i,
-                    style: Style::Line,
-                });
-                if d.losses.iter().any(|&(_, w, wo)| w != wo) {
-                    chart.series.push(Series {
-                        label: format!("doc {}, no sinks", d.doc),
-                        points: d.losses.iter().map(|&(s, _, without)| (s as f64, without)).collect(),
-                        color: i,
-                        style: Style::Dashed,
-                    });
-                }
-                chart.marks.extend(d.seen_at.iter().map(|&s| (s, i)));
-            }
-        }
-        chart
-    };
-    vec![
-        (PLOTS[0], dynamics),
-        (PLOTS[1], tradeoff),
-        (PLOTS[2], forgetting("standard")),
-        (PLOTS[3], forgetting("memsinks")),
-    ]
 }

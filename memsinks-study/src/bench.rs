@@ -1,0 +1,150 @@
+//! The training-step benchmark (`memsinks bench train`): timed full steps (forward, backward,
+//! clip, AdamW) of a preset on random tokens with random sequence IDs, reported with the same
+//! keys as the PyTorch reference (`experiments/bench/torch_reference.py`).
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ElementConversion;
+use memsinks_data::rng::SplitMix64;
+use memsinks_model::loss::lm_loss;
+use memsinks_model::{mask_build_time, LmBatch, MlpMode, ModelConfig, SeqLayout};
+use memsinks_train::optim::step;
+use memsinks_train::{Method, OptimConfig};
+use serde::Serialize;
+
+use crate::runner::BackendTask;
+
+/// One benchmark run.
+#[derive(Clone, Debug)]
+pub struct TrainBench {
+    /// Model preset.
+    pub preset: String,
+    /// `Memsinks` (p_gen 0.7, p_mem 0.3) or `Standard` (p_gen 1, no sinks).
+    pub method: Method,
+    /// Timed steps.
+    pub steps: usize,
+    /// Untimed warm-up steps.
+    pub warmup: usize,
+    /// Rows per batch.
+    pub batch: usize,
+    /// Tokens per row (default: the preset's context).
+    pub seq: Option<usize>,
+    /// Seed of weights and data.
+    pub seed: u64,
+}
+
+/// The JSON line the benchmark prints (the PyTorch reference prints the same keys).
+#[derive(Serialize, Debug)]
+pub struct TrainBenchResult {
+    /// Backend name.
+    pub backend: String,
+    /// Model preset.
+    pub preset: String,
+    /// `memsinks` or `standard`.
+    pub method: String,
+    /// Worker threads of the CPU backends' pool.
+    pub threads: usize,
+    /// Rows per batch.
+    pub batch: usize,
+    /// Tokens per row.
+    pub seq: usize,
+    /// Model parameters.
+    pub params: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// Trained tokens per second over the timed steps.
+    pub tokens_per_s: f64,
+    /// Median step time.
+    pub step_ms_median: f64,
+    /// Share of timed step time spent building sink masks on the host.
+    pub mask_share: f64,
+    /// Peak resident set size of the process.
+    pub peak_rss_mb: f64,
+    /// Mean loss of the timed steps (a sanity check: near ln(vocab) on random tokens).
+    pub loss: f64,
+}
+
+impl BackendTask for TrainBench {
+    type Output = TrainBenchResult;
+
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<TrainBenchResult> {
+        let device = devices.into_iter().next().expect("one device");
+        let mut cfg = ModelConfig::preset(&self.preset)?;
+        match self.method {
+            Method::Standard => cfg.p_gen = 1.0,
+            Method::Memsinks => {}
+            other => bail!("the benchmark times memsinks or standard steps, not {}", other.name()),
+        }
+        if self.steps == 0 || self.batch == 0 {
+            bail!("steps and batch must be positive");
+        }
+        let seq = self.seq.unwrap_or(cfg.max_seq_len);
+        if seq > cfg.max_seq_len {
+            bail!("--seq {seq} exceeds the preset's context {}", cfg.max_seq_len);
+        }
+        B::seed(&device, self.seed);
+        let mut model = cfg.init::<B>(&device)?;
+        let optim_cfg = OptimConfig::default();
+        let mut optim = optim_cfg.init::<B, _>();
+        let mut rng = SplitMix64::new(self.seed ^ 0xBE4C);
+        let mut step_ms = Vec::with_capacity(self.steps);
+        let mut losses = Vec::with_capacity(self.steps);
+        let mut timed_mask = std::time::Duration::ZERO;
+        for i in 0..self.warmup + self.steps {
+            let batch = random_batch::<B>(&mut rng, self.batch, seq, cfg.vocab_size, &device);
+            let mask_before = mask_build_time();
+            let started = Instant::now();
+            let loss = lm_loss(&model, &batch, &MlpMode::Train);
+            let value: f64 = loss.clone().into_scalar().elem();
+            model = step(&mut optim, model, loss, 1e-4, &optim_cfg);
+            B::sync(&device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))?;
+            if i >= self.warmup {
+                step_ms.push(started.elapsed().as_secs_f64() * 1e3);
+                timed_mask += mask_build_time() - mask_before;
+                losses.push(value);
+            }
+        }
+        let total_s: f64 = step_ms.iter().sum::<f64>() / 1e3;
+        let mut sorted = step_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        Ok(TrainBenchResult {
+            backend: String::new(),
+            preset: self.preset,
+            method: self.method.name().to_string(),
+            threads: rayon::current_num_threads(),
+            batch: self.batch,
+            seq,
+            params: cfg.num_params(),
+            steps: self.steps,
+            tokens_per_s: (self.steps * self.batch * seq) as f64 / total_s,
+            step_ms_median: sorted[sorted.len() / 2],
+            mask_share: timed_mask.as_secs_f64() / total_s,
+            peak_rss_mb: peak_rss_mb(),
+            loss: losses.iter().sum::<f64>() / losses.len() as f64,
+        })
+    }
+}
+
+/// A random batch: uniform tokens, one random non-zero sequence ID per row.
+fn random_batch<B: Backend>(
+    rng: &mut SplitMix64,
+    batch: usize,
+    seq: usize,
+    vocab: usize,
+    device: &B::Device,
+) -> LmBatch<B> {
+    let rows: Vec<Vec<u32>> = (0..batch).map(|_| (0..=seq).map(|_| rng.below(vocab) as u32).collect()).collect();
+    let ids: Vec<i64> = (0..batch).map(|_| (rng.next_u64() >> 1).max(1) as i64).collect();
+    LmBatch::from_rows(&rows, &vec![vec![1.0; seq]; batch], SeqLayout::per_row(&ids, seq), device)
+}
+
+/// Peak resident set size (`VmHWM`) in MiB; 0 where `/proc` is unavailable.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}

@@ -1,0 +1,118 @@
+//! The report's charts, built from `results.json`: loss dynamics per method, the post-hoc
+//! trade-off with the MemSinks point, and tracked documents per model.
+
+use memsinks_unlearn::ForgetSet;
+
+use crate::plot::{Chart, Series, Style};
+use crate::report::{memsinks_point, MATCHED_TARGETS, PLOTS};
+use crate::results::{DynamicsPoint, Results};
+
+/// Palette index of a training method.
+fn method_color(method: &str) -> usize {
+    match method {
+        "standard" => 0,
+        "dedup" => 1,
+        "memsinks" => 2,
+        _ => 3,
+    }
+}
+
+/// Every chart of the report, by plot file name.
+pub(crate) fn charts(results: &Results) -> Vec<(&'static str, Chart)> {
+    let mut dynamics = Chart {
+        title: "Loss during training".into(),
+        x_label: "step".into(),
+        y_label: "loss (nats)".into(),
+        ..Default::default()
+    };
+    for d in &results.dynamics {
+        let c = method_color(&d.method);
+        let pts = |f: fn(&DynamicsPoint) -> f64| d.points.iter().map(|p| (p.step as f64, f(p))).collect();
+        dynamics.series.push(Series {
+            label: format!("{} val", d.method),
+            points: pts(|p| p.val),
+            color: c,
+            style: Style::Line,
+        });
+        dynamics.series.push(Series {
+            label: format!("{} rep", d.method),
+            points: pts(|p| p.rep_sinks),
+            color: c,
+            style: Style::Dashed,
+        });
+        if d.points.iter().any(|p| p.rep_nosinks != p.rep_sinks) {
+            dynamics.series.push(Series {
+                label: format!("{} rep, no sinks", d.method),
+                points: pts(|p| p.rep_nosinks),
+                color: c + 4,
+                style: Style::Dashed,
+            });
+        }
+    }
+    let mut tradeoff = Chart {
+        title: "Post-hoc removal: forgetting vs capability".into(),
+        x_label: "increase of the forget-set loss (nats)".into(),
+        y_label: "increase of validation loss (nats)".into(),
+        // The matched range of the post-hoc table; fine-tuning runs on far beyond it.
+        x_max: Some(2.0 * MATCHED_TARGETS[MATCHED_TARGETS.len() - 1]),
+        ..Default::default()
+    };
+    let mut names: Vec<&str> = results.posthoc.iter().map(|m| m.method.as_str()).collect();
+    names.sort();
+    names.dedup();
+    for (i, name) in names.iter().enumerate() {
+        for m in results.posthoc.iter().filter(|m| m.method == *name) {
+            let style = if m.forget == ForgetSet::Canary { Style::Dashed } else { Style::Line };
+            tradeoff.series.push(Series {
+                label: format!("{name} ({})", m.forget.name()),
+                points: m.curve.iter().map(|p| (p.delta_forget, p.delta_val)).collect(),
+                color: i,
+                style,
+            });
+        }
+    }
+    for (forget, color) in [(ForgetSet::Repeated, 6), (ForgetSet::Canary, 7)] {
+        if let Some(p) = memsinks_point(results, forget) {
+            tradeoff.series.push(Series {
+                label: format!("MemSinks drop ({})", forget.name()),
+                points: vec![p],
+                color,
+                style: Style::Marker,
+            });
+        }
+    }
+    let forgetting = |method: &str| {
+        let mut chart = Chart {
+            title: format!("Tracked repeated documents: {method}"),
+            x_label: "step".into(),
+            y_label: "loss (nats)".into(),
+            ..Default::default()
+        };
+        for f in results.forgetting.iter().filter(|f| f.method == method) {
+            for (i, d) in f.docs.iter().enumerate() {
+                chart.series.push(Series {
+                    label: format!("doc {}", d.doc),
+                    points: d.losses.iter().map(|&(s, with, _)| (s as f64, with)).collect(),
+                    color: i,
+                    style: Style::Line,
+                });
+                if d.losses.iter().any(|&(_, w, wo)| w != wo) {
+                    chart.series.push(Series {
+                        label: format!("doc {}, no sinks", d.doc),
+                        points: d.losses.iter().map(|&(s, _, without)| (s as f64, without)).collect(),
+                        color: i,
+                        style: Style::Dashed,
+                    });
+                }
+                chart.marks.extend(d.seen_at.iter().map(|&s| (s, i)));
+            }
+        }
+        chart
+    };
+    vec![
+        (PLOTS[0], dynamics),
+        (PLOTS[1], tradeoff),
+        (PLOTS[2], forgetting("standard")),
+        (PLOTS[3], forgetting("memsinks")),
+    ]
+}

@@ -1,0 +1,156 @@
+//! The `study` section of an experiment file: what `memsinks reproduce` runs around training.
+//! Training reads the other sections (`memsinks_train::ExperimentConfig`) and skips this one.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use memsinks_data::overrides::{apply_overrides, parse_ron};
+use memsinks_data::DataConfig;
+use memsinks_train::config::{ModelSection, TrainConfig};
+use memsinks_train::{ExperimentConfig, Method};
+use serde::{Deserialize, Serialize};
+
+/// What `memsinks reproduce` runs around training.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StudyConfig {
+    /// Training methods compared (each trained once per seed).
+    pub methods: Vec<Method>,
+    /// Training seeds (`train.seed` when empty); several give means with 95 % intervals.
+    pub seeds: Vec<u64>,
+    /// Post-hoc methods run on the standard model: registry names or `.ron` paths, each
+    /// optionally followed by `key=value` overrides (`"gradient-ascent steps=20 lr=1e-3"`).
+    pub posthoc: Vec<String>,
+    /// Documents per split in evaluation.
+    pub eval_docs: usize,
+    /// Prompt tokens of greedy extraction.
+    pub extract_prompt: usize,
+    /// Continuation tokens of greedy extraction.
+    pub extract_continuation: usize,
+    /// Whether each seed also draws its own corpus (held-out and repeated documents, canaries,
+    /// data order: data seed `data.seed + seed`), not only its own initialisation.
+    pub vary_data: bool,
+}
+
+impl Default for StudyConfig {
+    fn default() -> Self {
+        Self {
+            methods: Method::ALL.to_vec(),
+            seeds: Vec::new(),
+            posthoc: ["gradient-ascent", "gradient-difference", "npo", "prune-activations", "prune-random"]
+                .map(String::from)
+                .to_vec(),
+            eval_docs: 64,
+            extract_prompt: 32,
+            extract_continuation: 32,
+            vary_data: true,
+        }
+    }
+}
+
+/// The part of an experiment file the study reads (serde skips the other sections).
+#[derive(Clone, Serialize, Deserialize)]
+struct StudySection {
+    #[serde(default)]
+    study: StudyConfig,
+}
+
+impl StudyConfig {
+    /// The `study` section of the experiment file text `text` (errors name `origin`), with the
+    /// `study.*` overrides among `sets` applied.
+    ///
+    /// # Errors
+    /// When the section or an override is invalid.
+    pub fn parse(text: &str, origin: &Path, sets: &[String]) -> Result<Self> {
+        let section: StudySection = parse_ron(text, origin)?;
+        let ours: Vec<String> = sets.iter().filter(|s| s.starts_with("study.")).cloned().collect();
+        Ok(apply_overrides(&section, &ours)?.study)
+    }
+
+    /// The data configuration training seed `seed` uses: with [`StudyConfig::vary_data`], the
+    /// experiment's with data seed `data.seed + seed`; otherwise the experiment's.
+    pub fn data_for_seed(&self, data: &DataConfig, seed: u64) -> DataConfig {
+        let mut out = data.clone();
+        if self.vary_data {
+            out.seed = data.seed.wrapping_add(seed);
+        }
+        out
+    }
+
+    /// Checks the settings against the experiment they run around.
+    ///
+    /// # Errors
+    /// A zero count, or extraction that does not fit one context window.
+    pub fn validate(&self, experiment: &ExperimentConfig) -> Result<()> {
+        if self.eval_docs == 0 || self.extract_prompt == 0 || self.extract_continuation == 0 {
+            bail!("study.eval_docs, extract_prompt and extract_continuation must be at least 1");
+        }
+        if self.extract_prompt + self.extract_continuation > experiment.data.context {
+            bail!(
+                "study.extract_prompt {} + extract_continuation {} exceed data.context {}: extraction runs within one context window",
+                self.extract_prompt,
+                self.extract_continuation,
+                experiment.data.context
+            );
+        }
+        if !self.methods.contains(&Method::Standard) {
+            bail!("study.methods must include Standard: every comparison is made against it");
+        }
+        Ok(())
+    }
+}
+
+/// A whole experiment file (all four sections), for writing it back out.
+#[derive(Serialize)]
+struct ExperimentFile<'a> {
+    data: &'a DataConfig,
+    model: &'a ModelSection,
+    train: &'a TrainConfig,
+    study: &'a StudyConfig,
+}
+
+/// The resolved experiment as one RON file: what training read plus the study section.
+pub fn experiment_ron(experiment: &ExperimentConfig, study: &StudyConfig) -> String {
+    let file = ExperimentFile { data: &experiment.data, model: &experiment.model, train: &experiment.train, study };
+    ron::ser::to_string_pretty(&file, ron::ser::PrettyConfig::default()).expect("config serialises")
+}
+
+/// Reads an experiment file for a study: training's sections with the overrides among `sets`
+/// that are not `study.*`, and the study section with those that are.
+///
+/// # Errors
+/// When the file or an override is invalid.
+pub fn load_experiment(text: &str, origin: &Path, sets: &[String]) -> Result<(ExperimentConfig, StudyConfig)> {
+    let training_sets: Vec<String> = sets.iter().filter(|s| !s.starts_with("study.")).cloned().collect();
+    let experiment = ExperimentConfig::parse(text, origin, &training_sets)?;
+    let study = StudyConfig::parse(text, origin, sets)?;
+    study.validate(&experiment)?;
+    Ok((experiment, study))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_study_section_is_read_and_overridden_apart_from_training() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/smoke.ron");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let sets = ["study.seeds=[0,1]".to_string(), "train.lr=1e-3".to_string()];
+        let (experiment, study) = load_experiment(&text, &path, &sets).unwrap();
+        assert_eq!(study.seeds, vec![0, 1]);
+        assert_eq!(experiment.train.lr, 1e-3);
+        // The written file reads back to the same experiment and study.
+        let ron = experiment_ron(&experiment, &study);
+        let (e2, s2) = load_experiment(&ron, &path, &[]).unwrap();
+        assert_eq!((&e2, &s2), (&experiment, &study));
+        // Seeds draw their own corpora unless told not to; seed 0 keeps the experiment's.
+        assert_eq!(study.data_for_seed(&experiment.data, 0), experiment.data);
+        assert_eq!(study.data_for_seed(&experiment.data, 2).seed, experiment.data.seed + 2);
+        let fixed = StudyConfig { vary_data: false, ..study.clone() };
+        assert_eq!(fixed.data_for_seed(&experiment.data, 2), experiment.data);
+        let bad = ["study.extract_prompt=1000".to_string()];
+        let err = load_experiment(&text, &path, &bad).unwrap_err().to_string();
+        assert!(err.contains("extract_prompt") && err.contains("context"), "{err}");
+    }
+}

@@ -1,0 +1,153 @@
+//! Run-level evaluation: a trained run measured in every MLP mode that applies, with its gap
+//! closures, written as the run's `eval.json` (the [`EvalFile`] that `memsinks eval` writes,
+//! the study reads and the tests parse).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use memsinks_model::io::write_atomic;
+use memsinks_model::MlpMode;
+use memsinks_train::run::FinishedRun;
+use memsinks_train::RunDir;
+use memsinks_unlearn::eval::{
+    default_modes, evaluate_mode, exclusion_specificity, EvalOptions, ModeReport, Specificity,
+};
+use memsinks_unlearn::metrics::gap_closure;
+use serde::{Deserialize, Serialize};
+
+use crate::runner::BackendTask;
+
+/// Repeated documents whose sinks are switched off one at a time to measure specificity.
+const SPECIFICITY_DOCS: usize = 8;
+
+/// The content of `eval.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalFile {
+    /// Run id of the evaluated run.
+    pub run_id: String,
+    /// Training method.
+    pub method: String,
+    /// Options used.
+    pub options: EvalOptions,
+    /// One report per mode.
+    pub modes: Vec<ModeReport>,
+    /// `1 - gap(drop-sinks) / gap(activate-seq)`: closure against the same model with sinks on.
+    pub gap_closure_vs_sinks_on: Option<f64>,
+    /// Per mode, `1 - gap(mode) / gap(reference)`, when a reference run is given.
+    pub gap_closure_vs_reference: Option<Vec<(String, f64)>>,
+    /// Dropping one sequence's sinks: its loss change versus the other repeated documents'
+    /// (MemSinks models only).
+    #[serde(default)]
+    pub exclusion_specificity: Vec<Specificity>,
+}
+
+impl EvalFile {
+    /// The report of mode `name` when it has a gap (both repeated and validation tokens; with
+    /// either set empty there is no gap to close).
+    pub fn gap_of(&self, name: &str) -> Option<f64> {
+        self.modes.iter().find(|r| r.mode == name && r.repeated.tokens > 0 && r.validation.tokens > 0).map(|r| r.gap)
+    }
+
+    /// Mean loss change of the excluded document and of the other repeated documents when one
+    /// document's sinks are switched off (MemSinks models), `None` without sinks.
+    pub fn mean_specificity(&self) -> Option<(f64, f64)> {
+        let s = &self.exclusion_specificity;
+        (!s.is_empty()).then(|| {
+            let n = s.len() as f64;
+            (s.iter().map(|x| x.target_delta).sum::<f64>() / n, s.iter().map(|x| x.others_delta).sum::<f64>() / n)
+        })
+    }
+
+    /// Writes the file as `RUN/eval.json`, atomically.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn write(&self, run: &Path) -> Result<()> {
+        Ok(write_atomic(&RunDir::new(run).eval(), &serde_json::to_vec_pretty(self)?)?)
+    }
+}
+
+/// Reads `RUN/eval.json`.
+///
+/// # Errors
+/// When the run was not evaluated or the file is not an evaluation.
+pub fn load_eval(run: &Path) -> Result<EvalFile> {
+    let path = RunDir::new(run).eval();
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: evaluate the run first", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}", path.display()))
+}
+
+/// Evaluation of one run: which modes, which documents, and what to compare against.
+#[derive(Clone, Debug)]
+pub struct EvalRequest {
+    /// The run directory.
+    pub run: std::path::PathBuf,
+    /// One mode, or every mode that applies to the model.
+    pub mode: Option<MlpMode>,
+    /// Sequence IDs whose sinks are off in the `all` and `activate-seq` modes.
+    pub exclude: Vec<i64>,
+    /// Documents per split.
+    pub max_docs: usize,
+    /// Prompt tokens of greedy extraction.
+    pub extract_prompt: usize,
+    /// Continuation tokens of greedy extraction.
+    pub extract_continuation: usize,
+    /// An evaluated standard run's `eval.json`, to measure gap closure against.
+    pub reference: Option<EvalFile>,
+}
+
+impl BackendTask for EvalRequest {
+    type Output = EvalFile;
+
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<EvalFile> {
+        let device = &devices[0];
+        let run = FinishedRun::open(&self.run)?;
+        let (model, _) = run.model::<B::InnerBackend>(device)?;
+        let FinishedRun { config: cfg, summary, corpus, .. } = run;
+        let modes = match self.mode {
+            Some(mode) => vec![mode],
+            None => default_modes(&model),
+        };
+        let modes: Vec<MlpMode> = modes
+            .into_iter()
+            .map(|mode| match mode {
+                MlpMode::All { .. } => MlpMode::All { exclude: self.exclude.clone() },
+                MlpMode::ActivateSeq { .. } => MlpMode::ActivateSeq { exclude: self.exclude.clone() },
+                other => other,
+            })
+            .collect();
+        let options = EvalOptions {
+            max_docs: self.max_docs,
+            extract_prompt: self.extract_prompt,
+            extract_continuation: self.extract_continuation,
+            batch_size: cfg.train.batch_size,
+            context: cfg.data.context,
+        };
+        options.validate().map_err(anyhow::Error::msg)?;
+        let reports: Vec<ModeReport> =
+            modes.iter().map(|mode| evaluate_mode(&model, &corpus, mode, &options, device)).collect();
+        let exclusion_specificity = if model.sink_pool().is_empty() {
+            Vec::new()
+        } else {
+            exclusion_specificity(&model, &corpus, &options, SPECIFICITY_DOCS, device)
+        };
+        let mut file = EvalFile {
+            exclusion_specificity,
+            run_id: summary.run_id,
+            method: summary.method,
+            options,
+            modes: reports,
+            gap_closure_vs_sinks_on: None,
+            gap_closure_vs_reference: None,
+        };
+        file.gap_closure_vs_sinks_on =
+            file.gap_of("drop-sinks").zip(file.gap_of("activate-seq")).map(|(d, a)| gap_closure(d, a));
+        if let Some(reference) = &self.reference {
+            let gap_ref = reference.modes.first().map(|r| r.gap).context("the reference eval.json has no modes")?;
+            file.gap_closure_vs_reference =
+                Some(file.modes.iter().map(|r| (r.mode.clone(), gap_closure(r.gap, gap_ref))).collect());
+        }
+        Ok(file)
+    }
+}

@@ -1,0 +1,33 @@
+//! # memsinks-study
+//!
+//! The study of the MemSinks paper as a library, under the `memsinks` command line:
+//! - [`runner`]: work that runs on a backend chosen at run time ([`runner::BackendTask`],
+//!   [`runner::Runner`]), and the training and unlearning tasks;
+//! - [`evaluate`]: run-level evaluation in every MLP mode and its file, `eval.json`;
+//! - [`reproduce`]: the whole study from one experiment file, each stage cached in its output
+//!   directory ([`study_dir::StudyDir`] names its files);
+//! - [`results`]: `results.json`, the typed record of every number, which [`report`] and
+//!   [`plot`] turn into `report.md` and its plots without the runs.
+
+pub mod assemble;
+pub mod bench;
+mod charts;
+pub mod config;
+pub mod evaluate;
+pub mod export;
+pub mod plot;
+pub mod report;
+pub mod reproduce;
+pub mod results;
+pub mod runner;
+pub mod stages;
+pub mod stats;
+pub mod study_dir;
+
+pub use config::{load_experiment, StudyConfig};
+pub use evaluate::{load_eval, EvalFile, EvalRequest};
+pub use export::{ExportRequest, Exported};
+pub use reproduce::{reproduce, ReproduceRequest, DEFAULT_EXPERIMENT};
+pub use results::Results;
+pub use runner::{BackendTask, DeviceRange, MethodTask, Runner, TrainTask};
+pub use study_dir::StudyDir;

@@ -1,0 +1,160 @@
+//! `memsinks reproduce`: the whole study from one experiment file.
+//!
+//! Stages, each cached in the output directory and redone only when what it depends on changed
+//! ([`crate::stages`]): prepare the corpus (keyed by the data config's hash); train every method
+//! and seed; evaluate each run; run the post-hoc methods on the standard model and drop the
+//! sinks of the MemSinks model. Then `results.json`, `report.md` and the plots.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use memsinks_data::Split;
+use memsinks_model::io::{is_empty_dir, write_atomic, DirLock};
+use memsinks_train::{ExperimentConfig, Method};
+use memsinks_unlearn::ForgetSet;
+
+use crate::assemble::{assemble, StudyOutputs};
+use crate::config::{load_experiment, StudyConfig};
+use crate::report;
+use crate::results::{Results, Timing};
+use crate::runner::Runner;
+use crate::stages::{Stages, Trained};
+use crate::study_dir::StudyDir;
+
+/// The embedded default experiment (`experiments/ts-quick.ron`): synthetic stories, no download.
+pub const DEFAULT_EXPERIMENT: &str = include_str!("../../experiments/ts-quick.ron");
+
+/// A reproduction to run.
+#[derive(Clone, Debug)]
+pub struct ReproduceRequest {
+    /// Experiment name (the config file's stem).
+    pub name: String,
+    /// What training reads of the experiment (overrides applied).
+    pub config: ExperimentConfig,
+    /// The experiment's study section (overrides applied).
+    pub study: StudyConfig,
+    /// The output directory.
+    pub out: PathBuf,
+    /// Continue interrupted training runs from their newest checkpoint.
+    pub resume: bool,
+}
+
+impl ReproduceRequest {
+    /// The experiment file `text` (named `name`, read from `origin`) with overrides `sets`,
+    /// into `out`.
+    ///
+    /// # Errors
+    /// When the file or an override is invalid.
+    pub fn from_text(name: &str, text: &str, origin: &Path, sets: &[String], out: PathBuf) -> Result<Self> {
+        let (config, study) = load_experiment(text, origin, sets)?;
+        Ok(Self { name: name.to_string(), config, study, out, resume: false })
+    }
+
+    /// The embedded default experiment (`ts-quick`) with overrides `sets`, into `out`.
+    ///
+    /// # Errors
+    /// When an override is invalid (the shipped file itself parses: a test checks it).
+    pub fn default_experiment(sets: &[String], out: PathBuf) -> Result<Self> {
+        Self::from_text("ts-quick", DEFAULT_EXPERIMENT, Path::new("<embedded ts-quick.ron>"), sets, out)
+    }
+}
+
+/// Runs the study of `request` on `runner`; writes `results.json`, `report.md` and the plots
+/// into the output directory and returns the results.
+///
+/// # Errors
+/// When the output directory is a user's own, in use, or any stage fails.
+pub fn reproduce(request: &ReproduceRequest, runner: &impl Runner) -> Result<Results> {
+    let cfg = &request.config;
+    let study = &request.study;
+    cfg.validate()?;
+    study.validate(cfg)?;
+    let dir = StudyDir::new(&request.out);
+    // A reproduction writes data/, runs/, posthoc/, plots/, results.json and report.md: never into
+    // a user's own directory.
+    if !is_empty_dir(dir.path())? && !dir.holds_reproduction() {
+        bail!("{} is not empty and holds no reproduction: choose a new or empty --out", dir.path().display());
+    }
+    let _lock = DirLock::acquire(dir.path(), "reproduce")?;
+    let seeds = if study.seeds.is_empty() { vec![cfg.train.seed] } else { study.seeds.clone() };
+    let mut stages = Stages::default();
+
+    // Each seed draws its own corpus (held-out and repeated documents, canaries, data order) when
+    // `study.vary_data` is on: seed `s` uses data seed `data.seed + s`, so a seed's corpus is the
+    // same in every study that lists it.
+    let mut corpora = Vec::new();
+    for &seed in &seeds {
+        let data = study.data_for_seed(&cfg.data, seed);
+        let data_dir = dir.data_for(&data, &cfg.data);
+        if corpora.iter().any(|(d, _): &(PathBuf, _)| *d == data_dir) {
+            continue;
+        }
+        let started = Instant::now();
+        let corpus = memsinks_data::prepare(&data, &data_dir, true)?;
+        let name = data_dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        stages.timings.push(Timing {
+            stage: format!("prepare corpus ({name})"),
+            seconds: started.elapsed().as_secs_f64(),
+            cached: false,
+        });
+        corpora.push((data_dir, corpus));
+    }
+    let corpus = &corpora[0].1;
+    let has_canaries = !corpus.manifest.indices(Split::Canary).is_empty();
+
+    let mut trained = Vec::new();
+    for &seed in &seeds {
+        let data = study.data_for_seed(&cfg.data, seed);
+        let data_dir = dir.data_for(&data, &cfg.data);
+        for &method in &study.methods {
+            let mut run_cfg = cfg.clone();
+            run_cfg.data = data.clone();
+            run_cfg.train.method = method;
+            run_cfg.train.seed = seed;
+            let run_dir = dir.run(method, seed);
+            let summary = stages.train(&run_cfg, &run_dir, &data_dir, request.resume, runner)?;
+            let eval = stages.evaluate(&dir, &run_cfg, study, &run_dir, runner)?;
+            trained.push(Trained { method, seed, dir: run_dir, summary, eval });
+        }
+    }
+
+    // Post-hoc methods on the standard model and dropping the sinks of the MemSinks model.
+    let first = |m: Method| trained.iter().find(|t| t.method == m && t.seed == seeds[0]);
+    let forget_sets: Vec<ForgetSet> =
+        if has_canaries { vec![ForgetSet::Repeated, ForgetSet::Canary] } else { vec![ForgetSet::Repeated] };
+    let mut posthoc = Vec::new();
+    let standard = first(Method::Standard).context("the standard model of the first seed")?;
+    for entry in &study.posthoc {
+        let mut words = entry.split_whitespace();
+        let method = words.next().context("an empty study.posthoc entry")?;
+        let sets: Vec<String> = words.map(String::from).collect();
+        for &forget in &forget_sets {
+            posthoc.push(stages.removal(&dir, standard, method, &sets, forget, runner)?);
+        }
+    }
+    let mut by_design = Vec::new();
+    if let Some(mem) = first(Method::Memsinks) {
+        for &forget in &forget_sets {
+            by_design.push(stages.removal(&dir, mem, "drop-sinks", &[], forget, runner)?);
+        }
+    }
+
+    let outputs = StudyOutputs { timings: stages.timings, trained, posthoc, by_design };
+    let results = assemble(&request.name, cfg, study, &seeds, runner.backend(), outputs, &corpus.manifest)?;
+    write_atomic(&dir.results(), &serde_json::to_vec_pretty(&results)?)?;
+    report::write_report(dir.path(), &results)?;
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_experiment_parses_and_validates() {
+        let request = ReproduceRequest::default_experiment(&[], PathBuf::from("x")).unwrap();
+        request.config.validate().unwrap();
+        assert!(request.study.methods.contains(&Method::Standard));
+    }
+}

@@ -1,0 +1,192 @@
+//! `metrics.jsonl`: the typed records a run appends during training, shared by the writer
+//! ([`crate::run_log::RunLog`]) and every reader (the study, the tests).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+
+/// Repeated documents whose losses are logged at every evaluation: the first this many of the
+/// manifest's repeated split.
+pub const TRACKED_DOCS: usize = 16;
+
+/// Names of the evaluation losses (burn-train's dashboard metrics and [`EvalRecord`]'s fields).
+pub const EVAL_KEYS: [&str; 5] =
+    ["val_loss", "rep_loss_sinks", "rep_loss_nosinks", "canary_loss_sinks", "canary_loss_nosinks"];
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum MetricsLine {
+    /// Training progress, every `log_every` optimizer steps.
+    Train(TrainRecord),
+    /// The evaluation at the end of a round.
+    Eval(EvalRecord),
+}
+
+impl MetricsLine {
+    /// The optimizer step the line was written at.
+    pub fn step(&self) -> u64 {
+        match self {
+            MetricsLine::Train(t) => t.step,
+            MetricsLine::Eval(e) => e.step,
+        }
+    }
+}
+
+/// Training progress over the last `log_every` steps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainRecord {
+    /// Optimizer step.
+    pub step: u64,
+    /// Mean training loss over the window.
+    pub loss: f64,
+    /// Learning rate at this step.
+    pub lr: f64,
+    /// Throughput over the window (rows × context per second, padding included).
+    pub tokens_per_s: f64,
+    /// Tokens trained on so far (rows × context, padding included).
+    pub tokens_seen: u64,
+}
+
+/// The evaluation after one round: mean losses per split (absent where the split is empty) and
+/// the tracked repeated documents' losses.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    /// Round (1-based).
+    pub round: u64,
+    /// Optimizer step.
+    pub step: u64,
+    /// Validation loss (sinks dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    /// Repeated documents, each with its own sinks on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rep_loss_sinks: Option<f64>,
+    /// Repeated documents with the sinks dropped (equal to `rep_loss_sinks` without sinks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rep_loss_nosinks: Option<f64>,
+    /// Canaries, each with its own sinks on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_loss_sinks: Option<f64>,
+    /// Canaries with the sinks dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_loss_nosinks: Option<f64>,
+    /// Per tracked repeated document (corpus index): `(loss with its sinks, loss without)`.
+    #[serde(default, deserialize_with = "doc_index_keys")]
+    pub rep_doc_losses: BTreeMap<usize, (f64, f64)>,
+}
+
+/// Reads the document map with its keys as JSON writes them (strings). serde_json parses such
+/// keys as integers only when it deserializes the map itself; inside the `kind`-tagged
+/// [`MetricsLine`] serde buffers the object first and loses that, so the keys are parsed here.
+fn doc_index_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<usize, (f64, f64)>, D::Error> {
+    let raw: BTreeMap<String, (f64, f64)> = BTreeMap::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| k.parse().map(|k| (k, v)).map_err(|_| serde::de::Error::custom(format!("document index `{k}`"))))
+        .collect()
+}
+
+impl EvalRecord {
+    /// Sets the loss named `key` (one of [`EVAL_KEYS`]); other keys are ignored.
+    pub fn set(&mut self, key: &str, value: f64) {
+        let slot = match key {
+            "val_loss" => &mut self.val_loss,
+            "rep_loss_sinks" => &mut self.rep_loss_sinks,
+            "rep_loss_nosinks" => &mut self.rep_loss_nosinks,
+            "canary_loss_sinks" => &mut self.canary_loss_sinks,
+            "canary_loss_nosinks" => &mut self.canary_loss_nosinks,
+            _ => return,
+        };
+        *slot = Some(value);
+    }
+}
+
+/// Reads every line of a `metrics.jsonl`.
+///
+/// # Errors
+/// When the file cannot be read or a line is not a metrics record (naming the line).
+pub fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| {
+                TrainError::Config(format!("{} line {}: not a metrics record: {e}", path.display(), i + 1))
+            })
+        })
+        .collect()
+}
+
+/// The evaluation records of a `metrics.jsonl`, in order.
+///
+/// # Errors
+/// As [`read_metrics`].
+pub fn read_evals(path: &Path) -> Result<Vec<EvalRecord>, TrainError> {
+    Ok(read_metrics(path)?
+        .into_iter()
+        .filter_map(|l| match l {
+            MetricsLine::Eval(e) => Some(e),
+            MetricsLine::Train(_) => None,
+        })
+        .collect())
+}
+
+/// Keeps the lines of `metrics.jsonl` up to evaluation round `max_round` and training step
+/// `max_step`, so that a resumed run does not log a round twice. Lines that do not parse (a
+/// write cut by a kill) are dropped.
+pub(crate) fn truncate_metrics(path: &Path, max_step: u64, max_round: u64) -> Result<(), TrainError> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let mut kept = String::new();
+    for line in text.lines() {
+        let keep = match serde_json::from_str::<MetricsLine>(line) {
+            Ok(MetricsLine::Eval(e)) => e.round <= max_round,
+            Ok(MetricsLine::Train(t)) => t.step <= max_step,
+            Err(_) => false,
+        };
+        if keep {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    Ok(memsinks_model::io::write_atomic(path, kept.as_bytes())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_keep_the_old_layout() {
+        let mut e = EvalRecord { round: 2, step: 40, ..Default::default() };
+        e.set("val_loss", 3.5);
+        e.set("rep_loss_sinks", 1.25);
+        e.rep_doc_losses.insert(7, (1.0, 2.0));
+        let line = serde_json::to_string(&MetricsLine::Eval(e.clone())).unwrap();
+        // The layout older runs wrote: a `kind` tag, flat losses, documents keyed by index.
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["kind"], "eval");
+        assert_eq!(v["rep_doc_losses"]["7"], serde_json::json!([1.0, 2.0]));
+        assert!(v.get("canary_loss_sinks").is_none());
+        assert_eq!(serde_json::from_str::<MetricsLine>(&line).unwrap(), MetricsLine::Eval(e));
+    }
+
+    #[test]
+    fn truncation_keeps_earlier_rounds_and_drops_cut_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let train =
+            |step| MetricsLine::Train(TrainRecord { step, loss: 1.0, lr: 1e-3, tokens_per_s: 1.0, tokens_seen: 1 });
+        let eval = |round, step| MetricsLine::Eval(EvalRecord { round, step, ..Default::default() });
+        let lines = [train(10), eval(1, 10), train(20), eval(2, 20)];
+        let mut text: String = lines.iter().map(|l| serde_json::to_string(l).unwrap() + "\n").collect();
+        text.push_str("{\"kind\":\"tr");
+        std::fs::write(&path, text).unwrap();
+        truncate_metrics(&path, 10, 1).unwrap();
+        assert_eq!(read_metrics(&path).unwrap(), lines[..2].to_vec());
+        assert_eq!(read_evals(&path).unwrap().len(), 1);
+    }
+}
