@@ -247,7 +247,7 @@ fn reproduce_writes_the_report_and_report_regenerates_it() {
     let verdict = report.lines().find(|l| l.starts_with("- Natural text:")).expect("the natural-text finding");
     assert!(verdict.contains("95 % interval"), "{verdict}");
     assert!(["**holds**", "**does not hold**", "**inconclusive"].iter().any(|v| verdict.contains(v)), "{verdict}");
-    for plot in ["dynamics", "tradeoff", "forgetting-standard", "forgetting-memsinks"] {
+    for plot in ["dynamics", "tradeoff", "forgetting-standard", "forgetting-memsinks", "closure"] {
         for ext in ["svg", "png"] {
             let len = std::fs::metadata(out.join("plots").join(format!("{plot}.{ext}"))).unwrap().len();
             assert!(len > 1000, "{plot}.{ext} is {len} bytes");

@@ -1,6 +1,7 @@
 //! The report's charts, built from `results.json`: loss dynamics per method, the post-hoc
 //! trade-off with the MemSinks point, and tracked documents per model.
 
+use memsinks_unlearn::metrics::gap_closure;
 use memsinks_unlearn::ForgetSet;
 
 use crate::plot::{Chart, Series, Style};
@@ -114,5 +115,41 @@ pub(crate) fn charts(results: &Results) -> Vec<(&'static str, Chart)> {
         (PLOTS[1], tradeoff),
         (PLOTS[2], forgetting("standard")),
         (PLOTS[3], forgetting("memsinks")),
+        (PLOTS[4], closure_trajectory(results)),
     ]
+}
+
+/// Gap closure against the standard model (solid) and validation loss ÷ the standard model's
+/// (dashed) at every evaluation of every other method: the whole trajectory, not the one point
+/// the main table reads. Each method's gap uses its repeated-set loss with sinks dropped.
+fn closure_trajectory(results: &Results) -> Chart {
+    let mut chart = Chart {
+        title: "Gap closure and L_val ÷ standard during training".into(),
+        x_label: "step".into(),
+        y_label: "closure / ratio".into(),
+        ..Default::default()
+    };
+    let Some(standard) = results.dynamics.iter().find(|d| d.method == "standard") else { return chart };
+    let at = |step: u64| standard.points.iter().find(|p| p.step == step);
+    for d in results.dynamics.iter().filter(|d| d.method != "standard") {
+        let c = method_color(&d.method);
+        let paired: Vec<(&DynamicsPoint, &DynamicsPoint)> =
+            d.points.iter().filter_map(|p| at(p.step).map(|s| (p, s))).collect();
+        chart.series.push(Series {
+            label: format!("{} closure", d.method),
+            points: paired
+                .iter()
+                .map(|(p, s)| (p.step as f64, gap_closure(p.val - p.rep_nosinks, s.val - s.rep_sinks)))
+                .collect(),
+            color: c,
+            style: Style::Line,
+        });
+        chart.series.push(Series {
+            label: format!("{} L_val ÷ standard", d.method),
+            points: paired.iter().map(|(p, s)| (p.step as f64, p.val / s.val)).collect(),
+            color: c,
+            style: Style::Dashed,
+        });
+    }
+    chart
 }

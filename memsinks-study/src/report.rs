@@ -18,7 +18,7 @@ use crate::study_dir::StudyDir;
 pub const MATCHED_TARGETS: [f64; 4] = [0.25, 0.5, 1.0, 2.0];
 
 /// Plot files written next to `report.md` (each as `.svg` and `.png`).
-pub const PLOTS: [&str; 4] = ["dynamics", "tradeoff", "forgetting-standard", "forgetting-memsinks"];
+pub const PLOTS: [&str; 5] = ["dynamics", "tradeoff", "forgetting-standard", "forgetting-memsinks", "closure"];
 
 /// Reads `DIR/results.json`.
 pub fn load_results(dir: &Path) -> Result<Results> {
@@ -338,6 +338,7 @@ pub fn markdown(results: &Results) -> String {
         "Post-hoc trade-off: forget-loss increase against validation-loss increase, natural (solid) and canary (dashed), up to 4 nats of forgetting; the MemSinks drop-sinks points (against the standard model) as large markers.",
         "Standard model: loss of tracked repeated documents during training; ticks mark when each was seen.",
         "MemSinks model: the same documents with their sinks on (solid) and dropped (dashed).",
+        "Every evaluation during training: gap closure against the standard model at the same step (solid; sinks dropped) and validation loss ÷ the standard model's (dashed). A closure is only worth its ratio: near 1 it is isolation, far above 1 a broken model.",
     ]) {
         let _ = writeln!(s, "![{name}](plots/{name}.svg)\n\n{what}\n");
     }
