@@ -1,7 +1,7 @@
 //! `memsinks unlearn`: run one method of the registry on a trained run and write its results
 //! (trade-off curve, relearning test) as JSON.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
@@ -60,10 +60,9 @@ pub fn run(args: &UnlearnArgs, out: &mut impl std::io::Write) -> Result<()> {
     }
     let (run, method) = (args.run.as_ref().expect("clap"), args.method.as_ref().expect("clap"));
     let forget = args.forget;
-    let stem = Path::new(method).file_stem().map_or_else(|| method.clone(), |s| s.to_string_lossy().to_string());
-    let path = args.out.clone().unwrap_or_else(|| RunDir::new(run).unlearn_result(&stem, forget.name()));
     // Checked before any work: the method and the run.
     let task = MethodTask::new(run, method, &args.sets, forget)?;
+    let path = args.out.clone().unwrap_or_else(|| RunDir::new(run).unlearn_result(&task.name, forget.name()));
     memsinks_train::run::load_summary(run)?;
     let _lock = memsinks_model::io::DirLock::acquire(run, "unlearn")?;
     if path.exists() && !args.force {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use memsinks_data::Split;
+use memsinks_data::{DataConfig, PreparedCorpus, Split};
 use memsinks_model::io::{is_empty_dir, write_atomic, DirLock};
 use memsinks_train::{ExperimentConfig, Method};
 use memsinks_unlearn::ForgetSet;
@@ -83,15 +83,21 @@ pub fn reproduce(request: &ReproduceRequest, runner: &impl Runner) -> Result<Res
     // Each seed draws its own corpus (held-out and repeated documents, canaries, data order) when
     // `study.vary_data` is on: seed `s` uses data seed `data.seed + s`, so a seed's corpus is the
     // same in every study that lists it.
-    let mut corpora = Vec::new();
-    for &seed in &seeds {
-        let data = study.data_for_seed(&cfg.data, seed);
-        let data_dir = dir.data_for(&data, &cfg.data);
-        if corpora.iter().any(|(d, _): &(PathBuf, _)| *d == data_dir) {
+    let plan: Vec<(u64, DataConfig, PathBuf)> = seeds
+        .iter()
+        .map(|&seed| {
+            let data = study.data_for_seed(&cfg.data, seed);
+            let data_dir = dir.data_for(&data, &cfg.data);
+            (seed, data, data_dir)
+        })
+        .collect();
+    let mut corpora: Vec<(&PathBuf, PreparedCorpus)> = Vec::new();
+    for (_, data, data_dir) in &plan {
+        if corpora.iter().any(|(d, _)| *d == data_dir) {
             continue;
         }
         let started = Instant::now();
-        let corpus = memsinks_data::prepare(&data, &data_dir, true)?;
+        let corpus = memsinks_data::prepare(data, data_dir, true)?;
         let name = data_dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         stages.timings.push(Timing {
             stage: format!("prepare corpus ({name})"),
@@ -104,18 +110,16 @@ pub fn reproduce(request: &ReproduceRequest, runner: &impl Runner) -> Result<Res
     let has_canaries = !corpus.manifest.indices(Split::Canary).is_empty();
 
     let mut trained = Vec::new();
-    for &seed in &seeds {
-        let data = study.data_for_seed(&cfg.data, seed);
-        let data_dir = dir.data_for(&data, &cfg.data);
+    for (seed, data, data_dir) in &plan {
         for &method in &study.methods {
             let mut run_cfg = cfg.clone();
             run_cfg.data = data.clone();
             run_cfg.train.method = method;
-            run_cfg.train.seed = seed;
-            let run_dir = dir.run(method, seed);
-            let summary = stages.train(&run_cfg, &run_dir, &data_dir, request.resume, runner)?;
+            run_cfg.train.seed = *seed;
+            let run_dir = dir.run(method, *seed);
+            let summary = stages.train(&run_cfg, &run_dir, data_dir, request.resume, runner)?;
             let eval = stages.evaluate(&dir, &run_cfg, study, &run_dir, runner)?;
-            trained.push(Trained { method, seed, dir: run_dir, summary, eval });
+            trained.push(Trained { method, seed: *seed, dir: run_dir, summary, eval });
         }
     }
 

@@ -81,7 +81,7 @@ impl BackendTask for TrainTask {
 pub struct MethodTask {
     /// The run directory.
     pub run: PathBuf,
-    /// The method's name.
+    /// The method's name: the registry name, or a method file's stem.
     pub name: String,
     /// Its file (hyperparameters).
     pub file: MethodFile,

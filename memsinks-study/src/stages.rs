@@ -11,7 +11,7 @@ use memsinks_model::io::write_atomic;
 use memsinks_train::config::Precision;
 use memsinks_train::run::{load_run_config, load_summary};
 use memsinks_train::{ExperimentConfig, Method, RunDir, TrainSummary};
-use memsinks_unlearn::{load_method, ForgetSet, MethodResult};
+use memsinks_unlearn::{ForgetSet, MethodResult};
 use serde::{Deserialize, Serialize};
 
 use crate::config::StudyConfig;
@@ -164,14 +164,10 @@ impl Stages {
         forget: ForgetSet,
         runner: &impl Runner,
     ) -> Result<MethodResult> {
-        let (_, file) = load_method(method, sets)?;
-        let key = format!("{} {} {}", on.summary.run_id, ron::to_string(&file)?, forget.name());
-        let label =
-            Path::new(method).file_stem().map_or_else(|| method.to_string(), |s| s.to_string_lossy().to_string());
-        let stage = format!("{label} on {} ({})", on.method.name(), forget.name());
         let task = MethodTask::new(on.dir.path(), method, sets, forget)?;
-        self.cached(&study.posthoc(&label, on.method, forget), &key, stage, || {
-            runner.run(Precision::F32, DeviceRange::ONE, task)
-        })
+        let key = format!("{} {} {}", on.summary.run_id, ron::to_string(&task.file)?, forget.name());
+        let stage = format!("{} on {} ({})", task.name, on.method.name(), forget.name());
+        let path = study.posthoc(&task.name, on.method, forget);
+        self.cached(&path, &key, stage, || runner.run(Precision::F32, DeviceRange::ONE, task))
     }
 }
