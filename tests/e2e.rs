@@ -12,6 +12,7 @@ use memsinks_study::report::load_results;
 use memsinks_study::{load_eval, StudyDir};
 use memsinks_train::metrics::read_evals;
 use memsinks_train::RunDir;
+use memsinks_unlearn::ForgetSet;
 use support::kill_when_exists;
 
 fn bin() -> Command {
@@ -119,7 +120,7 @@ fn train_eval_and_export_a_folded_model() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let eval = load_eval(&run).unwrap();
-    let modes: Vec<&str> = eval.modes.iter().map(|m| m.mode.as_str()).collect();
+    let modes: Vec<&str> = eval.modes.iter().map(|m| m.mode.name()).collect();
     assert_eq!(modes, ["activate-seq", "all", "drop-sinks", "drop-sinks-plain"]);
     assert!(eval.gap_closure_vs_sinks_on.unwrap().is_finite());
     assert_eq!(eval.exclusion_specificity.len(), 8);
@@ -208,13 +209,20 @@ fn reproduce_writes_the_report_and_report_regenerates_it() {
     let out = dir.path().join("study");
     let posthoc = r#"study.posthoc=["gradient-ascent steps=10 eval_every=5", "prune-activations"]"#;
     let seeds = "study.seeds=[0,1]";
-    let stdout =
-        run_ok(bin().arg("reproduce").arg(smoke()).arg("--out").arg(&out).args(["--set", posthoc, "--set", seeds]));
+    let length = r#"study.training_length={"BestDevStep":{"max_l_val_ratio":2.0}}"#;
+    let stdout = run_ok(
+        bin()
+            .arg("reproduce")
+            .arg(smoke())
+            .arg("--out")
+            .arg(&out)
+            .args(["--set", posthoc, "--set", seeds, "--set", length]),
+    );
     assert!(stdout.contains("| memsinks, sinks dropped (rescaled) |"), "{stdout}");
-    // Two seeds: every number of the main table is a mean ± its 95 % interval (closure: none for
-    // the standard model itself).
+    // Two seeds: every number of the main table is a mean ± its 95 % interval (the two closures:
+    // none for the standard model itself).
     let standard = stdout.lines().find(|l| l.starts_with("| standard |")).unwrap();
-    assert_eq!(standard.matches(" ± ").count(), 11, "{standard}");
+    assert_eq!(standard.matches(" ± ").count(), 13, "{standard}");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     let header = report.lines().find(|l| l.starts_with("| model |")).expect("main table");
     for column in [
@@ -224,10 +232,14 @@ fn reproduce_writes_the_report_and_report_regenerates_it() {
         "L_val ÷ standard",
         "gap",
         "gap closure vs standard",
+        "closure, dev / test half",
+        "canary gap closure",
         "extraction",
         "verbatim",
         "MIA AUC",
-        "tokens",
+        "real tokens",
+        "passes",
+        "views per repeated doc",
         "wall (s)",
     ] {
         assert!(header.contains(column), "main table lacks {column}: {header}");
@@ -247,6 +259,8 @@ fn reproduce_writes_the_report_and_report_regenerates_it() {
     let verdict = report.lines().find(|l| l.starts_with("- Natural text:")).expect("the natural-text finding");
     assert!(verdict.contains("95 % interval"), "{verdict}");
     assert!(["**holds**", "**does not hold**", "**inconclusive"].iter().any(|v| verdict.contains(v)), "{verdict}");
+    assert!(report.lines().any(|l| l.starts_with("- Canaries: dropping the sinks closed")), "no canary finding");
+    assert!(report.lines().any(|l| l.starts_with("- Training length chosen on the dev half")), "no length finding");
     for plot in ["dynamics", "tradeoff", "forgetting-standard", "forgetting-memsinks", "closure"] {
         for ext in ["svg", "png"] {
             let len = std::fs::metadata(out.join("plots").join(format!("{plot}.{ext}"))).unwrap().len();
@@ -256,6 +270,26 @@ fn reproduce_writes_the_report_and_report_regenerates_it() {
     let results = load_results(&out).unwrap();
     assert_eq!(results.posthoc.len(), 4, "2 methods x natural and canary");
     assert!(results.forgetting[0].docs[0].seen_at.len() >= 8, "8 repetitions of each");
+    // Post-hoc relearning starts where the method forgot as much as dropping the sinks did, and
+    // is measured against a control fine-tuned on held-out documents.
+    for forget in [ForgetSet::Repeated, ForgetSet::Canary] {
+        let dropped = results.by_design.iter().find(|m| m.forget == forget).unwrap().curve.last().unwrap().delta_forget;
+        let ga = results.posthoc.iter().find(|m| m.method == "gradient-ascent" && m.forget == forget).unwrap();
+        let start = ga.relearn_start.as_ref().unwrap();
+        assert_eq!(start.target_delta_forget, Some(dropped));
+        assert!(ga.relearn.iter().all(|r| r.others_control.is_some()), "{:?}", ga.relearn);
+    }
+    // The length rule chose one evaluation step per seed, on the dev half, within the L_val bound.
+    assert_eq!(results.selected_steps.iter().map(|s| s.seed).collect::<Vec<_>>(), vec![0, 1]);
+    assert!(results.selected_steps.iter().all(|s| s.l_val_ratio <= 2.0 && s.step > 0), "{:?}", results.selected_steps);
+    // Dedup trains on as many real tokens as the standard model (within a batch), on fresh fill.
+    let real = |label: &str| {
+        let row = results.rows.iter().find(|r| r.label == label).unwrap();
+        row.values.iter().map(|v| v.real_tokens.unwrap()).collect::<Vec<_>>()
+    };
+    for (d, s) in real("dedup").into_iter().zip(real("standard")) {
+        assert!(d >= s && d - s <= 8 * 64, "dedup {d} vs standard {s} real tokens");
+    }
 
     // `report` from results.json alone (the runs removed) gives the same report.md.
     std::fs::remove_dir_all(out.join("runs")).unwrap();

@@ -63,9 +63,9 @@ class Block(torch.nn.Module):
         self.k = torch.nn.Linear(d, kv_heads * hd, bias=False)
         self.v = torch.nn.Linear(d, kv_heads * hd, bias=False)
         self.o = torch.nn.Linear(heads * hd, d, bias=False)
-        self.fc_1 = torch.nn.Linear(d, hidden, bias=False)
-        self.fc_2 = torch.nn.Linear(d, hidden, bias=False)
-        self.proj = torch.nn.Linear(hidden, d, bias=False)
+        self.gate_proj = torch.nn.Linear(d, hidden, bias=False)
+        self.up_proj = torch.nn.Linear(d, hidden, bias=False)
+        self.down_proj = torch.nn.Linear(hidden, d, bias=False)
 
     def forward(self, x, cos, sin, mask):
         b, t, d = x.shape
@@ -80,10 +80,10 @@ class Block(torch.nn.Module):
         att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.o(att.transpose(1, 2).reshape(b, t, d))
         h = self.mlp_norm(x)
-        hidden = F.silu(self.fc_1(h)) * self.fc_2(h)
+        hidden = F.silu(self.gate_proj(h)) * self.up_proj(h)
         if mask is not None:
             hidden = hidden * mask
-        return x + self.proj(hidden)
+        return x + self.down_proj(hidden)
 
 
 class Model(torch.nn.Module):

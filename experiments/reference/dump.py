@@ -43,8 +43,8 @@ def llama_names(model):
         p, q = f"blocks.{i}", f"model.layers.{i}"
         for ours, theirs in [("attn_norm", "input_layernorm"), ("mlp_norm", "post_attention_layernorm"),
                              ("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"),
-                             ("o", "self_attn.o_proj"), ("fc_1", "mlp.gate_proj"), ("fc_2", "mlp.up_proj"),
-                             ("proj", "mlp.down_proj")]:
+                             ("o", "self_attn.o_proj"), ("gate_proj", "mlp.gate_proj"), ("up_proj", "mlp.up_proj"),
+                             ("down_proj", "mlp.down_proj")]:
             names[f"{p}.{ours}.weight"] = f"{q}.{theirs}.weight"
     return names
 

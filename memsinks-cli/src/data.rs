@@ -167,11 +167,13 @@ fn write_jsonl_stories(count: usize, seed: u64, path: &std::path::Path) -> Resul
 fn stats(corpus: &PreparedCorpus, out: &mut impl std::io::Write) -> Result<()> {
     let m = &corpus.manifest;
     let mut splits = serde_json::Map::new();
-    for split in [Split::Repeated, Split::Canary, Split::Unique, Split::Validation] {
+    for split in
+        [Split::Repeated, Split::Canary, Split::Unique, Split::Validation, Split::CanaryHeldOut, Split::DedupFill]
+    {
         let reps =
             m.documents.iter().find(|d| d.split == split).map_or(u32::from(split == Split::Unique), |d| d.repetitions);
         splits.insert(
-            format!("{split:?}").to_lowercase(),
+            serde_json::to_value(split)?.as_str().unwrap_or_default().to_string(),
             serde_json::json!({"documents": m.counts().get(&split).copied().unwrap_or(0), "tokens": m.tokens(split), "repetitions": reps}),
         );
     }
@@ -185,6 +187,9 @@ fn stats(corpus: &PreparedCorpus, out: &mut impl std::io::Write) -> Result<()> {
         "occurrences_dedup": m.occurrences_dedup,
         "cache_tokens": corpus.cache.num_tokens(),
         "duplicates_dropped": m.duplicates_dropped,
+        "near_duplicates_dropped": m.near_duplicates_dropped,
+        "dedup_removed_tokens": m.dedup_removed_tokens,
+        "dedup_fill_tokens": m.dedup_fill_tokens,
     });
     writeln!(out, "{}", serde_json::to_string_pretty(&line)?)?;
     Ok(())

@@ -89,7 +89,7 @@ pub fn run_eval(args: &EvalArgs, out: &mut impl std::io::Write) -> Result<()> {
         writeln!(
             out,
             "{:<18} {} {} {} {} {} {} {} {}",
-            r.mode,
+            r.mode.name(),
             cell(val, r.validation.nll, 8, 3),
             cell(rep, r.repeated.nll, 8, 3),
             cell(canary.is_some(), canary.map_or(f64::NAN, |c| c.nll), 8, 3),
@@ -103,8 +103,8 @@ pub fn run_eval(args: &EvalArgs, out: &mut impl std::io::Write) -> Result<()> {
     if let Some(c) = file.gap_closure_vs_sinks_on {
         writeln!(out, "gap closure vs the same model with sinks on: {:.1} %", 100.0 * c)?;
     }
-    for (mode, c) in file.gap_closure_vs_reference.iter().flatten() {
-        writeln!(out, "gap closure of {mode} vs the reference: {:.1} %", 100.0 * c)?;
+    for c in file.gap_closure_vs_reference.iter().flatten() {
+        writeln!(out, "gap closure of {} vs the reference: {:.1} %", c.mode.name(), 100.0 * c.closure)?;
     }
     if let Some((target, others)) = file.mean_specificity() {
         writeln!(out, "excluding one sequence's sinks: its loss +{target:.3}, other repeated documents +{others:.3}")?;

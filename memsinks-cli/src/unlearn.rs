@@ -70,7 +70,7 @@ pub fn run(args: &UnlearnArgs, out: &mut impl std::io::Write) -> Result<()> {
     }
     let result = BackendChoice::chosen(args.backend.as_deref()).run(Precision::F32, DeviceRange::ONE, task)?;
     write_atomic(&path, &serde_json::to_vec_pretty(&result)?)?;
-    writeln!(out, "{} on {} ({} mode), {:.1} s", result.method, forget.name(), result.mode, result.wall_s)?;
+    writeln!(out, "{} on {} ({} mode), {:.1} s", result.method, forget.name(), result.mode.name(), result.wall_s)?;
     writeln!(out, "{:>10} {:>10} {:>10} {:>10} {:>10}", "setting", "L_forget", "L_val", "dL_forget", "dL_val")?;
     for p in &result.curve {
         writeln!(
@@ -79,16 +79,11 @@ pub fn run(args: &UnlearnArgs, out: &mut impl std::io::Write) -> Result<()> {
             p.setting, p.forget_loss, p.val_loss, p.delta_forget, p.delta_val
         )?;
     }
+    if let Some(start) = &result.relearn_start {
+        writeln!(out, "{start}")?;
+    }
     for r in &result.relearn {
-        writeln!(
-            out,
-            "relearn {:>2} docs: others' loss {:.3} -> {:.3} (original {:.3}): {} recovered",
-            r.relearned,
-            r.others_treated,
-            r.others_relearned,
-            r.others_original,
-            r.recovered.map_or("n/a".to_string(), |x| format!("{:.0} %", 100.0 * x))
-        )?;
+        writeln!(out, "{r}")?;
     }
     writeln!(out, "wrote {}", path.display())?;
     Ok(())

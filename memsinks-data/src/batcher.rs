@@ -1,15 +1,17 @@
 //! Turns a schedule of documents into training rows: one document per row (padded, with a loss
-//! mask) or packed rows with per-token sequence IDs. The order is fixed by the schedule, and a
-//! [`Cursor`] records where the next batch starts, so a run can be resumed exactly.
+//! mask) or packed rows with per-token sequence IDs. The order is fixed by the schedule (and, with
+//! reshuffling, by the seed of every later pass), and a [`Cursor`] records where the next batch
+//! starts, so a run can be resumed exactly.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::backend::Backend;
 use memsinks_model::SeqLayout;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::TokenCache;
-use crate::corpus::sequence_id;
+use crate::corpus::{sequence_id, PreparedCorpus};
+use crate::rng::SplitMix64;
 use memsinks_model::LmBatch;
 
 /// Where the next batch starts: the epoch, the occurrence in the schedule and, when packing, the
@@ -44,6 +46,34 @@ impl HostBatch {
     }
 }
 
+/// Documents read one per row, each truncated to `context` tokens with end-of-text appended:
+/// what every evaluation, scorer and unlearning pass reads.
+#[derive(Clone, Copy)]
+pub struct DocRows<'a> {
+    /// The token cache the documents are in.
+    pub cache: &'a TokenCache,
+    /// Document indices, in reading order.
+    pub docs: &'a [usize],
+    /// Tokens per row.
+    pub context: usize,
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// The end-of-text token.
+    pub end_of_text: u32,
+}
+
+impl<'a> DocRows<'a> {
+    /// `docs` of a prepared corpus.
+    pub fn of(corpus: &'a PreparedCorpus, docs: &'a [usize], context: usize, batch_size: usize) -> Self {
+        Self { cache: &corpus.cache, docs, context, batch_size, end_of_text: corpus.manifest.end_of_text }
+    }
+
+    /// The same settings over other documents.
+    pub fn with_docs(self, docs: &'a [usize]) -> Self {
+        Self { docs, ..self }
+    }
+}
+
 /// Produces batches from a token cache and a schedule.
 #[derive(Clone)]
 pub struct Batcher {
@@ -54,6 +84,37 @@ pub struct Batcher {
     batch_size: usize,
     end_of_text: u32,
     packing: bool,
+    /// Seed of a fresh order for every pass after the first (`None`: every pass replays the
+    /// schedule).
+    reshuffle: Option<u64>,
+    /// The order of the pass read last, kept so each pass is shuffled once.
+    pass_order: Arc<Mutex<Option<PassOrder>>>,
+}
+
+/// The order of one pass: its number and the documents in the order it reads them.
+type PassOrder = (u64, Arc<Vec<u32>>);
+
+/// The documents pass `pass` reads: the schedule itself in the first pass or without
+/// reshuffling, otherwise a permutation of it drawn from `reshuffle` and the pass number.
+pub fn pass_order(schedule: &[u32], reshuffle: Option<u64>, pass: u64) -> Vec<u32> {
+    let mut order = schedule.to_vec();
+    if let Some(seed) = reshuffle.filter(|_| pass > 0) {
+        SplitMix64::new(seed ^ pass.wrapping_mul(0x9E37_79B9_7F4A_7C15)).shuffle(&mut order);
+    }
+    order
+}
+
+/// What the first batches of a training stream hold.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Consumed {
+    /// Batches (a pass ends with a partial one).
+    pub batches: u64,
+    /// Rows.
+    pub rows: u64,
+    /// Real (non-padding) target tokens.
+    pub real_tokens: u64,
+    /// Occurrences started, per document index.
+    pub views: Vec<u64>,
 }
 
 impl Batcher {
@@ -72,20 +133,80 @@ impl Batcher {
         packing: bool,
     ) -> Self {
         assert!(context > 0 && batch_size > 0, "context and batch size must be positive");
-        Self { cache, schedule, route_to_sinks: None, context, batch_size, end_of_text, packing }
+        let pass_order = Arc::new(Mutex::new(None));
+        Self {
+            cache,
+            schedule,
+            route_to_sinks: None,
+            context,
+            batch_size,
+            end_of_text,
+            packing,
+            reshuffle: None,
+            pass_order,
+        }
     }
 
-    /// One document per row over `docs`, in that order: the batcher every evaluation and
+    /// One document per row over `rows.docs`, in that order: the batcher every evaluation and
     /// unlearning pass uses.
-    pub fn over_documents(
-        cache: &TokenCache,
-        docs: &[usize],
-        context: usize,
-        batch_size: usize,
-        end_of_text: u32,
-    ) -> Self {
-        let schedule = Arc::new(docs.iter().map(|&d| d as u32).collect::<Vec<_>>());
-        Self::new(Arc::new(cache.clone()), schedule, context, batch_size, end_of_text, false)
+    pub fn over_documents(rows: &DocRows<'_>) -> Self {
+        let schedule = Arc::new(rows.docs.iter().map(|&d| d as u32).collect::<Vec<_>>());
+        Self::new(Arc::new(rows.cache.clone()), schedule, rows.context, rows.batch_size, rows.end_of_text, false)
+    }
+
+    /// Every pass after the first reads the schedule in a fresh order drawn from `seed` and the
+    /// pass number (the first pass reads it as written).
+    pub fn with_reshuffle(mut self, seed: u64) -> Self {
+        self.reshuffle = Some(seed);
+        // Clones share the cached order: a new seed must not find the old seed's.
+        self.pass_order = Arc::new(Mutex::new(None));
+        self
+    }
+
+    /// The order of pass `epoch`.
+    fn order(&self, epoch: u64) -> Arc<Vec<u32>> {
+        if self.reshuffle.is_none() || epoch == 0 {
+            return self.schedule.clone();
+        }
+        let mut cached = self.pass_order.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((e, order)) = cached.as_ref() {
+            if *e == epoch {
+                return order.clone();
+            }
+        }
+        let order = Arc::new(pass_order(&self.schedule, self.reshuffle, epoch));
+        *cached = Some((epoch, order.clone()));
+        order
+    }
+
+    /// What the stream of batches from the start holds once `stop` says so (asked before every
+    /// batch, with what was consumed so far), or at the end of pass `max_epochs`.
+    pub fn consume(&self, max_epochs: u64, mut stop: impl FnMut(&Consumed) -> bool) -> Consumed {
+        let mut out = Consumed { views: vec![0; self.cache.num_docs()], ..Default::default() };
+        let mut cursor = Cursor::default();
+        while cursor.epoch < max_epochs && !stop(&out) {
+            if !self.packing && cursor.position < self.schedule_len() {
+                // One document per row: count without building the rows.
+                let order = self.order(cursor.epoch);
+                let end = (cursor.position + self.batch_size as u64).min(self.schedule_len());
+                for &doc in &order[cursor.position as usize..end as usize] {
+                    out.views[doc as usize] += 1;
+                    out.real_tokens += self.cache.doc_len(doc as usize).min(self.context) as u64;
+                }
+                out.rows += end - cursor.position;
+                out.batches += 1;
+                cursor.position = end;
+                continue;
+            }
+            let Some(batch) = self.next_batch(&mut cursor) else { continue };
+            for &(_, doc) in &batch.started {
+                out.views[doc as usize] += 1;
+            }
+            out.real_tokens += batch.weights.iter().flatten().filter(|&&w| w > 0.0).count() as u64;
+            out.rows += batch.rows.len() as u64;
+            out.batches += 1;
+        }
+        out
     }
 
     /// Gradient masking: tokens of documents flagged here update only the sink pool (documents
@@ -118,7 +239,7 @@ impl Batcher {
                 self.schedule_len()
             ));
         }
-        let limit = match self.schedule.get(cursor.position as usize) {
+        let limit = match self.order(cursor.epoch).get(cursor.position as usize) {
             Some(&doc) if self.packing => self.cache.doc_len(doc as usize) + 1,
             _ => 1,
         };
@@ -136,7 +257,8 @@ impl Batcher {
             *cursor = Cursor { epoch: cursor.epoch + 1, position: 0, offset: 0 };
             return None;
         }
-        let batch = if self.packing { self.packed(cursor) } else { self.per_document(cursor) };
+        let order = self.order(cursor.epoch);
+        let batch = if self.packing { self.packed(cursor, &order) } else { self.per_document(cursor, &order) };
         if batch.rows.is_empty() {
             *cursor = Cursor { epoch: cursor.epoch + 1, position: 0, offset: 0 };
             return None;
@@ -156,11 +278,11 @@ impl Batcher {
         self.route_to_sinks.as_ref().is_some_and(|f| f.get(doc as usize).copied().unwrap_or(false))
     }
 
-    fn per_document(&self, cursor: &mut Cursor) -> HostBatch {
+    fn per_document(&self, cursor: &mut Cursor, order: &[u32]) -> HostBatch {
         let width = self.context + 1;
         let (mut rows, mut weights, mut row_ids, mut started, mut route) = (vec![], vec![], vec![], vec![], vec![]);
         while rows.len() < self.batch_size && cursor.position < self.schedule_len() {
-            let doc = self.schedule[cursor.position as usize];
+            let doc = order[cursor.position as usize];
             let (mut row, id) = self.stream(doc);
             row.truncate(width);
             let real = row.len();
@@ -180,7 +302,7 @@ impl Batcher {
         HostBatch { rows, weights, layout, started }
     }
 
-    fn packed(&self, cursor: &mut Cursor) -> HostBatch {
+    fn packed(&self, cursor: &mut Cursor, order: &[u32]) -> HostBatch {
         let width = self.context + 1;
         let (mut rows, mut weights, mut started) = (vec![], vec![], vec![]);
         let (mut ids, mut segments, mut route) = (vec![], vec![], vec![]);
@@ -191,7 +313,7 @@ impl Batcher {
             // token of a row is the first input of the next one and no target is lost.
             let mut resume_at: Option<Cursor> = None;
             while row.len() < width && cursor.position < self.schedule_len() {
-                let doc = self.schedule[cursor.position as usize];
+                let doc = order[cursor.position as usize];
                 let (tokens, id) = self.stream(doc);
                 if cursor.offset == 0 {
                     started.push((cursor.position, doc));

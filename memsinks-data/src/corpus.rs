@@ -36,6 +36,24 @@ pub enum Split {
     Unique,
     /// Held out.
     Validation,
+    /// Random-token canaries drawn like the trained ones but never trained on.
+    #[serde(rename = "canary-held-out")]
+    CanaryHeldOut,
+    /// Fresh natural text only the deduplicated model trains on, in place of the repetitions it
+    /// does not see.
+    #[serde(rename = "dedup-fill")]
+    DedupFill,
+}
+
+/// The two halves of the repeated documents. Whatever is chosen by looking at how much
+/// memorization a model isolated (training length, `p_mem`, learning rate) is chosen on the dev
+/// half and reported on the test half, so the reported number was never looked at to make it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Half {
+    /// Repeated documents at even ranks (in manifest order, which is a random draw).
+    Dev,
+    /// Repeated documents at odd ranks.
+    Test,
 }
 
 /// One document of the corpus.
@@ -75,13 +93,26 @@ pub struct Manifest {
     pub vocab_size: usize,
     /// The end-of-text token appended to every document.
     pub end_of_text: u32,
-    /// Repeated, canary and validation documents, in cache order (indices `0..documents.len()`).
+    /// Repeated, canary, validation and held-out canary documents, in cache order (indices
+    /// `0..documents.len()`).
     pub documents: Vec<DocEntry>,
     /// Unique documents: cache indices `documents.len()..documents.len() + unique_docs`. They are
     /// counted, not listed, so a corpus of billions of documents keeps a small manifest.
     pub unique_docs: u64,
     /// Tokens of the unique documents.
     pub unique_tokens: u64,
+    /// Dedup fill documents ([`Split::DedupFill`]): the cache indices after the unique ones.
+    #[serde(default)]
+    pub dedup_fill_docs: u64,
+    /// Real tokens (as training rows hold them) of the dedup fill documents.
+    #[serde(default)]
+    pub dedup_fill_tokens: u64,
+    /// Real tokens of the repetitions the deduplicated schedule leaves out: what the fill replaces.
+    #[serde(default)]
+    pub dedup_removed_tokens: u64,
+    /// Training documents left out as near-duplicates of validation documents.
+    #[serde(default)]
+    pub near_duplicates_dropped: u64,
     /// Training occurrences in the full schedule.
     pub occurrences: u64,
     /// Training occurrences in the deduplicated schedule.
@@ -93,20 +124,44 @@ pub struct Manifest {
 impl Manifest {
     /// Documents in the corpus.
     pub fn num_docs(&self) -> usize {
-        self.documents.len() + self.unique_docs as usize
+        // Saturating: a damaged manifest's counts must not overflow (the cache check refuses it).
+        let streamed = self.unique_docs.saturating_add(self.dedup_fill_docs);
+        self.documents.len().saturating_add(usize::try_from(streamed).unwrap_or(usize::MAX))
+    }
+
+    /// Cache indices of the unique documents.
+    fn unique_range(&self) -> std::ops::Range<usize> {
+        let unique = usize::try_from(self.unique_docs).unwrap_or(usize::MAX);
+        self.documents.len()..self.documents.len().saturating_add(unique)
     }
 
     /// The split of document `i`.
     pub fn split_of(&self, i: usize) -> Split {
-        self.documents.get(i).map_or(Split::Unique, |d| d.split)
+        match self.documents.get(i) {
+            Some(d) => d.split,
+            None if self.unique_range().contains(&i) => Split::Unique,
+            None => Split::DedupFill,
+        }
     }
 
     /// Indices of the documents of one split.
     pub fn indices(&self, split: Split) -> Vec<usize> {
-        if split == Split::Unique {
-            return (self.documents.len()..self.num_docs()).collect();
+        match split {
+            Split::Unique => self.unique_range().collect(),
+            Split::DedupFill => (self.unique_range().end..self.num_docs()).collect(),
+            _ => self.documents.iter().enumerate().filter(|(_, d)| d.split == split).map(|(i, _)| i).collect(),
         }
-        self.documents.iter().enumerate().filter(|(_, d)| d.split == split).map(|(i, _)| i).collect()
+    }
+
+    /// The repeated documents of one half ([`Half`]).
+    pub fn repeated_half(&self, half: Half) -> Vec<usize> {
+        let keep = if half == Half::Dev { 0 } else { 1 };
+        self.indices(Split::Repeated)
+            .into_iter()
+            .enumerate()
+            .filter(|(rank, _)| rank % 2 == keep)
+            .map(|(_, i)| i)
+            .collect()
     }
 
     /// Count of documents per split.
@@ -116,15 +171,17 @@ impl Manifest {
             *c.entry(d.split).or_default() += 1;
         }
         c.insert(Split::Unique, self.unique_docs as usize);
+        c.insert(Split::DedupFill, self.dedup_fill_docs as usize);
         c
     }
 
-    /// Tokens per split.
+    /// Tokens per split (for the dedup fill: the real tokens training rows hold).
     pub fn tokens(&self, split: Split) -> u64 {
-        if split == Split::Unique {
-            return self.unique_tokens;
+        match split {
+            Split::Unique => self.unique_tokens,
+            Split::DedupFill => self.dedup_fill_tokens,
+            _ => self.documents.iter().filter(|d| d.split == split).map(|d| d.tokens as u64).sum(),
         }
-        self.documents.iter().filter(|d| d.split == split).map(|d| d.tokens as u64).sum()
     }
 }
 

@@ -88,6 +88,32 @@ pub struct CanaryConfig {
     pub repetitions: usize,
     /// Tokens per canary.
     pub length: usize,
+    /// Canaries drawn the same way but never trained on: the unmemorized level that canary gap
+    /// closure is measured against (`None`: as many as `docs`).
+    #[serde(default)]
+    pub held_out: Option<usize>,
+}
+
+impl CanaryConfig {
+    /// Held-out canaries drawn.
+    pub fn held_out_docs(&self) -> usize {
+        if self.docs == 0 {
+            return 0;
+        }
+        self.held_out.unwrap_or(self.docs)
+    }
+}
+
+/// Word n-gram overlap above which a training document counts as a near-duplicate of the
+/// validation set and is left out of training (real text; exact duplicates are always removed).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NearDuplicates {
+    /// Words per n-gram.
+    pub n: usize,
+    /// Share of a training document's n-grams found in validation documents at or above which it
+    /// is dropped.
+    pub threshold: f64,
 }
 
 /// Everything that defines a prepared corpus.
@@ -121,12 +147,36 @@ pub struct DataConfig {
     /// Seed of selection, canaries and order.
     #[serde(default)]
     pub seed: u64,
+    /// Draw a fresh order of the schedule for every pass after the first (from `seed` and the
+    /// pass); otherwise every pass replays the first. `Spaced` ordering keeps its spacing and is
+    /// never reshuffled.
+    #[serde(default = "yes")]
+    pub reshuffle_each_pass: bool,
+    /// Give the deduplicated schedule fresh documents of the main source in place of the removed
+    /// repetitions, as many real tokens as those repetitions held (the paper's deduplicated model
+    /// fills its budget with fresh data); otherwise it cycles its shorter schedule.
+    #[serde(default = "yes")]
+    pub dedup_fill: bool,
+    /// Near-duplicate filter between training and validation documents (`None`: exact
+    /// duplicates only).
+    #[serde(default)]
+    pub near_duplicates: Option<NearDuplicates>,
     /// What to do with invalid UTF-8 in the sources.
     #[serde(default)]
     pub invalid_utf8: InvalidUtf8,
 }
 
+fn yes() -> bool {
+    true
+}
+
 impl DataConfig {
+    /// The seed every pass after the first is reshuffled from (`None`: passes replay the
+    /// schedule, as `Spaced` ordering always does).
+    pub fn reshuffle_seed(&self) -> Option<u64> {
+        (self.reshuffle_each_pass && self.ordering == Ordering::Shuffled).then_some(self.seed ^ 0x5EED_9A55)
+    }
+
     /// Checks value ranges.
     pub fn validate(&self) -> Result<(), DataError> {
         let bad = |m: String| Err(DataError::Config(m));
@@ -147,6 +197,14 @@ impl DataConfig {
         }
         if self.repeated.docs + self.unique + self.canary.docs == 0 {
             return bad("the corpus has no training documents: set repeated.docs, canary.docs or unique".into());
+        }
+        if let Some(nd) = &self.near_duplicates {
+            if nd.n == 0 || !(nd.threshold > 0.0 && nd.threshold <= 1.0) {
+                return bad(format!(
+                    "data.near_duplicates needs n >= 1 and a threshold in (0, 1], got n {} and threshold {}",
+                    nd.n, nd.threshold
+                ));
+            }
         }
         if let SourceConfig::Synthetic { stories: 0, .. } = self.source {
             return bad("data.source Synthetic needs stories > 0".into());

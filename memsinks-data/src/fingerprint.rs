@@ -5,8 +5,11 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::corpus::{MANIFEST_FILE, TOKENIZER_FILE};
+use crate::data_config::SourceConfig;
+use crate::source::shard_files;
 use crate::{DataError, PreparedCorpus};
 
 /// SHA-256 digests of the files that define a prepared corpus. The manifest lists every listed
@@ -70,4 +73,26 @@ impl CorpusFingerprint {
             changed.join(", ")
         )))
     }
+}
+
+/// Fingerprint of a source's content identity: file paths, sizes and modification times (or the
+/// generator's parameters), so a changed file invalidates caches without rereading it.
+pub(crate) fn source_fingerprint(source: &SourceConfig) -> Result<String, DataError> {
+    let mut h = Sha256::new();
+    let stamp = |h: &mut Sha256, p: &Path| -> Result<(), DataError> {
+        let meta = std::fs::metadata(p).map_err(|e| DataError::io(p, e))?;
+        let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        h.update(format!("{}|{}|{:?};", p.display(), meta.len(), mtime).as_bytes());
+        Ok(())
+    };
+    match source {
+        SourceConfig::Synthetic { .. } => h.update(ron::to_string(source).expect("serialises").as_bytes()),
+        SourceConfig::TinyStories { path } | SourceConfig::Json { path, .. } => stamp(&mut h, path)?,
+        SourceConfig::SlimPajama { dir, .. } => {
+            for f in shard_files(dir)? {
+                stamp(&mut h, &f)?;
+            }
+        }
+    }
+    Ok(format!("{:x}", h.finalize()))
 }

@@ -12,6 +12,7 @@ mod corpus_dir;
 pub mod data_config;
 pub mod download;
 pub mod fingerprint;
+mod near_dup;
 pub mod overrides;
 mod prepare;
 pub mod rng;
@@ -21,9 +22,9 @@ pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
-pub use batcher::{Batcher, Cursor, HostBatch};
+pub use batcher::{pass_order, Batcher, Consumed, Cursor, DocRows, HostBatch};
 pub use cache::TokenCache;
-pub use corpus::{prepare, DataConfig, Manifest, PreparedCorpus, Split};
+pub use corpus::{prepare, DataConfig, Half, Manifest, PreparedCorpus, Split};
 pub use corpus_dir::holds_corpus;
 pub use fingerprint::CorpusFingerprint;
 /// The batch type lives beside the model it feeds.

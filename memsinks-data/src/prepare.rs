@@ -15,9 +15,11 @@ use crate::corpus::{
     SCHEDULE_DEDUP_FILE, SCHEDULE_FILE, TOKENIZER_FILE,
 };
 use crate::corpus_dir::{inspect, remove_if_exists, remove_stale_temporaries, Existing, CORPUS_MARKER};
-use crate::data_config::{DataConfig, Ordering, SourceConfig, TokenizerConfig};
+use crate::data_config::{DataConfig, Ordering, TokenizerConfig};
+use crate::fingerprint::source_fingerprint;
+use crate::near_dup::NearDuplicateFilter;
 use crate::rng::SplitMix64;
-use crate::source::{shard_files, Document};
+use crate::source::Document;
 use crate::tokenizer::TextTokenizer;
 use crate::DataError;
 
@@ -65,7 +67,8 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
     let (repeated_docs, validation_docs) = select_held_out(cfg, &mut reader, &mut rng)?;
     let (tokenizer, unique_buffer) = make_tokenizer(cfg, &mut reader, &repeated_docs)?;
     tokenizer.save(&out.join(TOKENIZER_FILE))?;
-    let canaries = draw_canaries(cfg, &tokenizer, &mut rng);
+    let canaries = draw_canaries(cfg.canary.docs, cfg.canary.length, &tokenizer, &mut rng);
+    let held_out_canaries = draw_canaries(cfg.canary.held_out_docs(), cfg.canary.length, &tokenizer, &mut rng);
 
     // Tokenize into the cache: repeated, canary, validation, then unique documents streamed in
     // chunks.
@@ -74,7 +77,7 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
         tokenizer_hash: tokenizer.fingerprint().to_string(),
         config_hash: config_hash.clone(),
     };
-    let mut cache = CacheBuilder::new(TokenCache::writer(&out.join("cache"), tokenizer.vocab_size(), key)?);
+    let mut cache = CacheBuilder::new(TokenCache::writer(&out.join("cache"), tokenizer.vocab_size(), key)?, cfg);
     for (doc, tokens) in repeated_docs.iter().zip(encode(&tokenizer, &repeated_docs)?) {
         cache.add(&tokens, Split::Repeated, cfg.repeated.repetitions, doc.origin.clone())?;
     }
@@ -84,11 +87,31 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
     for (doc, tokens) in validation_docs.iter().zip(encode(&tokenizer, &validation_docs)?) {
         cache.add(&tokens, Split::Validation, 0, doc.origin.clone())?;
     }
-    let unique_count = add_unique(cfg, &mut reader, unique_buffer, &mut cache, &tokenizer, show_progress)?;
-    let CacheBuilder { writer, mut documents, unique_tokens, .. } = cache;
+    for (i, tokens) in held_out_canaries.iter().enumerate() {
+        cache.add(tokens, Split::CanaryHeldOut, 0, format!("canary-held-out#{i}"))?;
+    }
+    let streamed = Streamed { reader: &mut reader, tokenizer: &tokenizer, show_progress };
+    let unique_count = streamed.add(cfg, Split::Unique, unique_buffer, &mut cache)?;
+    let unique_tokens = cache.streamed_tokens;
+    let dedup_removed_tokens = removed_row_tokens(cfg, &cache.documents);
+    let fill_count = if cfg.dedup_fill && dedup_removed_tokens > 0 {
+        cache.streamed_tokens = 0;
+        cache.streamed_row_tokens = 0;
+        let streamed = Streamed { reader: &mut reader, tokenizer: &tokenizer, show_progress };
+        streamed.add(cfg, Split::DedupFill, Vec::new(), &mut cache)?
+    } else {
+        0
+    };
+    let dedup_fill_tokens = if fill_count > 0 { cache.streamed_row_tokens } else { 0 };
+    if dedup_fill_tokens < dedup_removed_tokens && cfg.dedup_fill {
+        tracing::warn!(
+            "the source ran out: the dedup fill holds {dedup_fill_tokens} of the {dedup_removed_tokens} tokens of removed repetitions; the deduplicated model will cycle its data more"
+        );
+    }
+    let CacheBuilder { writer, mut documents, .. } = cache;
     let cache = writer.finish()?;
 
-    let (schedule, dedup) = write_schedules(cfg, out, &mut documents, unique_count, &mut rng)?;
+    let (schedule, dedup) = write_schedules(cfg, out, &mut documents, (unique_count, fill_count), &mut rng)?;
     let manifest = Manifest {
         version: 1,
         config_hash,
@@ -100,6 +123,10 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
         documents,
         unique_docs: unique_count as u64,
         unique_tokens,
+        dedup_fill_docs: fill_count as u64,
+        dedup_fill_tokens,
+        dedup_removed_tokens,
+        near_duplicates_dropped: reader.near_duplicates,
         occurrences: schedule as u64,
         occurrences_dedup: dedup as u64,
         duplicates_dropped: reader.duplicates,
@@ -118,6 +145,9 @@ struct DistinctReader {
     main: Option<DocStream>,
     seen: HashSet<u64>,
     duplicates: u64,
+    /// The validation set's n-grams, once it is drawn (with `data.near_duplicates`).
+    near: Option<NearDuplicateFilter>,
+    near_duplicates: u64,
 }
 
 impl DistinctReader {
@@ -141,6 +171,10 @@ impl DistinctReader {
                 self.duplicates += 1;
                 continue;
             }
+            if self.near.as_ref().is_some_and(|f| f.hits(&doc.text)) {
+                self.near_duplicates += 1;
+                continue;
+            }
             out.push(doc);
         }
         Ok(out)
@@ -156,9 +190,11 @@ fn select_held_out(
     rng: &mut SplitMix64,
 ) -> Result<(Vec<Document>, Vec<Document>), DataError> {
     let need = cfg.repeated.docs + cfg.validation;
+    // With the near-duplicate filter some repeated candidates may be dropped: draw spares.
+    let spare = if cfg.near_duplicates.is_some() { cfg.repeated.docs / 2 + 8 } else { 0 };
     let mut pool = match &cfg.repeated_source {
-        Some(rep) => reader.take(Some(&mut open_source(rep, cfg.invalid_utf8)?), need, true)?,
-        None => reader.take(None, need, true)?,
+        Some(rep) => reader.take(Some(&mut open_source(rep, cfg.invalid_utf8)?), need + spare, true)?,
+        None => reader.take(None, need + spare, true)?,
     };
     let pool_source = cfg.repeated_source.as_ref().unwrap_or(&cfg.source);
     if pool.len() < need {
@@ -173,7 +209,25 @@ fn select_held_out(
         });
     }
     rng.shuffle(&mut pool);
-    let validation = pool.split_off(cfg.repeated.docs);
+    let Some(nd) = &cfg.near_duplicates else {
+        let validation = pool.split_off(cfg.repeated.docs);
+        return Ok((pool, validation));
+    };
+    // Validation first; then the repeated documents among the rest that do not overlap it.
+    let validation = pool.split_off(pool.len() - cfg.validation);
+    let filter = NearDuplicateFilter::new(nd, &validation);
+    let before = pool.len();
+    pool.retain(|d| !filter.hits(&d.text));
+    reader.near_duplicates += (before - pool.len()) as u64;
+    if pool.len() < cfg.repeated.docs {
+        return Err(DataError::Config(format!(
+            "only {} of {before} candidate repeated documents are not near-duplicates of the validation set (data.near_duplicates threshold {}); raise the threshold or use a larger source",
+            pool.len(),
+            nd.threshold
+        )));
+    }
+    pool.truncate(cfg.repeated.docs);
+    reader.near = Some(filter);
     Ok((pool, validation))
 }
 
@@ -195,11 +249,11 @@ fn make_tokenizer(
     })
 }
 
-/// Step 3: canaries, uniform random token IDs, never the end-of-text token.
-fn draw_canaries(cfg: &DataConfig, tokenizer: &TextTokenizer, rng: &mut SplitMix64) -> Vec<Vec<u32>> {
-    (0..cfg.canary.docs)
+/// Step 3: `count` canaries of `length` uniform random token IDs, never the end-of-text token.
+fn draw_canaries(count: usize, length: usize, tokenizer: &TextTokenizer, rng: &mut SplitMix64) -> Vec<Vec<u32>> {
+    (0..count)
         .map(|_| {
-            (0..cfg.canary.length)
+            (0..length)
                 .map(|_| loop {
                     let t = rng.below(tokenizer.vocab_size()) as u32;
                     if t != tokenizer.end_of_text() {
@@ -217,12 +271,18 @@ struct CacheBuilder {
     writer: CacheWriter,
     documents: Vec<DocEntry>,
     ids: HashMap<i64, usize>,
-    unique_tokens: u64,
+    /// Tokens of the streamed (unique or fill) documents added since the count was reset.
+    streamed_tokens: u64,
+    /// The same as training rows hold them ([`row_tokens`]).
+    streamed_row_tokens: u64,
+    /// Tokens per training row, and whether rows are packed ([`row_tokens`]).
+    rows: (usize, bool),
 }
 
 impl CacheBuilder {
-    fn new(writer: CacheWriter) -> Self {
-        Self { writer, documents: Vec::new(), ids: HashMap::new(), unique_tokens: 0 }
+    fn new(writer: CacheWriter, cfg: &DataConfig) -> Self {
+        let (documents, ids) = (Vec::new(), HashMap::new());
+        Self { writer, documents, ids, streamed_tokens: 0, streamed_row_tokens: 0, rows: (cfg.context, cfg.packing) }
     }
 
     fn add(&mut self, tokens: &[u32], split: Split, repetitions: usize, origin: String) -> Result<(), DataError> {
@@ -236,10 +296,12 @@ impl CacheBuilder {
             )));
         }
         self.writer.push(tokens)?;
-        if split == Split::Unique {
-            // Counted, not listed (see `Manifest::unique_docs`). Unique documents are checked for
-            // collisions with the listed ones; among themselves a 63-bit collision is negligible.
-            self.unique_tokens += tokens.len() as u64;
+        if matches!(split, Split::Unique | Split::DedupFill) {
+            // Counted, not listed (see `Manifest::unique_docs`). Streamed documents are checked
+            // for collisions with the listed ones; among themselves a 63-bit collision is
+            // negligible.
+            self.streamed_tokens += tokens.len() as u64;
+            self.streamed_row_tokens += row_tokens(tokens.len(), self.rows);
             return Ok(());
         }
         self.ids.insert(id, self.documents.len());
@@ -255,61 +317,98 @@ impl CacheBuilder {
     }
 }
 
-/// Step 4, unique documents: the tokenizer's buffer first, then chunks streamed from the source
-/// until `cfg.unique` are written. Returns how many.
-fn add_unique(
-    cfg: &DataConfig,
-    reader: &mut DistinctReader,
-    mut buffer: Vec<Document>,
-    cache: &mut CacheBuilder,
-    tokenizer: &TextTokenizer,
-    show_progress: bool,
-) -> Result<usize, DataError> {
-    let progress = progress_bar(show_progress, cfg.unique as u64, "tokenizing unique documents");
-    let mut count = 0usize;
-    loop {
-        let chunk = if buffer.is_empty() {
-            reader.take(None, (cfg.unique - count).min(UNIQUE_CHUNK), false)?
-        } else {
-            std::mem::take(&mut buffer)
-        };
-        if chunk.is_empty() {
-            break;
-        }
-        for (doc, tokens) in chunk.iter().zip(encode(tokenizer, &chunk)?) {
-            cache.add(&tokens, Split::Unique, 1, doc.origin.clone())?;
-        }
-        count += chunk.len();
-        progress.set_position(count as u64);
-        if count >= cfg.unique {
-            break;
-        }
+/// The real (non-padding) target tokens a document of `len` tokens gives training: one row of at
+/// most `context` targets each, or, packed, its tokens and end-of-text.
+fn row_tokens(len: usize, (context, packing): (usize, bool)) -> u64 {
+    if packing {
+        len as u64 + 1
+    } else {
+        len.min(context) as u64
     }
-    progress.finish_and_clear();
-    if count < cfg.unique {
-        return Err(DataError::Empty {
-            path: PathBuf::from(source_name(&cfg.source)),
-            what: format!(
-                "too few distinct documents: {} unique requested, {count} left after the repeated and validation sets",
-                cfg.unique
-            ),
-        });
-    }
-    Ok(count)
 }
 
-/// Step 5: the full and deduplicated schedules, written to their files; each listed document
-/// records its positions in the full one. Returns both lengths.
+/// Real tokens of the repetitions beyond the first of every repeated and canary document: what the
+/// deduplicated schedule leaves out.
+fn removed_row_tokens(cfg: &DataConfig, documents: &[DocEntry]) -> u64 {
+    let rows = (cfg.context, cfg.packing);
+    documents.iter().map(|d| row_tokens(d.tokens as usize, rows) * u64::from(d.repetitions.saturating_sub(1))).sum()
+}
+
+/// Step 4, streamed documents: read from the main source in chunks, tokenized and written.
+struct Streamed<'a> {
+    reader: &'a mut DistinctReader,
+    tokenizer: &'a TextTokenizer,
+    show_progress: bool,
+}
+
+impl Streamed<'_> {
+    /// Adds `split`'s documents, `buffer` first: `cfg.unique` unique documents, or dedup fill
+    /// documents until their real tokens reach the removed repetitions' (as many as the source
+    /// has). Returns how many.
+    fn add(
+        self,
+        cfg: &DataConfig,
+        split: Split,
+        mut buffer: Vec<Document>,
+        cache: &mut CacheBuilder,
+    ) -> Result<usize, DataError> {
+        let removed = removed_row_tokens(cfg, &cache.documents);
+        let (total, what) = match split {
+            Split::Unique => (cfg.unique as u64, "tokenizing unique documents"),
+            _ => (removed, "tokenizing dedup fill documents"),
+        };
+        let progress = progress_bar(self.show_progress, total, what);
+        let mut count = 0usize;
+        let done = |count: usize, cache: &CacheBuilder| match split {
+            Split::Unique => count >= cfg.unique,
+            _ => cache.streamed_row_tokens >= removed,
+        };
+        while !done(count, cache) {
+            let chunk = if buffer.is_empty() {
+                let want = if split == Split::Unique { cfg.unique - count } else { UNIQUE_CHUNK };
+                self.reader.take(None, want.min(UNIQUE_CHUNK), false)?
+            } else {
+                std::mem::take(&mut buffer)
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            for (doc, tokens) in chunk.iter().zip(encode(self.tokenizer, &chunk)?) {
+                if done(count, cache) {
+                    break;
+                }
+                cache.add(&tokens, split, 1, doc.origin.clone())?;
+                count += 1;
+            }
+            progress.set_position(if split == Split::Unique { count as u64 } else { cache.streamed_row_tokens });
+        }
+        progress.finish_and_clear();
+        if split == Split::Unique && count < cfg.unique {
+            return Err(DataError::Empty {
+                path: PathBuf::from(source_name(&cfg.source)),
+                what: format!(
+                    "too few distinct documents: {} unique requested, {count} left after the repeated and validation sets",
+                    cfg.unique
+                ),
+            });
+        }
+        Ok(count)
+    }
+}
+
+/// Step 5: the full and deduplicated schedules (the latter with the dedup fill), written to their
+/// files; each listed document records its positions in the full one. Returns both lengths.
 fn write_schedules(
     cfg: &DataConfig,
     out: &Path,
     documents: &mut [DocEntry],
-    unique_count: usize,
+    (unique_count, fill_count): (usize, usize),
     rng: &mut SplitMix64,
 ) -> Result<(usize, usize), DataError> {
     let unique = documents.len()..documents.len() + unique_count;
-    let schedule = build_schedule(documents, unique.clone(), cfg.ordering, rng, false);
-    let dedup = build_schedule(documents, unique, cfg.ordering, rng, true);
+    let with_fill = documents.len()..documents.len() + unique_count + fill_count;
+    let schedule = build_schedule(documents, unique, cfg.ordering, rng, false);
+    let dedup = build_schedule(documents, with_fill, cfg.ordering, rng, true);
     for (pos, &doc) in schedule.iter().enumerate() {
         if let Some(entry) = documents.get_mut(doc as usize) {
             entry.positions.push(pos as u64);
@@ -354,29 +453,7 @@ fn encode(tokenizer: &TextTokenizer, docs: &[Document]) -> Result<Vec<Vec<u32>>,
     tokenizer.encode_many(&docs.iter().map(|d| d.text.as_str()).collect::<Vec<_>>())
 }
 
-fn text_hash(text: &str) -> u64 {
+pub(crate) fn text_hash(text: &str) -> u64 {
     let digest = Sha256::digest(text.as_bytes());
     u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
-}
-
-/// Fingerprint of a source's content identity: file paths, sizes and modification times (or the
-/// generator's parameters), so a changed file invalidates caches without rereading it.
-fn source_fingerprint(source: &SourceConfig) -> Result<String, DataError> {
-    let mut h = Sha256::new();
-    let stamp = |h: &mut Sha256, p: &Path| -> Result<(), DataError> {
-        let meta = std::fs::metadata(p).map_err(|e| DataError::io(p, e))?;
-        let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-        h.update(format!("{}|{}|{:?};", p.display(), meta.len(), mtime).as_bytes());
-        Ok(())
-    };
-    match source {
-        SourceConfig::Synthetic { .. } => h.update(ron::to_string(source).expect("serialises").as_bytes()),
-        SourceConfig::TinyStories { path } | SourceConfig::Json { path, .. } => stamp(&mut h, path)?,
-        SourceConfig::SlimPajama { dir, .. } => {
-            for f in shard_files(dir)? {
-                stamp(&mut h, &f)?;
-            }
-        }
-    }
-    Ok(format!("{:x}", h.finalize()))
 }

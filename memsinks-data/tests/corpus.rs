@@ -17,7 +17,7 @@ fn config(source: SourceConfig) -> DataConfig {
         repeated_source: None,
         tokenizer: TokenizerConfig::Train { vocab_size: 512 },
         repeated: RepeatConfig { docs: 10, repetitions: 8 },
-        canary: CanaryConfig { docs: 5, repetitions: 8, length: 24 },
+        canary: CanaryConfig { docs: 5, repetitions: 8, length: 24, held_out: None },
         unique: 120,
         validation: 30,
         context: 64,
@@ -25,6 +25,9 @@ fn config(source: SourceConfig) -> DataConfig {
         packing: false,
         seed: 3,
         invalid_utf8: Default::default(),
+        reshuffle_each_pass: true,
+        dedup_fill: true,
+        near_duplicates: None,
     }
 }
 
@@ -39,6 +42,13 @@ fn check_invariants(corpus: &PreparedCorpus, cfg: &DataConfig) {
     assert_eq!(counts[&Split::Canary], cfg.canary.docs);
     assert_eq!(counts[&Split::Unique], cfg.unique);
     assert_eq!(counts[&Split::Validation], cfg.validation);
+    assert_eq!(counts[&Split::CanaryHeldOut], cfg.canary.held_out_docs());
+    // The dev and test halves partition the repeated documents.
+    let (dev, test) = (m.repeated_half(memsinks_data::Half::Dev), m.repeated_half(memsinks_data::Half::Test));
+    assert_eq!(dev.len(), cfg.repeated.docs.div_ceil(2));
+    let mut both: Vec<usize> = dev.iter().chain(&test).copied().collect();
+    both.sort_unstable();
+    assert_eq!(both, m.indices(Split::Repeated));
     // IDs: non-zero, distinct per document, the hash of the cached tokens.
     let ids: HashSet<i64> = (0..m.num_docs()).map(|i| sequence_id(&corpus.cache.doc(i))).collect();
     assert_eq!(ids.len(), m.num_docs());
@@ -67,14 +77,37 @@ fn check_invariants(corpus: &PreparedCorpus, cfg: &DataConfig) {
         }
     }
     for i in 0..m.num_docs() {
-        let expected = m.documents.get(i).map_or(1, |d| d.repetitions);
+        let expected = match m.split_of(i) {
+            Split::Unique => 1,
+            Split::DedupFill => 0,
+            _ => m.documents[i].repetitions,
+        };
         assert_eq!(seen.get(&(i as u32)).copied().unwrap_or(0), expected, "document {i}");
     }
-    // Dedup keeps every training document exactly once.
+    // Dedup keeps every training document exactly once, and adds the fill: fresh documents with
+    // at least the real tokens of the repetitions it leaves out.
     let dedup = corpus.schedule(true).unwrap();
     let dedup_set: HashSet<u32> = dedup.iter().copied().collect();
     assert_eq!(dedup.len(), dedup_set.len());
-    assert_eq!(dedup.len(), cfg.repeated.docs + cfg.canary.docs + cfg.unique);
+    let fill = m.indices(Split::DedupFill);
+    assert_eq!(dedup.len(), cfg.repeated.docs + cfg.canary.docs + cfg.unique + fill.len());
+    assert!(fill.iter().all(|&d| dedup_set.contains(&(d as u32))));
+    let row_tokens = |len: usize| len.min(cfg.context) as u64;
+    let removed: u64 =
+        m.documents.iter().map(|d| row_tokens(d.tokens as usize) * u64::from(d.repetitions.saturating_sub(1))).sum();
+    assert_eq!(m.dedup_removed_tokens, removed);
+    assert_eq!(m.dedup_fill_tokens, fill.iter().map(|&d| row_tokens(corpus.cache.doc_len(d))).sum::<u64>());
+    if cfg.dedup_fill {
+        assert!(m.dedup_fill_tokens >= removed, "fill {} < removed {removed}", m.dedup_fill_tokens);
+        // The fill stops once it has enough: without its last document it would fall short.
+        let last = row_tokens(corpus.cache.doc_len(*fill.last().unwrap()));
+        assert!(m.dedup_fill_tokens - last < removed);
+    } else {
+        assert!(fill.is_empty());
+    }
+    // Fill documents are fresh text: none repeats a training or validation document.
+    let listed: HashSet<String> = (0..m.num_docs()).filter(|&i| m.split_of(i) != Split::DedupFill).map(text).collect();
+    assert!(fill.iter().all(|&d| !listed.contains(&text(d))));
     assert_eq!(m.occurrences as usize, schedule.len());
 }
 
@@ -246,6 +279,9 @@ fn real_tinystories_sample_when_available() {
     cfg.unique = 700;
     cfg.validation = 100;
     cfg.context = 256;
+    // The sample is too small to fill 40 x 31 removed repetitions: no fill here (ts-sample, in
+    // CI, runs the fill on this sample at its smaller size).
+    cfg.dedup_fill = false;
     let started = std::time::Instant::now();
     let corpus = prepare(&cfg, dir.path(), false).unwrap();
     let took = started.elapsed();
@@ -255,4 +291,115 @@ fn real_tinystories_sample_when_available() {
     let text = corpus.tokenizer.decode(&corpus.cache.doc(first)).unwrap();
     assert!(text.split_whitespace().count() > 20, "{text}");
     eprintln!("prepared the real sample in {took:?}");
+}
+
+/// Every pass after the first reads the schedule in a fresh order, the same for the same seed;
+/// `consume` counts what whole passes hold: each document its repetitions per pass.
+#[test]
+fn passes_are_reshuffled_from_the_seed_and_views_count_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = prepare(&config(synthetic()), dir.path(), false).unwrap();
+    let schedule = Arc::new(corpus.schedule(false).unwrap());
+    let cache = Arc::new(corpus.cache.clone());
+    let eot = corpus.manifest.end_of_text;
+    let order = |b: &Batcher, epoch: u64| {
+        let mut c = Cursor { epoch, position: 0, offset: 0 };
+        let mut docs = Vec::new();
+        while let Some(batch) = b.next_batch(&mut c) {
+            docs.extend(batch.started.iter().map(|&(_, d)| d));
+        }
+        docs
+    };
+    let plain = Batcher::new(cache.clone(), schedule.clone(), 64, 8, eot, false);
+    let shuffled = plain.clone().with_reshuffle(7);
+    assert_eq!(order(&shuffled, 0), *schedule, "the first pass reads the schedule as written");
+    assert_eq!(order(&plain, 1), *schedule, "without reshuffling every pass replays it");
+    let (one, two) = (order(&shuffled, 1), order(&shuffled, 2));
+    assert_ne!(one, *schedule);
+    assert_ne!(one, two);
+    let sorted = |mut v: Vec<u32>| {
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(sorted(one.clone()), sorted(schedule.to_vec()), "a pass is a permutation of the schedule");
+    assert_eq!(order(&plain.clone().with_reshuffle(7), 1), one, "the same seed draws the same order");
+    // What the report uses to place each repetition: the same orders, without a batcher.
+    assert_eq!(memsinks_data::pass_order(&schedule, Some(7), 1), one);
+    assert_eq!(memsinks_data::pass_order(&schedule, Some(7), 0), *schedule);
+    assert_ne!(order(&plain.clone().with_reshuffle(8), 1), one);
+    // Two whole passes: every document twice its repetitions, real tokens twice one pass's.
+    let m = &corpus.manifest;
+    let batches_per_pass = (schedule.len() as u64).div_ceil(8);
+    let two_passes = shuffled.consume(u64::MAX, |c| c.batches >= 2 * batches_per_pass);
+    assert_eq!(two_passes.rows, 2 * schedule.len() as u64);
+    for (i, d) in m.documents.iter().enumerate() {
+        assert_eq!(two_passes.views[i], 2 * u64::from(d.repetitions), "{}", d.origin);
+    }
+    let one_pass = shuffled.consume(1, |_| false);
+    assert_eq!(one_pass.batches, batches_per_pass);
+    assert_eq!(two_passes.real_tokens, 2 * one_pass.real_tokens);
+    let tokens: u64 = schedule.iter().map(|&d| corpus.cache.doc_len(d as usize).min(64) as u64).sum();
+    assert_eq!(one_pass.real_tokens, tokens);
+}
+
+/// With `near_duplicates`, no training document shares the threshold's share of its word
+/// 8-grams with a validation document; without it, such documents are trained on.
+#[test]
+fn near_duplicates_of_validation_documents_are_left_out_of_training() {
+    use memsinks_data::data_config::NearDuplicates;
+    let dir = tempfile::tempdir().unwrap();
+    // 80 stories of 40 distinct words each, then a copy of each with one word changed.
+    let mut rng = memsinks_data::rng::SplitMix64::new(5);
+    let stories: Vec<Vec<String>> =
+        (0..80).map(|_| (0..40).map(|_| format!("w{}", rng.below(5000))).collect()).collect();
+    let mut text = String::new();
+    for s in &stories {
+        text.push_str(&format!("{}\n<|endoftext|>\n", s.join(" ")));
+    }
+    for s in &stories {
+        let mut copy = s.clone();
+        copy[20] = "changed".into();
+        text.push_str(&format!("{}\n<|endoftext|>\n", copy.join(" ")));
+    }
+    let path = dir.path().join("stories.txt");
+    std::fs::write(&path, text).unwrap();
+    let mut cfg = config(SourceConfig::TinyStories { path });
+    cfg.canary.docs = 0;
+    cfg.repeated = RepeatConfig { docs: 10, repetitions: 2 };
+    cfg.validation = 30;
+    cfg.unique = 60;
+    cfg.dedup_fill = false;
+    let grams = |text: &str| -> HashSet<String> {
+        let w: Vec<&str> = text.split_whitespace().collect();
+        w.windows(8).map(|g| g.join(" ")).collect()
+    };
+    let overlap = |corpus: &PreparedCorpus| {
+        let text = |i: usize| corpus.tokenizer.decode(&corpus.cache.doc(i)).unwrap();
+        let m = &corpus.manifest;
+        let validation: HashSet<String> =
+            m.indices(Split::Validation).into_iter().flat_map(|i| grams(&text(i))).collect();
+        let training = m.indices(Split::Repeated).into_iter().chain(m.indices(Split::Unique));
+        training
+            .filter(|&i| {
+                let g = grams(&text(i));
+                g.iter().filter(|x| validation.contains(*x)).count() * 2 >= g.len()
+            })
+            .count()
+    };
+    let without = prepare(&cfg, &dir.path().join("without"), false).unwrap();
+    assert!(overlap(&without) > 0, "the copies of validation stories are trained on without the filter");
+    assert_eq!(without.manifest.near_duplicates_dropped, 0);
+    cfg.near_duplicates = Some(NearDuplicates { n: 8, threshold: 0.5 });
+    let with = prepare(&cfg, &dir.path().join("with"), false).unwrap();
+    assert_eq!(overlap(&with), 0);
+    assert!(with.manifest.near_duplicates_dropped > 0);
+    assert_eq!(
+        with.manifest.config.near_duplicates.as_ref().unwrap().threshold,
+        0.5,
+        "the threshold is in the manifest"
+    );
+    // A bad threshold is refused.
+    cfg.near_duplicates = Some(NearDuplicates { n: 8, threshold: 0.0 });
+    let err = prepare(&cfg, &dir.path().join("bad"), false).err().unwrap().to_string();
+    assert!(err.contains("near_duplicates"), "{err}");
 }

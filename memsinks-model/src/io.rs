@@ -208,7 +208,10 @@ pub fn load_weights<B: Backend>(
 ) -> Result<MemSinkLm<B>, ModelError> {
     let weights_err = |message: String| ModelError::Weights {
         path: path.to_path_buf(),
-        message: format!("{message}; the file is corrupt or was saved from another configuration"),
+        message: format!(
+            "{message}; the file is corrupt, was saved from another configuration, or predates the \
+             MLP weights' Llama names (gate_proj/up_proj/down_proj, formerly fc_1/fc_2/proj): retrain"
+        ),
     };
     let record = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
         .load(bytes, device)
@@ -239,9 +242,9 @@ pub fn named_tensors<B: Backend>(model: &MemSinkLm<B>) -> Vec<(String, Tensor<B,
         out.push((format!("{p}.self_attn.v_proj.weight"), b.attn.v_proj.weight.val(), true));
         out.push((format!("{p}.self_attn.o_proj.weight"), b.attn.o_proj.weight.val(), true));
         out.push((format!("{p}.post_attention_layernorm.weight"), vec2(b.mlp_norm.gamma.val()), false));
-        out.push((format!("{p}.mlp.gate_proj.weight"), b.mlp.fc_1.weight.val(), true));
-        out.push((format!("{p}.mlp.up_proj.weight"), b.mlp.fc_2.weight.val(), true));
-        out.push((format!("{p}.mlp.down_proj.weight"), b.mlp.proj.weight.val(), true));
+        out.push((format!("{p}.mlp.gate_proj.weight"), b.mlp.gate_proj.weight.val(), true));
+        out.push((format!("{p}.mlp.up_proj.weight"), b.mlp.up_proj.weight.val(), true));
+        out.push((format!("{p}.mlp.down_proj.weight"), b.mlp.down_proj.weight.val(), true));
     }
     out.push(("model.norm.weight".to_string(), model.norm.gamma.val().unsqueeze::<2>(), false));
     if let Some(head) = &model.head {

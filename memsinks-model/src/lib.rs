@@ -17,6 +17,7 @@ pub mod loss;
 pub mod mask;
 pub mod mlp;
 pub mod model;
+pub mod named;
 
 pub use batch::LmBatch;
 pub use config::{ModelConfig, PRESET_NAMES};
@@ -24,6 +25,7 @@ pub use layout::SeqLayout;
 pub use mask::{MaskScheme, SinkPool};
 pub use mlp::{mask_build_time, HiddenMask, MemSinkMlp, MlpMode, SinkLayout};
 pub use model::{Attention, Block, HiddenHook, MemSinkLm, Rope};
+pub use named::Named;
 
 /// Errors of the model crate: bad configurations and unreadable or mismatched weight files.
 #[derive(Debug, thiserror::Error)]

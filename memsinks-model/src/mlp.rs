@@ -72,6 +72,18 @@ impl MlpMode {
     }
 }
 
+impl crate::named::Named for MlpMode {
+    const WHAT: &'static str = "MLP mode";
+
+    fn name(&self) -> &'static str {
+        MlpMode::name(self)
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        MlpMode::parse(name)
+    }
+}
+
 #[cfg(feature = "clap")]
 impl clap::ValueEnum for MlpMode {
     fn value_variants<'a>() -> &'a [Self] {
@@ -256,33 +268,33 @@ pub fn normal_linear<B: Backend>(d_in: usize, d_out: usize, std: f64, device: &B
         .init(device)
 }
 
-/// SwiGLU MLP: `proj(silu(fc_1 x) * fc_2 x * mask)`; hidden unit `j < num_general` is general,
+/// SwiGLU MLP: `down_proj(silu(gate_proj x) * up_proj x * mask)`; hidden unit `j < num_general` is general,
 /// the rest form the sink pool.
 #[derive(Module, Debug)]
 pub struct MemSinkMlp<B: Backend> {
     /// Gate projection (`gate_proj` in Llama checkpoints).
-    pub fc_1: Linear<B>,
+    pub gate_proj: Linear<B>,
     /// Up projection (`up_proj`).
-    pub fc_2: Linear<B>,
+    pub up_proj: Linear<B>,
     /// Down projection (`down_proj`).
-    pub proj: Linear<B>,
+    pub down_proj: Linear<B>,
 }
 
 impl<B: Backend> MemSinkMlp<B> {
     /// A new MLP with normal(0, `std`) weights; `proj_std` for the residual projection.
     pub fn new(d_model: usize, d_hidden: usize, std: f64, proj_std: f64, device: &B::Device) -> Self {
         Self {
-            fc_1: normal_linear(d_model, d_hidden, std, device),
-            fc_2: normal_linear(d_model, d_hidden, std, device),
-            proj: normal_linear(d_hidden, d_model, proj_std, device),
+            gate_proj: normal_linear(d_model, d_hidden, std, device),
+            up_proj: normal_linear(d_model, d_hidden, std, device),
+            down_proj: normal_linear(d_hidden, d_model, proj_std, device),
         }
     }
 
     /// Applies the MLP to `[batch, seq, d_model]` with an optional hidden mask.
     ///
     /// With a gradient gate (gradient masking), gated-off units pass their value forward but
-    /// neither their input weights (`fc_1`/`fc_2` columns) nor their output weights (`proj` rows)
-    /// receive gradient from those tokens: `proj(h·g) + (detach(h)·(1-g)) @ detach(W_proj)`.
+    /// neither their input weights (`gate_proj`/`up_proj` columns) nor their output weights (`down_proj` rows)
+    /// receive gradient from those tokens: `down_proj(h·g) + (detach(h)·(1-g)) @ detach(W_down)`.
     pub fn forward(&self, x: Tensor<B, 3>, mask: Option<&HiddenMask<B>>) -> Tensor<B, 3> {
         self.forward_hooked(x, mask, |h| h)
     }
@@ -295,15 +307,15 @@ impl<B: Backend> MemSinkMlp<B> {
         mask: Option<&HiddenMask<B>>,
         hook: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
     ) -> Tensor<B, 3> {
-        let h = silu(self.fc_1.forward(x.clone())) * self.fc_2.forward(x);
-        let Some(mask) = mask else { return self.proj.forward(hook(h)) };
+        let h = silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x);
+        let Some(mask) = mask else { return self.down_proj.forward(hook(h)) };
         let h = hook(h * mask.scale.clone());
         match &mask.grad_gate {
-            None => self.proj.forward(h),
+            None => self.down_proj.forward(h),
             Some(gate) => {
                 let blocked = h.clone().detach() * (gate.clone().neg() + 1.0);
-                let frozen = self.proj.weight.val().detach().unsqueeze::<3>();
-                self.proj.forward(h * gate.clone()) + blocked.matmul(frozen)
+                let frozen = self.down_proj.weight.val().detach().unsqueeze::<3>();
+                self.down_proj.forward(h * gate.clone()) + blocked.matmul(frozen)
             }
         }
     }

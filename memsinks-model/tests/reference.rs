@@ -124,9 +124,9 @@ fn reference_logits(
             xs[t].iter_mut().zip(out).for_each(|(x, o)| *x += o);
         }
         let (w1, w2, w3) = (
-            W::of(block.mlp.fc_1.weight.val()),
-            W::of(block.mlp.fc_2.weight.val()),
-            W::of(block.mlp.proj.weight.val()),
+            W::of(block.mlp.gate_proj.weight.val()),
+            W::of(block.mlp.up_proj.weight.val()),
+            W::of(block.mlp.down_proj.weight.val()),
         );
         let g_mlp = values(block.mlp_norm.gamma.val());
         for (t, x) in xs.iter_mut().enumerate() {
@@ -264,15 +264,15 @@ fn sink_gradients_are_isolated_to_the_sequence_mask() {
     let mask = model.sink_pool().mask(id, 0);
     let n_gen = model.sinks().num_general;
     for block in &model.blocks {
-        let g1 = values(block.mlp.fc_1.weight.grad(&grads).unwrap()); // [d, I]
-        let g2 = values(block.mlp.fc_2.weight.grad(&grads).unwrap());
-        let g3 = values(block.mlp.proj.weight.grad(&grads).unwrap()); // [I, d]
+        let g1 = values(block.mlp.gate_proj.weight.grad(&grads).unwrap()); // [d, I]
+        let g2 = values(block.mlp.up_proj.weight.grad(&grads).unwrap());
+        let g3 = values(block.mlp.down_proj.weight.grad(&grads).unwrap()); // [I, d]
         let (d, hidden) = (cfg.d_model, cfg.d_hidden);
         for j in 0..hidden {
             let col = |g: &Vec<f32>| (0..d).map(|i| g[i * hidden + j].abs()).sum::<f32>();
             let row = g3[j * d..(j + 1) * d].iter().map(|v| v.abs()).sum::<f32>();
             let active = j < n_gen || mask[j - n_gen];
-            for (what, mag) in [("fc_1", col(&g1)), ("fc_2", col(&g2)), ("proj", row)] {
+            for (what, mag) in [("gate_proj", col(&g1)), ("up_proj", col(&g2)), ("proj", row)] {
                 if active {
                     assert!(mag > 0.0, "{what} unit {j} is active but got no gradient");
                 } else {
@@ -292,15 +292,15 @@ fn gradient_masking_routes_flagged_tokens_to_sinks_only() {
     let grads = model.forward(tokens(&row), &layout, &MlpMode::Train).sum().backward();
     let n_gen = model.sinks().num_general;
     let (d, hidden) = (cfg.d_model, cfg.d_hidden);
-    let g1 = values(model.blocks[0].mlp.fc_1.weight.grad(&grads).unwrap()); // [d, I]
-    let g3 = values(model.blocks[0].mlp.proj.weight.grad(&grads).unwrap()); // [I, d]
+    let g1 = values(model.blocks[0].mlp.gate_proj.weight.grad(&grads).unwrap()); // [d, I]
+    let g3 = values(model.blocks[0].mlp.down_proj.weight.grad(&grads).unwrap()); // [I, d]
     let column = |g: &[f32], units: std::ops::Range<usize>| -> f32 {
         (0..d).flat_map(|i| units.clone().map(move |j| i * hidden + j)).map(|k| g[k].abs()).sum()
     };
     let rows =
         |units: std::ops::Range<usize>| -> f32 { g3[units.start * d..units.end * d].iter().map(|v| v.abs()).sum() };
-    assert_eq!(column(&g1, 0..n_gen), 0.0, "general fc_1 columns got gradient");
-    assert_eq!(rows(0..n_gen), 0.0, "general proj rows got gradient");
+    assert_eq!(column(&g1, 0..n_gen), 0.0, "general gate_proj columns got gradient");
+    assert_eq!(rows(0..n_gen), 0.0, "general down_proj rows got gradient");
     assert!(column(&g1, n_gen..hidden) > 0.0 && rows(n_gen..hidden) > 0.0, "sinks must learn");
     // The forward value is unchanged by routing.
     let plain = SeqLayout::per_row(&[5], 8);
@@ -357,7 +357,7 @@ fn ts_cpu_runs_forward_and_backward() {
     let value = values(loss.clone())[0];
     assert!((value - (4096f32).ln()).abs() < 0.5, "initial loss {value}");
     let grads = loss.backward();
-    assert!(model.blocks[3].mlp.proj.weight.grad(&grads).is_some());
+    assert!(model.blocks[3].mlp.down_proj.weight.grad(&grads).is_some());
 }
 
 #[test]

@@ -2,14 +2,17 @@
 //! tracked documents and specificity.
 
 use anyhow::Result;
-use memsinks_data::{Manifest, Split};
+use memsinks_data::{pass_order, Half, PreparedCorpus, Split};
+use memsinks_model::MlpMode;
 use memsinks_train::metrics::{read_evals, EvalRecord};
 use memsinks_train::{ExperimentConfig, Method};
 use memsinks_unlearn::metrics::gap_closure;
 use memsinks_unlearn::MethodResult;
 
-use crate::config::{experiment_ron, StudyConfig};
-use crate::results::{Dynamics, DynamicsPoint, Forgetting, MainRow, Results, RowValues, Timing, TrackedDoc, Versions};
+use crate::config::{experiment_ron, LengthRule, StudyConfig};
+use crate::results::{
+    Dynamics, DynamicsPoint, Forgetting, MainRow, Results, RowValues, SelectedStep, Timing, TrackedDoc, Versions,
+};
 use crate::stages::Trained;
 
 /// Tracked documents drawn per model in the forgetting plots (a readable number of curves).
@@ -28,15 +31,21 @@ pub struct StudyOutputs {
 }
 
 /// The rows of the main table: label, training method, MLP mode evaluated.
-const MAIN_ROWS: [(&str, Method, &str); 7] = [
-    ("standard", Method::Standard, "train"),
-    ("dedup", Method::Dedup, "train"),
-    ("gradient masking, sinks on", Method::GradientMasking, "activate-seq"),
-    ("gradient masking, sinks dropped", Method::GradientMasking, "drop-sinks"),
-    ("memsinks, sinks on", Method::Memsinks, "activate-seq"),
-    ("memsinks, sinks dropped (rescaled)", Method::Memsinks, "drop-sinks"),
-    ("memsinks, sinks dropped (plain)", Method::Memsinks, "drop-sinks-plain"),
+const MAIN_ROWS: [(&str, Method, MlpMode); 7] = [
+    ("standard", Method::Standard, MlpMode::Train),
+    ("dedup", Method::Dedup, MlpMode::Train),
+    ("gradient masking, sinks on", Method::GradientMasking, SINKS_ON),
+    ("gradient masking, sinks dropped", Method::GradientMasking, SINKS_DROPPED),
+    ("memsinks, sinks on", Method::Memsinks, SINKS_ON),
+    ("memsinks, sinks dropped (rescaled)", Method::Memsinks, SINKS_DROPPED),
+    ("memsinks, sinks dropped (plain)", Method::Memsinks, MlpMode::DropSinks { rescale: false }),
 ];
+
+/// Each sequence with its own sinks on.
+pub(crate) const SINKS_ON: MlpMode = MlpMode::ActivateSeq { exclude: Vec::new() };
+
+/// Every sink dropped, general units rescaled: the deployed MemSinks model.
+pub(crate) const SINKS_DROPPED: MlpMode = MlpMode::DropSinks { rescale: true };
 
 /// Builds `results.json` of experiment `name` from the stages' outputs.
 ///
@@ -49,7 +58,7 @@ pub fn assemble(
     seeds: &[u64],
     backend: &str,
     outputs: StudyOutputs,
-    manifest: &Manifest,
+    corpus: &PreparedCorpus,
 ) -> Result<Results> {
     let StudyOutputs { timings, trained, posthoc, by_design } = outputs;
     let rows = main_rows(&trained);
@@ -59,7 +68,7 @@ pub fn assemble(
     for t in &first_seed {
         let evals = read_evals(&t.dir.metrics())?;
         dynamics.push(Dynamics {
-            method: t.method.name().into(),
+            method: t.method,
             points: evals
                 .iter()
                 .map(|e| DynamicsPoint {
@@ -67,14 +76,21 @@ pub fn assemble(
                     val: e.val_loss.unwrap_or(f64::NAN),
                     rep_sinks: e.rep_loss_sinks.unwrap_or(f64::NAN),
                     rep_nosinks: e.rep_loss_nosinks.unwrap_or(f64::NAN),
+                    canary_sinks: e.canary_loss_sinks,
+                    canary_nosinks: e.canary_loss_nosinks,
+                    canary_held_out: e.canary_heldout_loss,
                 })
                 .collect(),
         });
         if matches!(t.method, Method::Standard | Method::Memsinks) {
-            forgetting.push(Forgetting { method: t.method.name().into(), docs: tracked_docs(&evals, t, manifest) });
+            forgetting.push(Forgetting { method: t.method, docs: tracked_docs(&evals, t, corpus)? });
         }
     }
     let specificity = first_seed.iter().find(|t| t.method == Method::Memsinks).and_then(|t| t.eval.mean_specificity());
+    let selected_steps = match study.training_length {
+        LengthRule::Fixed => Vec::new(),
+        LengthRule::BestDevStep { max_l_val_ratio } => best_dev_steps(&trained, max_l_val_ratio)?,
+    };
     Ok(Results {
         experiment: name.to_string(),
         config_hash: short_hash(&experiment_ron(cfg, study)),
@@ -90,7 +106,38 @@ pub fn assemble(
         dynamics,
         forgetting,
         specificity,
+        selected_steps,
     })
+}
+
+/// Per seed, the evaluation step of the MemSinks run with the highest dev-half gap closure
+/// against the standard run at the same step, among the steps whose validation loss is within
+/// `max_ratio` of the standard model's; with the test half's closure there. Seeds where no step
+/// qualifies are left out.
+fn best_dev_steps(trained: &[Trained], max_ratio: f64) -> Result<Vec<SelectedStep>> {
+    let mut out = Vec::new();
+    for mem in trained.iter().filter(|t| t.method == Method::Memsinks) {
+        let Some(std) = trained.iter().find(|t| t.method == Method::Standard && t.seed == mem.seed) else { continue };
+        let std_evals = read_evals(&std.dir.metrics())?;
+        let candidates = read_evals(&mem.dir.metrics())?.into_iter().filter_map(|e| {
+            let s = std_evals.iter().find(|s| s.step == e.step)?;
+            let (val, std_val) = (e.val_loss?, s.val_loss?);
+            // The standard model has no sinks: its repeated loss is the same with or without.
+            let closure = |rep: Option<f64>, std_rep: Option<f64>| Some(gap_closure(val - rep?, std_val - std_rep?));
+            Some(SelectedStep {
+                seed: mem.seed,
+                step: e.step,
+                dev_closure: closure(e.rep_dev_nosinks, s.rep_dev_sinks)?,
+                test_closure: closure(e.rep_test_nosinks, s.rep_test_sinks)?,
+                l_val_ratio: val / std_val,
+            })
+        });
+        let best = candidates
+            .filter(|c| c.l_val_ratio <= max_ratio && c.dev_closure.is_finite())
+            .max_by(|a, b| a.dev_closure.total_cmp(&b.dev_closure));
+        out.extend(best);
+    }
+    Ok(out)
 }
 
 /// The main table: per row of [`MAIN_ROWS`], the values of every seed that has that mode.
@@ -105,27 +152,40 @@ fn main_rows(trained: &[Trained]) -> Vec<MainRow> {
             .filter(|t| t.method == method)
             .filter_map(|t| {
                 let m = t.eval.modes.iter().find(|m| m.mode == mode)?;
+                let half_closure = |h: Half| {
+                    let s = standard(t.seed).filter(|_| method != Method::Standard)?;
+                    Some(gap_closure(m.half_gap(h)?, s.half_gap(h)?))
+                };
                 Some(RowValues {
                     seed: t.seed,
                     l_rep: m.repeated.nll,
                     l_canary: m.canary.as_ref().map(|c| c.nll),
+                    l_canary_held_out: m.canary_held_out.as_ref().map(|c| c.nll),
+                    canary_closure: (method != Method::Standard)
+                        .then(|| Some(gap_closure(m.canary_gap()?, standard(t.seed)?.canary_gap()?)))
+                        .flatten(),
                     l_val: m.validation.nll,
                     gap: m.gap,
                     closure_vs_standard: (method != Method::Standard)
                         .then(|| standard(t.seed).map(|s| gap_closure(m.gap, s.gap)))
                         .flatten(),
                     l_val_vs_standard: standard(t.seed).map(|s| m.validation.nll / s.validation.nll),
+                    closure_dev: half_closure(Half::Dev),
+                    closure_test: half_closure(Half::Test),
                     extraction: m.extraction_repeated.match_rate,
                     extraction_heldout: m.extraction_validation.match_rate,
                     verbatim: m.extraction_repeated.verbatim_len,
                     mia_auc: m.mia_auc,
                     tokens_seen: t.summary.tokens_seen,
+                    real_tokens: t.summary.real_tokens,
+                    passes: Some(t.summary.schedule_passes),
+                    views_per_repeated: t.summary.views_per_repeated,
                     wall_s: t.summary.wall_s,
                 })
             })
             .collect();
         if !values.is_empty() {
-            rows.push(MainRow { label: label.into(), method: method.name().into(), mode: mode.into(), values });
+            rows.push(MainRow { label: label.into(), method, mode, values });
         }
     }
     rows
@@ -140,23 +200,28 @@ fn short_hash(text: &str) -> String {
 /// the steps at which they were trained on. A document at schedule position `p` is in optimizer
 /// step `pass · ⌈occurrences / rows_per_step⌉ + ⌊p / rows_per_step⌋ + 1` of each pass over the
 /// schedule (exact for one document per row; packed rows shift it by at most a step).
-fn tracked_docs(evals: &[EvalRecord], t: &Trained, manifest: &Manifest) -> Vec<TrackedDoc> {
+fn tracked_docs(evals: &[EvalRecord], t: &Trained, corpus: &PreparedCorpus) -> Result<Vec<TrackedDoc>> {
+    let manifest = &corpus.manifest;
     let rows = t.summary.rows_per_step.max(1) as u64;
     let steps_per_pass = manifest.occurrences.div_ceil(rows);
     let passes = t.summary.schedule_passes.ceil() as u64;
     let last_step = t.summary.steps as f64;
-    manifest
+    // Where each pass put each document (every pass after the first reshuffled, as training read it).
+    let schedule = corpus.schedule(false)?;
+    let orders: Vec<Vec<u32>> =
+        (0..passes).map(|pass| pass_order(&schedule, manifest.config.reshuffle_seed(), pass)).collect();
+    Ok(manifest
         .indices(Split::Repeated)
         .into_iter()
         .filter(|d| evals.first().is_some_and(|e| e.rep_doc_losses.contains_key(d)))
         .take(PLOTTED_DOCS)
         .map(|doc| {
-            let seen_at = (0..passes)
-                .flat_map(|pass| {
-                    manifest.documents[doc]
-                        .positions
-                        .iter()
-                        .map(move |&p| (pass * steps_per_pass + p / rows + 1) as f64)
+            let seen_at = orders
+                .iter()
+                .enumerate()
+                .flat_map(|(pass, order)| {
+                    let at = move |p: usize| (pass as u64 * steps_per_pass + p as u64 / rows + 1) as f64;
+                    order.iter().enumerate().filter(move |&(_, &d)| d as usize == doc).map(move |(p, _)| at(p))
                 })
                 .filter(|&s| s <= last_step)
                 .collect();
@@ -164,5 +229,5 @@ fn tracked_docs(evals: &[EvalRecord], t: &Trained, manifest: &Manifest) -> Vec<T
                 evals.iter().filter_map(|e| e.rep_doc_losses.get(&doc).map(|&(w, wo)| (e.step, w, wo))).collect();
             TrackedDoc { doc, seen_at, losses }
         })
-        .collect()
+        .collect())
 }

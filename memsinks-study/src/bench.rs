@@ -43,7 +43,8 @@ pub struct TrainBenchResult {
     /// Model preset.
     pub preset: String,
     /// `memsinks` or `standard`.
-    pub method: String,
+    #[serde(serialize_with = "memsinks_model::named::by_name::serialize")]
+    pub method: Method,
     /// Worker threads of the CPU backends' pool.
     pub threads: usize,
     /// Rows per batch.
@@ -112,7 +113,7 @@ impl BackendTask for TrainBench {
         Ok(TrainBenchResult {
             backend: String::new(),
             preset: self.preset,
-            method: self.method.name().to_string(),
+            method: self.method,
             threads: rayon::current_num_threads(),
             batch: self.batch,
             seq,

@@ -1,6 +1,7 @@
 //! The report's charts, built from `results.json`: loss dynamics per method, the post-hoc
 //! trade-off with the MemSinks point, and tracked documents per model.
 
+use memsinks_train::Method;
 use memsinks_unlearn::metrics::gap_closure;
 use memsinks_unlearn::ForgetSet;
 
@@ -9,12 +10,12 @@ use crate::report::{memsinks_point, MATCHED_TARGETS, PLOTS};
 use crate::results::{DynamicsPoint, Results};
 
 /// Palette index of a training method.
-fn method_color(method: &str) -> usize {
+fn method_color(method: Method) -> usize {
     match method {
-        "standard" => 0,
-        "dedup" => 1,
-        "memsinks" => 2,
-        _ => 3,
+        Method::Standard => 0,
+        Method::Dedup => 1,
+        Method::Memsinks => 2,
+        Method::GradientMasking => 3,
     }
 }
 
@@ -27,7 +28,7 @@ pub(crate) fn charts(results: &Results) -> Vec<(&'static str, Chart)> {
         ..Default::default()
     };
     for d in &results.dynamics {
-        let c = method_color(&d.method);
+        let c = method_color(d.method);
         let pts = |f: fn(&DynamicsPoint) -> f64| d.points.iter().map(|p| (p.step as f64, f(p))).collect();
         dynamics.series.push(Series {
             label: format!("{} val", d.method),
@@ -82,7 +83,7 @@ pub(crate) fn charts(results: &Results) -> Vec<(&'static str, Chart)> {
             });
         }
     }
-    let forgetting = |method: &str| {
+    let forgetting = |method: Method| {
         let mut chart = Chart {
             title: format!("Tracked repeated documents: {method}"),
             x_label: "step".into(),
@@ -113,15 +114,16 @@ pub(crate) fn charts(results: &Results) -> Vec<(&'static str, Chart)> {
     vec![
         (PLOTS[0], dynamics),
         (PLOTS[1], tradeoff),
-        (PLOTS[2], forgetting("standard")),
-        (PLOTS[3], forgetting("memsinks")),
+        (PLOTS[2], forgetting(Method::Standard)),
+        (PLOTS[3], forgetting(Method::Memsinks)),
         (PLOTS[4], closure_trajectory(results)),
     ]
 }
 
-/// Gap closure against the standard model (solid) and validation loss ÷ the standard model's
-/// (dashed) at every evaluation of every other method: the whole trajectory, not the one point
-/// the main table reads. Each method's gap uses its repeated-set loss with sinks dropped.
+/// Gap closure against the standard model (solid; canaries: markers) and validation loss ÷ the
+/// standard model's (dashed) at every evaluation of every other method: the whole trajectory,
+/// not the one point the main table reads. Each method's gap uses its repeated-set loss with
+/// sinks dropped; the canary gap is held-out canaries minus trained canaries.
 fn closure_trajectory(results: &Results) -> Chart {
     let mut chart = Chart {
         title: "Gap closure and L_val ÷ standard during training".into(),
@@ -129,10 +131,10 @@ fn closure_trajectory(results: &Results) -> Chart {
         y_label: "closure / ratio".into(),
         ..Default::default()
     };
-    let Some(standard) = results.dynamics.iter().find(|d| d.method == "standard") else { return chart };
+    let Some(standard) = results.dynamics.iter().find(|d| d.method == Method::Standard) else { return chart };
     let at = |step: u64| standard.points.iter().find(|p| p.step == step);
-    for d in results.dynamics.iter().filter(|d| d.method != "standard") {
-        let c = method_color(&d.method);
+    for d in results.dynamics.iter().filter(|d| d.method != Method::Standard) {
+        let c = method_color(d.method);
         let paired: Vec<(&DynamicsPoint, &DynamicsPoint)> =
             d.points.iter().filter_map(|p| at(p.step).map(|s| (p, s))).collect();
         chart.series.push(Series {
@@ -144,6 +146,22 @@ fn closure_trajectory(results: &Results) -> Chart {
             color: c,
             style: Style::Line,
         });
+        // Canaries: trained against held-out canaries, each model's trained canaries with sinks dropped.
+        let canary_gap = |p: &DynamicsPoint, trained: Option<f64>| Some(p.canary_held_out? - trained?);
+        let canary: Vec<(f64, f64)> = paired
+            .iter()
+            .filter_map(|(p, s)| {
+                Some((p.step as f64, gap_closure(canary_gap(p, p.canary_nosinks)?, canary_gap(s, s.canary_sinks)?)))
+            })
+            .collect();
+        if !canary.is_empty() {
+            chart.series.push(Series {
+                label: format!("{} canary closure", d.method),
+                points: canary,
+                color: c,
+                style: Style::Marker,
+            });
+        }
         chart.series.push(Series {
             label: format!("{} L_val ÷ standard", d.method),
             points: paired.iter().map(|(p, s)| (p.step as f64, p.val / s.val)).collect(),

@@ -30,6 +30,26 @@ pub struct StudyConfig {
     /// Whether each seed also draws its own corpus (held-out and repeated documents, canaries,
     /// data order: data seed `data.seed + seed`), not only its own initialisation.
     pub vary_data: bool,
+    /// How the training length the report reads is chosen.
+    pub training_length: LengthRule,
+}
+
+/// How the training length is chosen: never by looking at the documents the result is reported
+/// on. The repeated documents are split in halves ([`memsinks_data::Half`]); a rule that looks
+/// at closure looks at the dev half and the report gives the test half's number.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub enum LengthRule {
+    /// The configured budget: the main table's final models; nothing is chosen.
+    #[default]
+    Fixed,
+    /// Besides the final models: the evaluation step (of the MemSinks run's trajectory, per
+    /// seed) with the highest dev-half gap closure among the steps whose validation loss is
+    /// within `max_l_val_ratio` of the standard model's at that step; reported with the test
+    /// half's closure at that step.
+    BestDevStep {
+        /// Largest L_val ÷ standard allowed at the chosen step.
+        max_l_val_ratio: f64,
+    },
 }
 
 impl Default for StudyConfig {
@@ -44,6 +64,7 @@ impl Default for StudyConfig {
             extract_prompt: 32,
             extract_continuation: 32,
             vary_data: true,
+            training_length: LengthRule::Fixed,
         }
     }
 }

@@ -9,7 +9,7 @@ use burn::tensor::backend::AutodiffBackend;
 use memsinks_model::io::write_atomic;
 use memsinks_model::MlpMode;
 use memsinks_train::run::FinishedRun;
-use memsinks_train::RunDir;
+use memsinks_train::{Method, RunDir};
 use memsinks_unlearn::eval::{
     default_modes, evaluate_mode, exclusion_specificity, EvalOptions, ModeReport, Specificity,
 };
@@ -27,7 +27,8 @@ pub struct EvalFile {
     /// Run id of the evaluated run.
     pub run_id: String,
     /// Training method.
-    pub method: String,
+    #[serde(with = "memsinks_model::named::by_name")]
+    pub method: Method,
     /// Options used.
     pub options: EvalOptions,
     /// One report per mode.
@@ -35,18 +36,28 @@ pub struct EvalFile {
     /// `1 - gap(drop-sinks) / gap(activate-seq)`: closure against the same model with sinks on.
     pub gap_closure_vs_sinks_on: Option<f64>,
     /// Per mode, `1 - gap(mode) / gap(reference)`, when a reference run is given.
-    pub gap_closure_vs_reference: Option<Vec<(String, f64)>>,
+    pub gap_closure_vs_reference: Option<Vec<ModeClosure>>,
     /// Dropping one sequence's sinks: its loss change versus the other repeated documents'
     /// (MemSinks models only).
     #[serde(default)]
     pub exclusion_specificity: Vec<Specificity>,
 }
 
+/// One mode's gap closure against a reference run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModeClosure {
+    /// The mode.
+    #[serde(with = "memsinks_model::named::by_name")]
+    pub mode: MlpMode,
+    /// `1 - gap(mode) / gap(reference)`.
+    pub closure: f64,
+}
+
 impl EvalFile {
-    /// The report of mode `name` when it has a gap (both repeated and validation tokens; with
-    /// either set empty there is no gap to close).
-    pub fn gap_of(&self, name: &str) -> Option<f64> {
-        self.modes.iter().find(|r| r.mode == name && r.repeated.tokens > 0 && r.validation.tokens > 0).map(|r| r.gap)
+    /// The gap of `mode` when it has one (both repeated and validation tokens; with either set
+    /// empty there is no gap to close).
+    pub fn gap_of(&self, mode: &MlpMode) -> Option<f64> {
+        self.modes.iter().find(|r| r.mode == *mode && r.repeated.tokens > 0 && r.validation.tokens > 0).map(|r| r.gap)
     }
 
     /// Mean loss change of the excluded document and of the other repeated documents when one
@@ -141,12 +152,18 @@ impl BackendTask for EvalRequest {
             gap_closure_vs_sinks_on: None,
             gap_closure_vs_reference: None,
         };
-        file.gap_closure_vs_sinks_on =
-            file.gap_of("drop-sinks").zip(file.gap_of("activate-seq")).map(|(d, a)| gap_closure(d, a));
+        file.gap_closure_vs_sinks_on = file
+            .gap_of(&MlpMode::DropSinks { rescale: true })
+            .zip(file.gap_of(&MlpMode::ActivateSeq { exclude: vec![] }))
+            .map(|(d, a)| gap_closure(d, a));
         if let Some(reference) = &self.reference {
             let gap_ref = reference.modes.first().map(|r| r.gap).context("the reference eval.json has no modes")?;
-            file.gap_closure_vs_reference =
-                Some(file.modes.iter().map(|r| (r.mode.clone(), gap_closure(r.gap, gap_ref))).collect());
+            file.gap_closure_vs_reference = Some(
+                file.modes
+                    .iter()
+                    .map(|r| ModeClosure { mode: r.mode.clone(), closure: gap_closure(r.gap, gap_ref) })
+                    .collect(),
+            );
         }
         Ok(file)
     }

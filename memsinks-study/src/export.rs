@@ -131,7 +131,7 @@ model = AutoModelForCausalLM.from_pretrained(\"path/to/this/folder\")\n\
 ids = tok(\"Once upon a time\", return_tensors=\"pt\").input_ids\n\
 print(tok.decode(model.generate(ids, max_new_tokens=40, do_sample=False)[0]))\n```\n",
         run_id = s.run_id,
-        method = s.method,
+        method = s.method.name(),
         p_gen = trained.p_gen,
         p_mem = trained.p_mem,
         scheme = trained.mask_scheme.name(),

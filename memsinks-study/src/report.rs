@@ -6,9 +6,12 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use memsinks_model::io::write_atomic;
+use memsinks_model::MlpMode;
+use memsinks_train::Method;
 use memsinks_unlearn::metrics::gap_closure;
 use memsinks_unlearn::{delta_val_at, ForgetSet, MethodResult};
 
+use crate::assemble::{SINKS_DROPPED, SINKS_ON};
 use crate::charts::charts;
 use crate::results::{Results, RowValues};
 use crate::stats::{Estimate, Side};
@@ -56,15 +59,15 @@ fn percent(x: f64) -> String {
 }
 
 /// The main-table values (one per seed) of a method in a mode.
-fn row<'a>(results: &'a Results, method: &str, mode: &str) -> Option<&'a [RowValues]> {
-    results.rows.iter().find(|r| r.method == method && r.mode == mode).map(|r| r.values.as_slice())
+fn row<'a>(results: &'a Results, method: Method, mode: &MlpMode) -> Option<&'a [RowValues]> {
+    results.rows.iter().find(|r| r.method == method && r.mode == *mode).map(|r| r.values.as_slice())
 }
 
 /// `L_val / L_val(standard)` of a row value: recorded, or computed from the standard row of the
 /// same seed (results written before the ratio was recorded).
 fn l_val_ratio(results: &Results, v: &RowValues) -> Option<f64> {
     v.l_val_vs_standard.or_else(|| {
-        let std = row(results, "standard", "train")?.iter().find(|s| s.seed == v.seed)?;
+        let std = row(results, Method::Standard, &MlpMode::Train)?.iter().find(|s| s.seed == v.seed)?;
         Some(v.l_val / std.l_val)
     })
 }
@@ -72,13 +75,13 @@ fn l_val_ratio(results: &Results, v: &RowValues) -> Option<f64> {
 /// The main table in Markdown (also printed by CI).
 pub fn main_table(results: &Results) -> String {
     let mut s = String::new();
-    s.push_str("| model | L_rep (natural) | L_rep (canary) | L_val | L_val ÷ standard | gap | gap closure vs standard (%) | extraction (held-out) | verbatim | MIA AUC | tokens | wall (s) |\n");
-    s.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    s.push_str("| model | L_rep (natural) | L_rep (canary) | L_val | L_val ÷ standard | gap | gap closure vs standard (%) | closure, dev / test half (%) | canary gap closure (%) | extraction (held-out) | verbatim | MIA AUC | real tokens | passes | views per repeated doc | wall (s) |\n");
+    s.push_str(&format!("|{}\n", " --- |".repeat(16)));
     for r in &results.rows {
         let v = &r.values;
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} ({}) | {} | {} | {} | {} | {} | {} |",
             r.label,
             cell(v, 3, 1.0, |x| Some(x.l_rep)),
             cell(v, 3, 1.0, |x| x.l_canary),
@@ -86,11 +89,16 @@ pub fn main_table(results: &Results) -> String {
             cell(v, 3, 1.0, |x| l_val_ratio(results, x)),
             cell(v, 3, 1.0, |x| Some(x.gap)),
             cell(v, 1, 100.0, |x| x.closure_vs_standard),
+            cell(v, 1, 100.0, |x| x.closure_dev),
+            cell(v, 1, 100.0, |x| x.closure_test),
+            cell(v, 1, 100.0, |x| x.canary_closure),
             cell(v, 3, 1.0, |x| Some(x.extraction)),
             cell(v, 3, 1.0, |x| Some(x.extraction_heldout)),
             cell(v, 1, 1.0, |x| Some(x.verbatim)),
             cell(v, 3, 1.0, |x| Some(x.mia_auc)),
-            cell(v, 0, 1.0, |x| Some(x.tokens_seen as f64)),
+            cell(v, 0, 1.0, |x| x.real_tokens.map(|t| t as f64)),
+            cell(v, 2, 1.0, |x| x.passes),
+            cell(v, 1, 1.0, |x| x.views_per_repeated),
             cell(v, 1, 1.0, |x| Some(x.wall_s)),
         );
     }
@@ -114,7 +122,7 @@ fn posthoc_table(results: &Results) -> String {
     let targets: Vec<String> = MATCHED_TARGETS.iter().map(|t| format!("ΔL_val at ΔL_forget = {t}")).collect();
     let _ = writeln!(
         s,
-        "| method | forget set | {} | ΔL_val at MemSinks' ΔL_forget | furthest point: ΔL_forget / ΔL_val | relearning: share of the others' memorization back |",
+        "| method | forget set | {} | ΔL_val at MemSinks' ΔL_forget | furthest point: ΔL_forget / ΔL_val | relearning: share of the others' memorization back beyond the held-out control |",
         targets.join(" | ")
     );
     let _ = writeln!(s, "|{}", " --- |".repeat(MATCHED_TARGETS.len() + 5));
@@ -151,15 +159,25 @@ fn posthoc_table(results: &Results) -> String {
     s
 }
 
+/// Relearning: where it started, then per size the share back beyond the control and what the
+/// relearning did to the validation loss.
 fn relearn_cell(m: &MethodResult) -> String {
     if m.relearn.is_empty() {
         return "—".into();
     }
-    m.relearn
+    let start = m.relearn_start.as_ref().map_or(String::new(), |s| {
+        format!("from ΔL_forget {:+.3}, ΔL_val {:+.3} (setting {}): ", s.delta_forget, s.delta_val, s.setting)
+    });
+    let points: Vec<String> = m
+        .relearn
         .iter()
-        .map(|r| format!("n={}: {}", r.relearned, r.recovered.map_or("n/a".into(), |x| format!("{:.0} %", 100.0 * x))))
-        .collect::<Vec<_>>()
-        .join(", ")
+        .map(|r| {
+            let back = r.recovered.map_or("n/a".into(), |x| format!("{:.0} %", 100.0 * x));
+            let val = r.delta_val_relearned.map_or(String::new(), |d| format!(" (ΔL_val {d:+.3})"));
+            format!("n={}: {back}{val}", r.relearned)
+        })
+        .collect();
+    format!("{start}{}", points.join(", "))
 }
 
 /// A closure bought with a validation loss this many times the standard model's is flagged: the
@@ -186,19 +204,54 @@ fn paired(a: &[RowValues], b: &[RowValues], f: impl Fn(&RowValues) -> f64) -> Ve
 /// called only when its 95 % interval over seeds lies on one side of the threshold.
 fn findings(results: &Results) -> String {
     let mut s = String::new();
-    let std = row(results, "standard", "train");
-    let dropped = row(results, "memsinks", "drop-sinks");
-    let on = row(results, "memsinks", "activate-seq");
-    let dedup = row(results, "dedup", "train");
+    let std = row(results, Method::Standard, &MlpMode::Train);
+    let dropped = row(results, Method::Memsinks, &SINKS_DROPPED);
+    let on = row(results, Method::Memsinks, &SINKS_ON);
+    let dedup = row(results, Method::Dedup, &MlpMode::Train);
     if let (Some(std), Some(d)) = (std, dropped) {
-        if let Some(closure) = estimate(d, |x| x.closure_vs_standard) {
-            let _ = writeln!(
-                s,
-                "- Natural text: dropping the sinks closed **{} %** of the standard model's gap between repeated and held-out text (95 % interval {} %); over half, as the paper claims: **{}**.",
-                closure.format(1, 100.0),
-                closure.interval(1, 100.0),
-                verdict(&closure, 0.5, "holds", "does not hold")
-            );
+        // Natural text, then canaries (trained against held-out ones never trained on).
+        type Closure = fn(&RowValues) -> Option<f64>;
+        let closures: [(&str, Closure, &str, &str); 2] = [
+            (
+                "Natural text",
+                |x| x.closure_test,
+                "gap between repeated and held-out text, on the test half of the repeated documents (never looked at for any choice)",
+                ", as the paper claims",
+            ),
+            (
+                "Canaries",
+                |x| x.canary_closure,
+                "canary gap (trained canaries against held-out ones never trained on)",
+                "",
+            ),
+        ];
+        for (what, closure, gap, claim) in closures {
+            if let Some(closure) = estimate(d, closure) {
+                let _ = writeln!(
+                    s,
+                    "- {what}: dropping the sinks closed **{} %** of the standard model's {gap} (95 % interval {} %); over half{claim}: **{}**.",
+                    closure.format(1, 100.0),
+                    closure.interval(1, 100.0),
+                    verdict(&closure, 0.5, "holds", "does not hold")
+                );
+            }
+        }
+        if !results.selected_steps.is_empty() {
+            let sel = &results.selected_steps;
+            let test = Estimate::of(&sel.iter().map(|x| x.test_closure).collect::<Vec<_>>());
+            let steps: Vec<String> = sel.iter().map(|x| x.step.to_string()).collect();
+            let ratios: Vec<String> = sel.iter().map(|x| format!("{:.3}", x.l_val_ratio)).collect();
+            if let Some(test) = test {
+                let _ = writeln!(
+                    s,
+                    "- Training length chosen on the dev half (the step with the best dev closure within the L_val bound, per seed): step {}; there the test half's closure is **{} %** (95 % interval {} %) at L_val {}× standard; over half: **{}**.",
+                    steps.join(" / "),
+                    test.format(1, 100.0),
+                    test.interval(1, 100.0),
+                    ratios.join(" / "),
+                    verdict(&test, 0.5, "holds", "does not hold")
+                );
+            }
         }
         if let Some(on) = on {
             let vs_on: Vec<f64> = d
@@ -243,8 +296,10 @@ fn findings(results: &Results) -> String {
         );
     }
     // Every other closure next to what it cost: a closure bought with a broken model is flagged.
-    for r in
-        results.rows.iter().filter(|r| r.method != "standard" && !(r.method == "memsinks" && r.mode == "drop-sinks"))
+    for r in results
+        .rows
+        .iter()
+        .filter(|r| r.method != Method::Standard && !(r.method == Method::Memsinks && r.mode == SINKS_DROPPED))
     {
         let (Some(c), Some(ratio)) =
             (estimate(&r.values, |x| x.closure_vs_standard), estimate(&r.values, |x| l_val_ratio(results, x)))
@@ -279,7 +334,7 @@ fn findings(results: &Results) -> String {
     {
         let _ = writeln!(
             s,
-            "- Relearning {n} forgotten document(s) brings back {} of the other repeated documents' memorization after {method}, {} after dropping the sinks.",
+            "- Relearning {n} forgotten document(s) brings back {} of the other repeated documents' memorization after {method}, {} after dropping the sinks (beyond a control fine-tuned the same way on {n} held-out document(s); both starting where they had forgotten as much as dropping the sinks did, when the method got there).",
             percent(post),
             percent(design)
         );
@@ -326,11 +381,11 @@ pub fn markdown(results: &Results) -> String {
         results.config_hash, results.seeds, results.versions.memsinks, results.versions.burn, results.backend
     );
     let (k, m) = results.extraction;
-    let _ = writeln!(s, "## Main table\n\nLosses are mean next-token NLL (nats); L_val ÷ standard is the validation loss against the standard model of the same seed; extraction is the share of {m} greedy-decoded tokens that match the document after a {k}-token prompt (held-out baseline in parentheses); verbatim is the matching prefix length; MIA AUC separates repeated from validation documents by loss. Each cell is the mean over {} seed(s); `±` gives the half-width of its 95 % confidence interval (Student's t), absent for one seed.\n", results.seeds.len());
+    let _ = writeln!(s, "## Main table\n\nLosses are mean next-token NLL (nats); L_val ÷ standard is the validation loss against the standard model of the same seed; extraction is the share of {m} greedy-decoded tokens that match the document after a {k}-token prompt (held-out baseline in parentheses); verbatim is the matching prefix length; MIA AUC separates repeated from validation documents by loss. Gap closure is `1 − gap ÷ gap(standard)` with gap = L_val − L_rep, on all repeated documents and on their dev and test halves (choices are made on dev; the findings report test); canary gap closure uses held-out canaries, never trained on, in place of L_val. Real tokens exclude padding; passes are over the model's own data; views are how often a repeated document was trained on. Each cell is the mean over {} seed(s); `±` gives the half-width of its 95 % confidence interval (Student's t), absent for one seed.\n", results.seeds.len());
     s.push_str(&main_table(results));
     s.push_str("\n## Findings\n\n");
     s.push_str(&findings(results));
-    s.push_str("\n## Post-hoc removal on the standard model\n\nΔ against the untreated standard model on the same documents; matched columns interpolate each method's sweep where it first reaches that forget-loss increase (— where it never does). The MemSinks rows compare the MemSinks model with sinks dropped to the standard model. Relearning fine-tunes the treated model on n of the forgotten documents and reports the share of the *other* forgotten documents' removed loss that comes back (negative: their loss rises further).\n\n");
+    s.push_str("\n## Post-hoc removal on the standard model\n\nΔ against the untreated standard model on the same documents; matched columns interpolate each method's sweep where it first reaches that forget-loss increase (— where it never does). The MemSinks rows compare the MemSinks model with sinks dropped to the standard model. Relearning fine-tunes the treated model on n of the forgotten documents and reports the share of the *other* forgotten documents' removed loss that comes back beyond a control, the same fine-tuning on n held-out documents (negative: less than the control brings back); removed is the others' loss after the method minus their loss in the untreated model as it memorized them (sinks on for MemSinks), for every method. Post-hoc relearning starts at the first point of the method's curve that forgot as much as dropping the sinks did (or its last point, when it never got there: the cell gives where it started); ΔL_val is the validation loss change the relearning itself caused.\n\n");
     s.push_str(&posthoc_table(results));
     s.push_str("\n## Plots\n\n");
     for (name, what) in PLOTS.iter().zip([
@@ -338,7 +393,7 @@ pub fn markdown(results: &Results) -> String {
         "Post-hoc trade-off: forget-loss increase against validation-loss increase, natural (solid) and canary (dashed), up to 4 nats of forgetting; the MemSinks drop-sinks points (against the standard model) as large markers.",
         "Standard model: loss of tracked repeated documents during training; ticks mark when each was seen.",
         "MemSinks model: the same documents with their sinks on (solid) and dropped (dashed).",
-        "Every evaluation during training: gap closure against the standard model at the same step (solid; sinks dropped) and validation loss ÷ the standard model's (dashed). A closure is only worth its ratio: near 1 it is isolation, far above 1 a broken model.",
+        "Every evaluation during training: gap closure against the standard model at the same step (solid; sinks dropped; markers: canary gap closure against held-out canaries) and validation loss ÷ the standard model's (dashed). A closure is only worth its ratio: near 1 it is isolation, far above 1 a broken model.",
     ]) {
         let _ = writeln!(s, "![{name}](plots/{name}.svg)\n\n{what}\n");
     }

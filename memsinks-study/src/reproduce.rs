@@ -18,7 +18,7 @@ use crate::assemble::{assemble, StudyOutputs};
 use crate::config::{load_experiment, StudyConfig};
 use crate::report;
 use crate::results::{Results, Timing};
-use crate::runner::Runner;
+use crate::runner::{MethodTask, Runner};
 use crate::stages::{Stages, Trained};
 use crate::study_dir::StudyDir;
 
@@ -127,6 +127,18 @@ pub fn reproduce(request: &ReproduceRequest, runner: &impl Runner) -> Result<Res
     let first = |m: Method| trained.iter().find(|t| t.method == m && t.seed == seeds[0]);
     let forget_sets: Vec<ForgetSet> =
         if has_canaries { vec![ForgetSet::Repeated, ForgetSet::Canary] } else { vec![ForgetSet::Repeated] };
+    let mut by_design = Vec::new();
+    if let Some(mem) = first(Method::Memsinks) {
+        for &forget in &forget_sets {
+            let task = MethodTask::new(mem.dir.path(), "drop-sinks", &[], forget)?;
+            by_design.push(stages.removal(&dir, mem, task, runner)?);
+        }
+    }
+    // Post-hoc relearning starts where the method forgot as much as dropping the sinks did, so
+    // that every method's relearning test starts from the same ΔL_forget.
+    let matched = |forget: ForgetSet| {
+        by_design.iter().find(|m| m.forget == forget).and_then(|m| m.curve.last()).map(|p| p.delta_forget)
+    };
     let mut posthoc = Vec::new();
     let standard = first(Method::Standard).context("the standard model of the first seed")?;
     for entry in &study.posthoc {
@@ -134,18 +146,16 @@ pub fn reproduce(request: &ReproduceRequest, runner: &impl Runner) -> Result<Res
         let method = words.next().context("an empty study.posthoc entry")?;
         let sets: Vec<String> = words.map(String::from).collect();
         for &forget in &forget_sets {
-            posthoc.push(stages.removal(&dir, standard, method, &sets, forget, runner)?);
-        }
-    }
-    let mut by_design = Vec::new();
-    if let Some(mem) = first(Method::Memsinks) {
-        for &forget in &forget_sets {
-            by_design.push(stages.removal(&dir, mem, "drop-sinks", &[], forget, runner)?);
+            let mut task = MethodTask::new(standard.dir.path(), method, &sets, forget)?;
+            if let Some(relearn) = task.file.relearn.as_mut() {
+                relearn.start_at_delta_forget = relearn.start_at_delta_forget.or(matched(forget));
+            }
+            posthoc.push(stages.removal(&dir, standard, task, runner)?);
         }
     }
 
     let outputs = StudyOutputs { timings: stages.timings, trained, posthoc, by_design };
-    let results = assemble(&request.name, cfg, study, &seeds, runner.backend(), outputs, &corpus.manifest)?;
+    let results = assemble(&request.name, cfg, study, &seeds, runner.backend(), outputs, corpus)?;
     write_atomic(&dir.results(), &serde_json::to_vec_pretty(&results)?)?;
     report::write_report(dir.path(), &results)?;
     Ok(results)

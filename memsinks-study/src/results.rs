@@ -1,5 +1,7 @@
 //! `results.json`: every number of a reproduction, enough to redraw the report without the runs.
 
+use memsinks_model::MlpMode;
+use memsinks_train::Method;
 use serde::{Deserialize, Serialize};
 
 use memsinks_unlearn::MethodResult;
@@ -36,6 +38,25 @@ pub struct Results {
     /// Excluding one sequence's sinks (MemSinks, first seed): mean loss change of the target
     /// document and of the other repeated documents.
     pub specificity: Option<(f64, f64)>,
+    /// The training length chosen on the dev half, per seed (`study.training_length`), with the
+    /// test half's closure there.
+    #[serde(default)]
+    pub selected_steps: Vec<SelectedStep>,
+}
+
+/// The evaluation step a length rule chose for one seed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SelectedStep {
+    /// Training seed.
+    pub seed: u64,
+    /// The step chosen.
+    pub step: u64,
+    /// Dev-half gap closure there (what the rule maximised).
+    pub dev_closure: f64,
+    /// Test-half gap closure there (what is reported).
+    pub test_closure: f64,
+    /// L_val ÷ standard there.
+    pub l_val_ratio: f64,
 }
 
 /// Versions that produced the results.
@@ -64,9 +85,11 @@ pub struct MainRow {
     /// Row label (`memsinks, sinks dropped (rescaled)`).
     pub label: String,
     /// Training method.
-    pub method: String,
+    #[serde(with = "memsinks_model::named::by_name")]
+    pub method: Method,
     /// MLP mode evaluated.
-    pub mode: String,
+    #[serde(with = "memsinks_model::named::by_name")]
+    pub mode: MlpMode,
     /// Per seed.
     pub values: Vec<RowValues>,
 }
@@ -80,12 +103,26 @@ pub struct RowValues {
     pub l_rep: f64,
     /// Loss on the canaries (absent without canaries).
     pub l_canary: Option<f64>,
+    /// Loss on held-out canaries, never trained on (absent without canaries, and in results
+    /// written before it was measured).
+    #[serde(default)]
+    pub l_canary_held_out: Option<f64>,
+    /// `1 − canary gap / canary gap(standard, same seed)`, the canary gap being
+    /// `L(held-out canaries) − L(canaries)`.
+    #[serde(default)]
+    pub canary_closure: Option<f64>,
     /// Validation loss.
     pub l_val: f64,
     /// `L_val − L_rep`.
     pub gap: f64,
     /// `1 − gap / gap(standard, same seed)`.
     pub closure_vs_standard: Option<f64>,
+    /// The same on the dev half of the repeated documents ([`memsinks_data::Half`]).
+    #[serde(default)]
+    pub closure_dev: Option<f64>,
+    /// The same on the test half.
+    #[serde(default)]
+    pub closure_test: Option<f64>,
     /// `L_val / L_val(standard, same seed)`: what a closure cost in general ability (absent in
     /// results written before it was recorded; the report then computes it).
     #[serde(default)]
@@ -98,8 +135,17 @@ pub struct RowValues {
     pub verbatim: f64,
     /// Membership-inference AUC (repeated vs validation).
     pub mia_auc: f64,
-    /// Training tokens.
+    /// Training tokens (rows × context, padding included).
     pub tokens_seen: u64,
+    /// Real (non-padding) training tokens.
+    #[serde(default)]
+    pub real_tokens: Option<u64>,
+    /// Passes over the model's own schedule.
+    #[serde(default)]
+    pub passes: Option<f64>,
+    /// Times each repeated document was trained on, on average.
+    #[serde(default)]
+    pub views_per_repeated: Option<f64>,
     /// Training wall time, seconds.
     pub wall_s: f64,
 }
@@ -108,7 +154,8 @@ pub struct RowValues {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Dynamics {
     /// Training method.
-    pub method: String,
+    #[serde(with = "memsinks_model::named::by_name")]
+    pub method: Method,
     /// Evaluation points.
     pub points: Vec<DynamicsPoint>,
 }
@@ -124,13 +171,23 @@ pub struct DynamicsPoint {
     pub rep_sinks: f64,
     /// Repeated-set loss with the sinks dropped (equal to `rep_sinks` without sinks).
     pub rep_nosinks: f64,
+    /// Canary loss, each with its own sinks on.
+    #[serde(default)]
+    pub canary_sinks: Option<f64>,
+    /// Canary loss with the sinks dropped.
+    #[serde(default)]
+    pub canary_nosinks: Option<f64>,
+    /// Held-out canary loss.
+    #[serde(default)]
+    pub canary_held_out: Option<f64>,
 }
 
 /// Tracked repeated documents of one run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Forgetting {
     /// Training method.
-    pub method: String,
+    #[serde(with = "memsinks_model::named::by_name")]
+    pub method: Method,
     /// Documents.
     pub docs: Vec<TrackedDoc>,
 }

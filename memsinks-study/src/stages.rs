@@ -11,7 +11,7 @@ use memsinks_model::io::write_atomic;
 use memsinks_train::config::Precision;
 use memsinks_train::run::{load_run_config, load_summary};
 use memsinks_train::{ExperimentConfig, Method, RunDir, TrainSummary};
-use memsinks_unlearn::{ForgetSet, MethodResult};
+use memsinks_unlearn::MethodResult;
 use serde::{Deserialize, Serialize};
 
 use crate::config::StudyConfig;
@@ -159,12 +159,10 @@ impl Stages {
         &mut self,
         study: &StudyDir,
         on: &Trained,
-        method: &str,
-        sets: &[String],
-        forget: ForgetSet,
+        task: MethodTask,
         runner: &impl Runner,
     ) -> Result<MethodResult> {
-        let task = MethodTask::new(on.dir.path(), method, sets, forget)?;
+        let forget = task.forget;
         let key = format!("{} {} {}", on.summary.run_id, ron::to_string(&task.file)?, forget.name());
         let stage = format!("{} on {} ({})", task.name, on.method.name(), forget.name());
         let path = study.posthoc(&task.name, on.method, forget);

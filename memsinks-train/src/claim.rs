@@ -150,6 +150,8 @@ pub(crate) fn set_up_run_dir(
     resume: bool,
 ) -> Result<(DirLock, Option<usize>, PreparedCorpus, ModelConfig), TrainError> {
     let existed = run_dir.exists();
+    // Checked before the lock so that a refused directory (a user's own, another run's) never
+    // gets a lock file written into it.
     let claim = check_run_dir(cfg, run_dir, resume)?;
     let lock = DirLock::acquire(run_dir, if resume { "train --resume" } else { "train" })?;
     // Checked again under the lock: another writer may have claimed it in between.

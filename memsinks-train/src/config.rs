@@ -46,6 +46,24 @@ impl Method {
     }
 }
 
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl memsinks_model::Named for Method {
+    const WHAT: &'static str = "training method";
+
+    fn name(&self) -> &'static str {
+        Method::name(*self)
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
 /// Float precision of training (f16/bf16 need a GPU backend).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
@@ -81,11 +99,14 @@ impl Precision {
 /// How the dedup model's token budget relates to the others'.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum DedupBudget {
-    /// As many optimizer steps (and tokens) as the other methods: the shorter deduplicated
-    /// schedule is cycled.
+    /// As many real (non-padding) tokens as the standard model trains on: with the dedup fill
+    /// (`data.dedup_fill`) that is about one pass over its own schedule wherever the standard
+    /// model makes one over its.
     #[default]
+    SameRealTokens,
+    /// As many optimizer steps (and rows, padding included) as the other methods.
     SameSteps,
-    /// As many passes over its (shorter) schedule as the others make over theirs.
+    /// As many passes over its own schedule as the others make over theirs.
     SameEpochs,
 }
 

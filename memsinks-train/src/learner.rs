@@ -116,16 +116,25 @@ pub struct TrainingLm<B: Backend> {
     log: Option<Arc<RunLog>>,
     #[module(skip)]
     clip_norm: Option<f64>,
-    /// Repeated documents whose own losses are logged at every evaluation.
+    /// Repeated documents whose own losses are logged at every evaluation, and the dev half.
     #[module(skip)]
-    tracked: Arc<BTreeSet<usize>>,
+    docs: Arc<EvalDocs>,
+}
+
+/// Repeated documents an evaluation reports on beyond the whole set.
+#[derive(Debug, Default)]
+pub struct EvalDocs {
+    /// Logged one by one.
+    pub tracked: BTreeSet<usize>,
+    /// The dev half ([`memsinks_data::Half`]); the other repeated documents are the test half.
+    pub dev: BTreeSet<usize>,
 }
 
 impl<B: Backend> TrainingLm<B> {
     /// Wraps `lm` for training with `log`, global gradient clipping at `clip_norm`, and the
-    /// repeated documents whose losses are logged one by one.
-    pub fn new(lm: MemSinkLm<B>, log: Arc<RunLog>, clip_norm: Option<f64>, tracked: Arc<BTreeSet<usize>>) -> Self {
-        Self { lm, log: Some(log), clip_norm, tracked }
+    /// repeated documents logged one by one and by half.
+    pub fn new(lm: MemSinkLm<B>, log: Arc<RunLog>, clip_norm: Option<f64>, docs: Arc<EvalDocs>) -> Self {
+        Self { lm, log: Some(log), clip_norm, docs }
     }
 
     fn has_sinks(&self) -> bool {
@@ -174,9 +183,10 @@ impl<B: Backend> InferenceStep for TrainingLm<B> {
         let own = MlpMode::ActivateSeq { exclude: vec![] };
         let (with_key, without_key) = match item.split {
             Split::Repeated => ("rep_loss_sinks", "rep_loss_nosinks"),
-            Split::Unique => ("unique_loss", "unique_loss"),
+            Split::Unique | Split::DedupFill => ("unique_loss", "unique_loss"),
             Split::Canary => ("canary_loss_sinks", "canary_loss_nosinks"),
             Split::Validation => ("val_loss", "val_loss"),
+            Split::CanaryHeldOut => ("canary_heldout_loss", "canary_heldout_loss"),
         };
         // Per-row mean NLL in one mode.
         let rows = |mode: &MlpMode| -> (Vec<f64>, Vec<usize>) {
@@ -194,18 +204,35 @@ impl<B: Backend> InferenceStep for TrainingLm<B> {
         };
         let mut out = StepOutput::default();
         let (without, counts) = rows(&drop);
-        let with = if sinks && item.split != Split::Validation { rows(&own).0 } else { without.clone() };
+        let held_out = matches!(item.split, Split::Validation | Split::CanaryHeldOut);
+        let with = if sinks && !held_out { rows(&own).0 } else { without.clone() };
         let (m_without, n) = mean(&without, &counts);
         let (m_with, _) = mean(&with, &counts);
         out.losses.push((without_key, m_without, n));
         if with_key != without_key {
             out.losses.push((with_key, m_with, n));
         }
+        if item.split == Split::Repeated {
+            // The dev and test halves of the repeated documents, with and without sinks.
+            let halves =
+                [(true, ["rep_dev_sinks", "rep_dev_nosinks"]), (false, ["rep_test_sinks", "rep_test_nosinks"])];
+            for (dev, keys) in halves {
+                let rows: Vec<usize> =
+                    (0..item.docs.len()).filter(|&r| self.docs.dev.contains(&item.docs[r]) == dev).collect();
+                let counts: Vec<usize> = rows.iter().map(|&r| counts[r]).collect();
+                for (key, losses) in keys.into_iter().zip([&with, &without]) {
+                    let (m, n) = mean(&rows.iter().map(|&r| losses[r]).collect::<Vec<_>>(), &counts);
+                    if n > 0 {
+                        out.losses.push((key, m, n));
+                    }
+                }
+            }
+        }
         let per_doc: Vec<(usize, f64, f64)> = if item.split == Split::Repeated {
             item.docs
                 .iter()
                 .zip(with.iter().zip(&without))
-                .filter(|(d, _)| self.tracked.contains(*d))
+                .filter(|(d, _)| self.docs.tracked.contains(*d))
                 .map(|(d, (w, wo))| (*d, *w, *wo))
                 .collect()
         } else {

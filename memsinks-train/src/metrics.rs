@@ -13,8 +13,18 @@ use crate::TrainError;
 pub const TRACKED_DOCS: usize = 16;
 
 /// Names of the evaluation losses (burn-train's dashboard metrics and [`EvalRecord`]'s fields).
-pub const EVAL_KEYS: [&str; 5] =
-    ["val_loss", "rep_loss_sinks", "rep_loss_nosinks", "canary_loss_sinks", "canary_loss_nosinks"];
+pub const EVAL_KEYS: [&str; 10] = [
+    "val_loss",
+    "rep_loss_sinks",
+    "rep_loss_nosinks",
+    "canary_loss_sinks",
+    "canary_loss_nosinks",
+    "canary_heldout_loss",
+    "rep_dev_sinks",
+    "rep_dev_nosinks",
+    "rep_test_sinks",
+    "rep_test_nosinks",
+];
 
 /// One line of `metrics.jsonl`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -74,6 +84,21 @@ pub struct EvalRecord {
     /// Canaries with the sinks dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_loss_nosinks: Option<f64>,
+    /// Held-out canaries, never trained on (sinks dropped): the unmemorized canary level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_heldout_loss: Option<f64>,
+    /// The dev half of the repeated documents ([`memsinks_data::Half`]), each with its own sinks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rep_dev_sinks: Option<f64>,
+    /// The dev half with the sinks dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rep_dev_nosinks: Option<f64>,
+    /// The test half, each with its own sinks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rep_test_sinks: Option<f64>,
+    /// The test half with the sinks dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rep_test_nosinks: Option<f64>,
     /// Per tracked repeated document (corpus index): `(loss with its sinks, loss without)`.
     #[serde(default, deserialize_with = "doc_index_keys")]
     pub rep_doc_losses: BTreeMap<usize, (f64, f64)>,
@@ -90,17 +115,27 @@ fn doc_index_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<usi
 }
 
 impl EvalRecord {
+    /// The losses in [`EVAL_KEYS`] order.
+    fn slots(&mut self) -> [&mut Option<f64>; EVAL_KEYS.len()] {
+        [
+            &mut self.val_loss,
+            &mut self.rep_loss_sinks,
+            &mut self.rep_loss_nosinks,
+            &mut self.canary_loss_sinks,
+            &mut self.canary_loss_nosinks,
+            &mut self.canary_heldout_loss,
+            &mut self.rep_dev_sinks,
+            &mut self.rep_dev_nosinks,
+            &mut self.rep_test_sinks,
+            &mut self.rep_test_nosinks,
+        ]
+    }
+
     /// Sets the loss named `key` (one of [`EVAL_KEYS`]); other keys are ignored.
     pub fn set(&mut self, key: &str, value: f64) {
-        let slot = match key {
-            "val_loss" => &mut self.val_loss,
-            "rep_loss_sinks" => &mut self.rep_loss_sinks,
-            "rep_loss_nosinks" => &mut self.rep_loss_nosinks,
-            "canary_loss_sinks" => &mut self.canary_loss_sinks,
-            "canary_loss_nosinks" => &mut self.canary_loss_nosinks,
-            _ => return,
-        };
-        *slot = Some(value);
+        if let Some(i) = EVAL_KEYS.iter().position(|k| *k == key) {
+            *self.slots()[i] = Some(value);
+        }
     }
 }
 
@@ -172,6 +207,16 @@ mod tests {
         assert_eq!(v["rep_doc_losses"]["7"], serde_json::json!([1.0, 2.0]));
         assert!(v.get("canary_loss_sinks").is_none());
         assert_eq!(serde_json::from_str::<MetricsLine>(&line).unwrap(), MetricsLine::Eval(e));
+    }
+
+    #[test]
+    fn every_eval_key_sets_the_field_of_that_name() {
+        for (i, key) in EVAL_KEYS.iter().enumerate() {
+            let mut e = EvalRecord::default();
+            e.set(key, i as f64 + 0.5);
+            let v = serde_json::to_value(&e).unwrap();
+            assert_eq!(v[key], serde_json::json!(i as f64 + 0.5), "{key}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Instant;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::train::metric::LearningRateMetric;
 use burn::train::{ExecutionStrategy, Interrupter, Learner, MultiDeviceOptim, SupervisedTraining};
-use memsinks_data::{Batcher, Cursor, HostBatch, PreparedCorpus, Split};
+use memsinks_data::{Batcher, Consumed, Cursor, DocRows, Half, HostBatch, PreparedCorpus, Split};
 use memsinks_model::io::write_atomic;
 use memsinks_model::io::{load_model, save_model};
 use memsinks_model::{MemSinkLm, ModelConfig};
@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{remove_stale_checkpoint_files, AtomicFileRecorder, CheckpointBarrier, KeepCompleteRounds};
 use crate::claim::{set_up_run_dir, RunCorpus};
-use crate::config::{DedupBudget, ExperimentConfig, Method};
-use crate::learner::{NamedLoss, QuietRenderer, TrainingLm};
+use crate::config::{DedupBudget, ExperimentConfig, Method, TrainConfig};
+use crate::learner::{EvalDocs, NamedLoss, QuietRenderer, TrainingLm};
 use crate::loader::{EvalLoader, TrainLoader};
 use crate::metrics::{truncate_metrics, EVAL_KEYS, TRACKED_DOCS};
 use crate::optim::WarmupCosine;
@@ -32,13 +32,24 @@ pub struct TrainSummary {
     /// Run id (hash of the resolved config).
     pub run_id: String,
     /// Method.
-    pub method: String,
+    #[serde(with = "memsinks_model::named::by_name")]
+    pub method: Method,
     /// Optimizer steps.
     pub steps: usize,
     /// Rows per optimizer step (batch × accumulation × devices).
     pub rows_per_step: usize,
     /// Tokens trained on (rows × context, padding included).
     pub tokens_seen: u64,
+    /// Real (non-padding) target tokens trained on (absent in runs from before it was recorded).
+    #[serde(default)]
+    pub real_tokens: Option<u64>,
+    /// Times each repeated document was trained on, on average (its manifest count × passes,
+    /// as the run's batches actually held it).
+    #[serde(default)]
+    pub views_per_repeated: Option<f64>,
+    /// The same for the canaries.
+    #[serde(default)]
+    pub views_per_canary: Option<f64>,
     /// Passes over this method's schedule.
     pub schedule_passes: f64,
     /// The budget rule, in words.
@@ -51,22 +62,16 @@ pub struct TrainSummary {
     pub data_dir: PathBuf,
 }
 
-/// Evaluation batches: the first `eval_docs` documents of the validation, repeated and canary
-/// splits, one document per row.
+/// Evaluation batches: the first `eval_docs` documents of the validation, repeated, canary and
+/// held-out canary splits, one document per row.
 fn eval_batches(corpus: &PreparedCorpus, cfg: &ExperimentConfig) -> Vec<(HostBatch, Split, Vec<usize>)> {
     let mut out = Vec::new();
-    for split in [Split::Validation, Split::Repeated, Split::Canary] {
+    for split in [Split::Validation, Split::Repeated, Split::Canary, Split::CanaryHeldOut] {
         let docs: Vec<usize> = corpus.manifest.indices(split).into_iter().take(cfg.train.eval_docs).collect();
         if docs.is_empty() {
             continue;
         }
-        let batcher = Batcher::over_documents(
-            &corpus.cache,
-            &docs,
-            cfg.data.context,
-            cfg.train.batch_size,
-            corpus.manifest.end_of_text,
-        );
+        let batcher = Batcher::over_documents(&DocRows::of(corpus, &docs, cfg.data.context, cfg.train.batch_size));
         let mut cursor = Cursor::default();
         while let Some(b) = batcher.next_batch(&mut cursor) {
             let rows: Vec<usize> = b.started.iter().map(|&(_, d)| d as usize).collect();
@@ -76,13 +81,19 @@ fn eval_batches(corpus: &PreparedCorpus, cfg: &ExperimentConfig) -> Vec<(HostBat
     out
 }
 
-/// The token budget of a run: how many optimizer steps, and what that means in passes.
+/// Passes read at most when a budget is worked out: a bound that a budget rule cannot reach on
+/// a non-empty schedule, so that no rule can loop forever.
+const MAX_BUDGET_PASSES: u64 = 1_000_000;
+
+/// The token budget of a run: how many optimizer steps, and what the run reads in them.
 #[derive(Clone, Debug)]
 struct Budget {
     /// Optimizer steps in all.
     total_steps: usize,
     /// Rows per optimizer step (batch × accumulation × devices).
     rows_per_step: usize,
+    /// What the run's batches hold: rows, real tokens, views per document.
+    consumed: Consumed,
     /// Rows of one pass over this method's own schedule.
     own_rows: u64,
     /// The rule, in words.
@@ -91,32 +102,48 @@ struct Budget {
 
 impl Budget {
     /// Every method takes as many optimizer steps as the standard model's schedule needs, unless
-    /// the dedup rule says otherwise; `train.steps` overrides both.
+    /// the dedup rule says otherwise; `train.steps` sets the standard model's steps (and, but for
+    /// `SameRealTokens`, the dedup model's).
     fn of(cfg: &ExperimentConfig, corpus: &PreparedCorpus, devices: usize) -> Result<Self, TrainError> {
         let t = &cfg.train;
+        let micro_per_step = (t.grad_accumulation * devices) as u64;
+        let own = training_batcher(cfg, corpus)?;
+        let pass = |b: &Batcher| b.consume(1, |_| false);
+        let steps_for = |pass_batches: u64| {
+            t.steps.unwrap_or_else(|| (t.epochs as u64 * pass_batches).div_ceil(micro_per_step) as usize).max(1)
+        };
+        let standard_cfg =
+            ExperimentConfig { train: TrainConfig { method: Method::Standard, ..t.clone() }, ..cfg.clone() };
+        let standard = training_batcher(&standard_cfg, corpus)?;
+        let standard_steps = steps_for(pass(&standard).batches);
+        let (total_steps, rule) = match (t.method, t.dedup_budget) {
+            (Method::Dedup, DedupBudget::SameEpochs) => {
+                (steps_for(pass(&own).batches), "dedup: same passes over its own schedule")
+            }
+            (Method::Dedup, DedupBudget::SameRealTokens) => {
+                let batches = standard_steps as u64 * micro_per_step;
+                let target = standard.consume(MAX_BUDGET_PASSES, |c| c.batches >= batches).real_tokens;
+                let needed = own.consume(MAX_BUDGET_PASSES, |c| c.real_tokens >= target).batches;
+                (needed.div_ceil(micro_per_step).max(1) as usize, "dedup: as many real tokens as the standard model")
+            }
+            _ => (standard_steps, "same optimizer steps as the standard model"),
+        };
+        let batches = total_steps as u64 * micro_per_step;
+        let consumed = own.consume(MAX_BUDGET_PASSES, |c| c.batches >= batches);
         let rows_per_step = t.batch_size * t.grad_accumulation * devices;
-        let rows_per_pass = |dedup: bool| -> Result<u64, TrainError> {
-            let schedule = corpus.schedule(dedup)?;
-            Ok(if cfg.data.packing {
-                let tokens: u64 = schedule.iter().map(|&d| corpus.cache.doc_len(d as usize) as u64 + 1).sum();
-                tokens.div_ceil(cfg.data.context as u64)
-            } else {
-                schedule.len() as u64
-            })
-        };
-        let dedup = t.method == Method::Dedup;
-        let (budget_rows, rule) = match (dedup, t.dedup_budget) {
-            (true, DedupBudget::SameEpochs) => (rows_per_pass(true)?, "dedup: same passes over its own schedule"),
-            _ => (rows_per_pass(false)?, "same optimizer steps as the standard model"),
-        };
-        let total_steps =
-            t.steps.unwrap_or_else(|| (t.epochs as u64 * budget_rows).div_ceil(rows_per_step as u64) as usize).max(1);
-        Ok(Self { total_steps, rows_per_step, own_rows: rows_per_pass(dedup)?, rule })
+        Ok(Self { total_steps, rows_per_step, consumed, own_rows: pass(&own).rows, rule })
+    }
+
+    /// Mean views of the documents of `split` (`None` when it has none).
+    fn mean_views(&self, corpus: &PreparedCorpus, split: Split) -> Option<f64> {
+        let docs = corpus.manifest.indices(split);
+        (!docs.is_empty()).then(|| docs.iter().map(|&d| self.consumed.views[d] as f64).sum::<f64>() / docs.len() as f64)
     }
 }
 
 /// The training batcher of `cfg`'s method over `corpus` (gradient masking routes repeated and
-/// canary documents to the sinks).
+/// canary documents to the sinks; every pass after the first reshuffled when the data asks for
+/// it).
 fn training_batcher(cfg: &ExperimentConfig, corpus: &PreparedCorpus) -> Result<Batcher, TrainError> {
     let dedup = cfg.train.method == Method::Dedup;
     let mut batcher = Batcher::new(
@@ -127,6 +154,9 @@ fn training_batcher(cfg: &ExperimentConfig, corpus: &PreparedCorpus) -> Result<B
         corpus.manifest.end_of_text,
         cfg.data.packing,
     );
+    if let Some(seed) = cfg.data.reshuffle_seed() {
+        batcher = batcher.with_reshuffle(seed);
+    }
     if cfg.train.method == Method::GradientMasking {
         let flags =
             corpus.manifest.documents.iter().map(|d| matches!(d.split, Split::Repeated | Split::Canary)).collect();
@@ -216,8 +246,12 @@ pub fn train<B: AutodiffBackend>(
     B::seed(&device, t.seed);
     let lm = model_cfg.init::<B>(&device)?;
     let optim_cfg = t.optim();
-    let tracked = corpus.manifest.indices(Split::Repeated).into_iter().take(TRACKED_DOCS).collect();
-    let model = TrainingLm::new(lm, log.clone(), optim_cfg.clip_norm.map(f64::from), Arc::new(tracked));
+    let m = &corpus.manifest;
+    let docs = EvalDocs {
+        tracked: m.indices(Split::Repeated).into_iter().take(TRACKED_DOCS).collect(),
+        dev: m.repeated_half(Half::Dev).into_iter().collect(),
+    };
+    let model = TrainingLm::new(lm, log.clone(), optim_cfg.clip_norm.map(f64::from), Arc::new(docs));
     let optim = optim_cfg.init::<B, TrainingLm<B>>();
 
     let mut training = SupervisedTraining::new(run_dir, Arc::new(train_loader), Arc::new(eval_loader))
@@ -250,13 +284,16 @@ pub fn train<B: AutodiffBackend>(
     }
     save_model(&result.model.lm, &model_cfg, &files.final_model())?;
     remove_stale_checkpoint_files(run_dir);
-    let rows = budget.total_steps as u64 * budget.rows_per_step as u64;
+    let rows = budget.consumed.rows;
     let summary = TrainSummary {
         run_id: cfg.run_id(),
-        method: t.method.name().to_string(),
+        method: t.method,
         steps: budget.total_steps,
         rows_per_step: budget.rows_per_step,
         tokens_seen: rows * cfg.data.context as u64,
+        real_tokens: Some(budget.consumed.real_tokens),
+        views_per_repeated: budget.mean_views(&corpus, Split::Repeated),
+        views_per_canary: budget.mean_views(&corpus, Split::Canary),
         schedule_passes: rows as f64 / budget.own_rows.max(1) as f64,
         budget_rule: budget.rule.to_string(),
         wall_s: started.elapsed().as_secs_f64(),

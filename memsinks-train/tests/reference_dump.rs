@@ -68,9 +68,9 @@ fn load(mut model: MemSinkLm<AD>, d: &HashMap<String, (Vec<usize>, Vec<f64>)>) -
         linear(&mut b.attn.k_proj, &format!("{p}.self_attn.k_proj.weight"));
         linear(&mut b.attn.v_proj, &format!("{p}.self_attn.v_proj.weight"));
         linear(&mut b.attn.o_proj, &format!("{p}.self_attn.o_proj.weight"));
-        linear(&mut b.mlp.fc_1, &format!("{p}.mlp.gate_proj.weight"));
-        linear(&mut b.mlp.fc_2, &format!("{p}.mlp.up_proj.weight"));
-        linear(&mut b.mlp.proj, &format!("{p}.mlp.down_proj.weight"));
+        linear(&mut b.mlp.gate_proj, &format!("{p}.mlp.gate_proj.weight"));
+        linear(&mut b.mlp.up_proj, &format!("{p}.mlp.up_proj.weight"));
+        linear(&mut b.mlp.down_proj, &format!("{p}.mlp.down_proj.weight"));
     }
     model.norm.gamma = vector("model.norm.weight");
     linear(model.head.as_mut().expect("untied head"), "lm_head.weight");

@@ -1,7 +1,7 @@
 //! Evaluation of a trained model in each MLP mode on the corpus's sets: the `eval.json` of a run.
 
 use burn::tensor::backend::Backend;
-use memsinks_data::{PreparedCorpus, Split};
+use memsinks_data::{DocRows, Half, PreparedCorpus, Split};
 use memsinks_model::{MemSinkLm, MlpMode};
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +82,19 @@ pub struct SetSummary {
     pub tokens: usize,
 }
 
+impl SetSummary {
+    /// The token-weighted summary of `docs` (`None` when empty).
+    pub fn of_docs<'a>(docs: impl IntoIterator<Item = &'a DocScore>) -> Option<Self> {
+        let (mut nll, mut accuracy, mut tokens) = (0.0, 0.0, 0usize);
+        for d in docs {
+            nll += d.nll * d.tokens as f64;
+            accuracy += d.accuracy * d.tokens as f64;
+            tokens += d.tokens;
+        }
+        (tokens > 0).then(|| Self { nll: nll / tokens as f64, accuracy: accuracy / tokens as f64, tokens })
+    }
+}
+
 impl From<&SetScore> for SetSummary {
     fn from(s: &SetScore) -> Self {
         Self { nll: s.nll, accuracy: s.accuracy, tokens: s.tokens }
@@ -92,13 +105,24 @@ impl From<&SetScore> for SetSummary {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModeReport {
     /// The mode (`activate-seq`, `all`, `drop-sinks`, `drop-sinks-plain`, `train`).
-    pub mode: String,
+    #[serde(with = "memsinks_model::named::by_name")]
+    pub mode: MlpMode,
     /// Held-out documents.
     pub validation: SetSummary,
     /// Repeated natural documents.
     pub repeated: SetSummary,
+    /// Their dev half ([`memsinks_data::Half`]; absent in reports written before the halves).
+    #[serde(default)]
+    pub repeated_dev: Option<SetSummary>,
+    /// Their test half.
+    #[serde(default)]
+    pub repeated_test: Option<SetSummary>,
     /// Random-token canaries (absent when the corpus has none).
     pub canary: Option<SetSummary>,
+    /// Canaries drawn the same way, never trained on: the unmemorized canary level (absent
+    /// without canaries, and in reports written before it was measured).
+    #[serde(default)]
+    pub canary_held_out: Option<SetSummary>,
     /// Unique training documents (seen once).
     pub unique: Option<SetSummary>,
     /// `L_val - L_rep`.
@@ -116,6 +140,20 @@ pub struct ModeReport {
     pub repeated_docs: Vec<DocScore>,
 }
 
+impl ModeReport {
+    /// `L_val − L_rep` of one half of the repeated documents.
+    pub fn half_gap(&self, half: Half) -> Option<f64> {
+        let rep = if half == Half::Dev { &self.repeated_dev } else { &self.repeated_test };
+        Some(gap(self.validation.nll, rep.as_ref()?.nll))
+    }
+
+    /// `L(held-out canaries) − L(trained canaries)`: how much better than chance the model
+    /// predicts the canaries it saw.
+    pub fn canary_gap(&self) -> Option<f64> {
+        Some(gap(self.canary_held_out.as_ref()?.nll, self.canary.as_ref()?.nll))
+    }
+}
+
 /// Evaluates `model` in `mode` on the first `max_docs` documents of each split.
 pub fn evaluate_mode<B: Backend>(
     model: &MemSinkLm<B>,
@@ -126,14 +164,19 @@ pub fn evaluate_mode<B: Backend>(
 ) -> ModeReport {
     let m = &corpus.manifest;
     let take = |split: Split| m.indices(split).into_iter().take(opts.max_docs).collect::<Vec<_>>();
-    let score = |docs: &[usize]| {
-        score_docs(model, &corpus.cache, docs, mode, opts.context, opts.batch_size, m.end_of_text, device)
-    };
+    let score =
+        |docs: &[usize]| score_docs(model, &DocRows::of(corpus, docs, opts.context, opts.batch_size), mode, device);
     let (val_docs, rep_docs, canary_docs, unique_docs) =
         (take(Split::Validation), take(Split::Repeated), take(Split::Canary), take(Split::Unique));
     let validation = score(&val_docs);
     let repeated = score(&rep_docs);
     let canary = (!canary_docs.is_empty()).then(|| score(&canary_docs));
+    let half = |h: Half| {
+        let members = m.repeated_half(h);
+        SetSummary::of_docs(repeated.docs.iter().filter(|d| members.contains(&d.doc)))
+    };
+    let held_out_docs = take(Split::CanaryHeldOut);
+    let canary_held_out = (!held_out_docs.is_empty()).then(|| score(&held_out_docs));
     let unique = (!unique_docs.is_empty()).then(|| score(&unique_docs));
     let extract = |docs: &[usize]| {
         summarize(greedy_extraction(
@@ -147,7 +190,7 @@ pub fn evaluate_mode<B: Backend>(
         ))
     };
     ModeReport {
-        mode: mode.name().to_string(),
+        mode: mode.clone(),
         gap: gap(validation.nll, repeated.nll),
         mia_auc: loss_mia_auc(&repeated, &validation),
         extraction_repeated: extract(&rep_docs),
@@ -155,7 +198,10 @@ pub fn evaluate_mode<B: Backend>(
         extraction_validation: extract(&val_docs),
         validation: (&validation).into(),
         canary: canary.as_ref().map(Into::into),
+        canary_held_out: canary_held_out.as_ref().map(Into::into),
         unique: unique.as_ref().map(Into::into),
+        repeated_dev: half(Half::Dev),
+        repeated_test: half(Half::Test),
         repeated_docs: repeated.docs.clone(),
         repeated: (&repeated).into(),
     }
@@ -197,17 +243,15 @@ pub fn exclusion_specificity<B: Backend>(
     targets: usize,
     device: &B::Device,
 ) -> Vec<Specificity> {
-    let m = &corpus.manifest;
-    let docs: Vec<usize> = m.indices(Split::Repeated).into_iter().take(opts.max_docs).collect();
-    let score = |mode: &MlpMode| {
-        score_docs(model, &corpus.cache, &docs, mode, opts.context, opts.batch_size, m.end_of_text, device).docs
-    };
+    let docs: Vec<usize> = corpus.manifest.indices(Split::Repeated).into_iter().take(opts.max_docs).collect();
+    let rows = DocRows::of(corpus, &docs, opts.context, opts.batch_size);
+    let score = |mode: &MlpMode| score_docs(model, &rows, mode, device).docs;
     let base = score(&MlpMode::ActivateSeq { exclude: vec![] });
     docs.iter()
         .take(targets)
         .enumerate()
         .map(|(t, &doc)| {
-            let after = score(&MlpMode::ActivateSeq { exclude: vec![m.documents[doc].id] });
+            let after = score(&MlpMode::ActivateSeq { exclude: vec![corpus.manifest.documents[doc].id] });
             let deltas: Vec<f64> = after.iter().zip(&base).map(|(a, b)| a.nll - b.nll).collect();
             let others: Vec<f64> = deltas.iter().enumerate().filter(|(i, _)| *i != t).map(|(_, d)| *d).collect();
             Specificity {

@@ -6,14 +6,14 @@
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
-use memsinks_data::{Batcher, Cursor, LmBatch, PreparedCorpus, Split};
+use memsinks_data::{Batcher, Cursor, DocRows, LmBatch, Split};
 use memsinks_model::loss::{lm_loss, token_nll};
 use memsinks_model::{MemSinkLm, MlpMode};
 use memsinks_train::optim::step;
 use memsinks_train::OptimConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::probe::{point, ForgetSet, Probe, TradeoffPoint};
+use crate::probe::{point, Probe, TradeoffPoint};
 use crate::UnlearnError;
 
 /// The unlearning objective.
@@ -64,6 +64,24 @@ impl Default for FinetuneConfig {
     }
 }
 
+/// What a post-hoc method produced.
+pub struct Treated<B: AutodiffBackend> {
+    /// The trade-off curve; its first point is the untreated model.
+    pub curve: Vec<TradeoffPoint>,
+    /// The model at the curve's last point.
+    pub model: MemSinkLm<B>,
+    /// The model at the first point whose ΔL_forget reached the target asked for, if any did.
+    pub matched: Option<Matched<B>>,
+}
+
+/// A model at one point of a curve.
+pub struct Matched<B: AutodiffBackend> {
+    /// The point's index in the curve.
+    pub index: usize,
+    /// The model there.
+    pub model: MemSinkLm<B>,
+}
+
 /// Batches of `docs` (one per row) that start over at the end: an endless stream for
 /// optimisation loops.
 pub struct Cycle {
@@ -72,10 +90,10 @@ pub struct Cycle {
 }
 
 impl Cycle {
-    /// A cycle over `docs` (which must not be empty).
-    pub fn new(corpus: &PreparedCorpus, docs: &[usize], context: usize, batch_size: usize) -> Self {
-        assert!(!docs.is_empty(), "an empty document list never yields a batch");
-        let batcher = Batcher::over_documents(&corpus.cache, docs, context, batch_size, corpus.manifest.end_of_text);
+    /// A cycle over `rows` (whose document list must not be empty).
+    pub fn new(rows: &DocRows<'_>) -> Self {
+        assert!(!rows.docs.is_empty(), "an empty document list never yields a batch");
+        let batcher = Batcher::over_documents(rows);
         Self { batcher, cursor: Cursor::default() }
     }
 
@@ -95,21 +113,21 @@ fn sequence_logp<B: Backend>(model: &MemSinkLm<B>, batch: &LmBatch<B>, mode: &Ml
     (nll * mask).sum_dim(1).neg().squeeze_dim(1)
 }
 
-/// Runs `cfg.objective` from `model` on `forget` and returns the trade-off curve (the first
-/// point is step 0) and the treated model.
+/// Runs `cfg.objective` from `model` on the probe's forget set and returns the trade-off curve
+/// (the first point is step 0), the treated model and, with `keep_at`, the model at the first
+/// point whose ΔL_forget reached it.
 ///
 /// # Errors
-/// When the forget set (or, for gradient difference, the retain set) is empty.
+/// When, for gradient difference, the retain set is empty.
 pub fn unlearn<B: AutodiffBackend>(
     model: MemSinkLm<B>,
-    corpus: &PreparedCorpus,
-    context: usize,
-    forget: ForgetSet,
+    probe: &Probe<'_>,
     cfg: &FinetuneConfig,
     mode: &MlpMode,
+    keep_at: Option<f64>,
     device: &B::Device,
-) -> Result<(Vec<TradeoffPoint>, MemSinkLm<B>), UnlearnError> {
-    let probe = Probe::new(corpus, forget, context, cfg.batch_size, cfg.eval_docs)?;
+) -> Result<Treated<B>, UnlearnError> {
+    let (corpus, context) = (probe.corpus, probe.context);
     let retain_docs: Vec<usize> = corpus.manifest.indices(Split::Unique);
     if cfg.objective == Objective::GradientDifference && retain_docs.is_empty() {
         return Err(UnlearnError::EmptySet("unique (retain)"));
@@ -117,12 +135,13 @@ pub fn unlearn<B: AutodiffBackend>(
     let reference = model.valid();
     let base = probe.losses(&reference, mode, device);
     let mut curve = vec![point(0.0, base, base)];
-    let mut forget_batches = Cycle::new(corpus, &probe.forget_docs, context, cfg.batch_size);
-    let mut retain_batches =
-        (!retain_docs.is_empty()).then(|| Cycle::new(corpus, &retain_docs, context, cfg.batch_size));
+    let forget_rows = DocRows::of(corpus, &probe.forget_docs, context, cfg.batch_size);
+    let mut forget_batches = Cycle::new(&forget_rows);
+    let mut retain_batches = (!retain_docs.is_empty()).then(|| Cycle::new(&forget_rows.with_docs(&retain_docs)));
     let optim_cfg = OptimConfig { weight_decay: 0.0, ..Default::default() };
     let mut optim = optim_cfg.init::<B, MemSinkLm<B>>();
     let mut model = model;
+    let mut matched = None;
     for s in 1..=cfg.steps {
         let fb: LmBatch<B> = forget_batches.next(device);
         let loss = match cfg.objective {
@@ -147,7 +166,10 @@ pub fn unlearn<B: AutodiffBackend>(
         model = step(&mut optim, model, loss, cfg.lr, &optim_cfg);
         if s % cfg.eval_every.max(1) == 0 || s == cfg.steps {
             curve.push(point(s as f64, probe.losses(&model.valid(), mode, device), base));
+            if matched.is_none() && keep_at.is_some_and(|target| curve[curve.len() - 1].delta_forget >= target) {
+                matched = Some(Matched { index: curve.len() - 1, model: model.clone() });
+            }
         }
     }
-    Ok((curve, model))
+    Ok(Treated { curve, model, matched })
 }

@@ -1,5 +1,5 @@
 //! Fold a MemSinks model with its sinks dropped into a plain Llama-shaped model: the sink
-//! neurons are removed from `fc_1`/`fc_2`/`proj` and the drop-sinks rescale is folded into `proj`,
+//! neurons are removed from `gate_proj`/`up_proj`/`down_proj` and the drop-sinks rescale is folded into `down_proj`,
 //! so the result computes exactly what `MlpMode::DropSinks` computes, with no masks at all.
 
 use burn::module::Param;
@@ -33,11 +33,12 @@ pub fn fold_drop_sinks<B: Backend>(
         dst.attn.k_proj.weight = Param::from_tensor(src.attn.k_proj.weight.val());
         dst.attn.v_proj.weight = Param::from_tensor(src.attn.v_proj.weight.val());
         dst.attn.o_proj.weight = Param::from_tensor(src.attn.o_proj.weight.val());
-        // burn stores linear weights as [in, out]: hidden units are columns of fc_1/fc_2 and
-        // rows of proj.
-        dst.mlp.fc_1.weight = Param::from_tensor(src.mlp.fc_1.weight.val().narrow(1, 0, keep));
-        dst.mlp.fc_2.weight = Param::from_tensor(src.mlp.fc_2.weight.val().narrow(1, 0, keep));
-        dst.mlp.proj.weight = Param::from_tensor(src.mlp.proj.weight.val().narrow(0, 0, keep).mul_scalar(scale));
+        // burn stores linear weights as [in, out]: hidden units are columns of gate_proj/up_proj and
+        // rows of down_proj.
+        dst.mlp.gate_proj.weight = Param::from_tensor(src.mlp.gate_proj.weight.val().narrow(1, 0, keep));
+        dst.mlp.up_proj.weight = Param::from_tensor(src.mlp.up_proj.weight.val().narrow(1, 0, keep));
+        dst.mlp.down_proj.weight =
+            Param::from_tensor(src.mlp.down_proj.weight.val().narrow(0, 0, keep).mul_scalar(scale));
     }
     Ok((folded, folded_cfg))
 }

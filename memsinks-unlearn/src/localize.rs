@@ -5,13 +5,13 @@
 use burn::module::{AutodiffModule, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
-use memsinks_data::PreparedCorpus;
+use memsinks_data::DocRows;
 use memsinks_model::{MemSinkLm, MlpMode};
 use serde::{Deserialize, Serialize};
 
-use crate::probe::{point, ForgetSet, Probe, TradeoffPoint};
+use crate::finetune::{Matched, Treated};
+use crate::probe::{point, Probe};
 use crate::scorers::{score_units, Scorer};
-use crate::UnlearnError;
 
 /// A localize-then-prune method (a method file's `spec`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -30,7 +30,7 @@ pub struct PruneConfig {
 }
 
 /// A copy of `model` with the `fraction` highest-scored hidden units of every layer zeroed
-/// (their `fc_1`/`fc_2` columns and `proj` rows).
+/// (their `gate_proj`/`up_proj` columns and `proj` rows).
 pub fn prune<B: Backend>(model: &MemSinkLm<B>, scores: &[Vec<f32>], fraction: f64, device: &B::Device) -> MemSinkLm<B> {
     let mut pruned = model.clone();
     for (block, layer_scores) in pruned.blocks.iter_mut().zip(scores) {
@@ -45,30 +45,27 @@ pub fn prune<B: Backend>(model: &MemSinkLm<B>, scores: &[Vec<f32>], fraction: f6
         let row = Tensor::<B, 2>::from_data(TensorData::new(keep.clone(), [1, hidden]), device);
         let column = Tensor::<B, 2>::from_data(TensorData::new(keep, [hidden, 1]), device);
         let mlp = &mut block.mlp;
-        mlp.fc_1.weight = Param::from_tensor((mlp.fc_1.weight.val() * row.clone()).detach());
-        mlp.fc_2.weight = Param::from_tensor((mlp.fc_2.weight.val() * row).detach());
-        mlp.proj.weight = Param::from_tensor((mlp.proj.weight.val() * column).detach());
+        mlp.gate_proj.weight = Param::from_tensor((mlp.gate_proj.weight.val() * row.clone()).detach());
+        mlp.up_proj.weight = Param::from_tensor((mlp.up_proj.weight.val() * row).detach());
+        mlp.down_proj.weight = Param::from_tensor((mlp.down_proj.weight.val() * column).detach());
     }
     pruned
 }
 
-/// Scores the units on `forget`, prunes each fraction of `cfg` and measures. Returns the curve
-/// (first point: nothing pruned) and the model pruned at the largest fraction.
-///
-/// # Errors
-/// When the forget set or the validation set is empty.
+/// Scores the units on the probe's forget set, prunes each fraction of `cfg` and measures.
+/// Returns the curve (first point: nothing pruned), the model pruned at the largest fraction and,
+/// with `keep_at`, the model pruned at the smallest fraction whose ΔL_forget reached it.
 pub fn prune_sweep<B: AutodiffBackend>(
     model: &MemSinkLm<B>,
-    corpus: &PreparedCorpus,
-    forget: ForgetSet,
+    probe: &Probe<'_>,
     cfg: &PruneConfig,
     mode: &MlpMode,
-    context: usize,
+    keep_at: Option<f64>,
     device: &B::Device,
-) -> Result<(Vec<TradeoffPoint>, MemSinkLm<B>), UnlearnError> {
-    let probe = Probe::new(corpus, forget, context, cfg.batch_size, cfg.eval_docs)?;
+) -> Treated<B> {
     let score_docs: Vec<usize> = probe.forget_docs.iter().copied().take(cfg.score_docs.max(1)).collect();
-    let scores = score_units(&cfg.scorer, model, corpus, &score_docs, mode, context, cfg.batch_size, device);
+    let rows = DocRows::of(probe.corpus, &score_docs, probe.context, cfg.batch_size);
+    let scores = score_units(&cfg.scorer, model, &rows, mode, device);
     let inner = model.valid();
     let base = probe.losses(&inner, mode, device);
     let mut curve = vec![point(0.0, base, base)];
@@ -78,5 +75,9 @@ pub fn prune_sweep<B: AutodiffBackend>(
         curve.push(point(fraction, probe.losses(&prune(&inner, &scores, fraction, device), mode, device), base));
     }
     let largest = fractions.last().copied().unwrap_or(0.0);
-    Ok((curve, prune(model, &scores, largest, device)))
+    let matched = keep_at.and_then(|target| {
+        let index = curve.iter().position(|p| p.delta_forget >= target)?;
+        Some(Matched { index, model: prune(model, &scores, curve[index].setting, device) })
+    });
+    Treated { curve, model: prune(model, &scores, largest, device), matched }
 }

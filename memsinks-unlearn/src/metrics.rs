@@ -7,7 +7,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use memsinks_data::corpus::sequence_id;
-use memsinks_data::{Batcher, Cursor, TokenCache};
+use memsinks_data::{Batcher, Cursor, DocRows, TokenCache};
 use memsinks_model::{MemSinkLm, MlpMode, SeqLayout};
 use serde::{Deserialize, Serialize};
 
@@ -37,22 +37,16 @@ pub struct SetScore {
     pub docs: Vec<DocScore>,
 }
 
-/// Scores documents one per row (truncated to `context`, end-of-text appended), each with its
-/// own sequence ID, with the MLPs in `mode`.
-#[allow(clippy::too_many_arguments)]
+/// Scores documents one per row, each with its own sequence ID, with the MLPs in `mode`.
 pub fn score_docs<B: Backend>(
     model: &MemSinkLm<B>,
-    cache: &TokenCache,
-    docs: &[usize],
+    rows: &DocRows<'_>,
     mode: &MlpMode,
-    context: usize,
-    batch_size: usize,
-    end_of_text: u32,
     device: &B::Device,
 ) -> SetScore {
-    let batcher = Batcher::over_documents(cache, docs, context, batch_size, end_of_text);
+    let batcher = Batcher::over_documents(rows);
     let mut cursor = Cursor::default();
-    let mut out = Vec::with_capacity(docs.len());
+    let mut out = Vec::with_capacity(rows.docs.len());
     while let Some(host) = batcher.next_batch(&mut cursor) {
         let batch = host.to_device::<B>(device);
         let logits = model.forward(batch.inputs.clone(), &batch.layout, mode);

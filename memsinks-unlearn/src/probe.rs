@@ -2,7 +2,7 @@
 //! set against the validation loss, as points of a trade-off curve.
 
 use burn::tensor::backend::Backend;
-use memsinks_data::{PreparedCorpus, Split};
+use memsinks_data::{DocRows, PreparedCorpus, Split};
 use memsinks_model::{MemSinkLm, MlpMode};
 use serde::{Deserialize, Serialize};
 
@@ -105,8 +105,7 @@ impl<'a> Probe<'a> {
 
     /// Mean NLL of `docs` under `model` in `mode`.
     pub fn nll<B: Backend>(&self, model: &MemSinkLm<B>, docs: &[usize], mode: &MlpMode, device: &B::Device) -> f64 {
-        let m = &self.corpus.manifest;
-        score_docs(model, &self.corpus.cache, docs, mode, self.context, self.batch_size, m.end_of_text, device).nll
+        score_docs(model, &DocRows::of(self.corpus, docs, self.context, self.batch_size), mode, device).nll
     }
 
     /// `(forget loss, validation loss)` of `model` in `mode`.

@@ -13,10 +13,10 @@ use memsinks_data::PreparedCorpus;
 use memsinks_model::{MemSinkLm, MlpMode};
 use serde::{Deserialize, Serialize};
 
-use crate::finetune::{unlearn, FinetuneConfig};
+use crate::finetune::{unlearn, FinetuneConfig, Treated};
 use crate::localize::{prune_sweep, PruneConfig};
 use crate::probe::{point, ForgetSet, Probe, TradeoffPoint};
-use crate::relearn::{relearn, RelearnConfig, RelearnPoint};
+use crate::relearn::{relearn, RelearnConfig, RelearnFrom, RelearnPoint, RelearnStart};
 use crate::UnlearnError;
 
 mod builtin {
@@ -122,11 +122,16 @@ pub struct MethodResult {
     pub forget: ForgetSet,
     /// The MLP mode the method acted in (`train` for a plain model, `drop-sinks` for a MemSinks
     /// model's deployed form).
-    pub mode: String,
+    #[serde(with = "memsinks_model::named::by_name")]
+    pub mode: MlpMode,
     /// The trade-off curve; its first point is the untreated model.
     pub curve: Vec<TradeoffPoint>,
     /// The relearning test, when the file asks for it.
     pub relearn: Vec<RelearnPoint>,
+    /// Where relearning started (absent without the test, and in results written before it was
+    /// recorded).
+    #[serde(default)]
+    pub relearn_start: Option<RelearnStart>,
     /// Wall time of the whole method, seconds.
     pub wall_s: f64,
 }
@@ -186,43 +191,61 @@ pub fn run_method<B: AutodiffBackend>(
     let has_sinks = !model.sink_pool().is_empty();
     // Post-hoc methods act on the deployed model: for a MemSinks run, with its sinks dropped.
     let deployed = if has_sinks { MlpMode::DropSinks { rescale: true } } else { MlpMode::Train };
+    // The mode the untreated model memorized in: what "removed" is measured from, for every method.
+    let memorizing = if has_sinks { MlpMode::ActivateSeq { exclude: vec![] } } else { MlpMode::Train };
     let original = model.valid();
-    // The treated model runs in `treated_mode`; the untreated one in `original_mode`.
-    let (curve, treated, treated_mode, original_mode, probe_size) = match &file.spec {
+    let keep_at = file.relearn.as_ref().and_then(|r| r.start_at_delta_forget);
+    let (treated, treated_mode, probe) = match &file.spec {
         MethodSpec::Finetune(cfg) => {
-            let (curve, treated) = unlearn(model, corpus, context, forget, cfg, &deployed, device)?;
-            (curve, treated, deployed.clone(), deployed, (cfg.batch_size, cfg.eval_docs))
+            let probe = Probe::new(corpus, forget, context, cfg.batch_size, cfg.eval_docs)?;
+            (unlearn(model, &probe, cfg, &deployed, keep_at, device)?, deployed, probe)
         }
         MethodSpec::Prune(cfg) => {
-            let (curve, treated) = prune_sweep(&model, corpus, forget, cfg, &deployed, context, device)?;
-            (curve, treated, deployed.clone(), deployed, (cfg.batch_size, cfg.eval_docs))
+            let probe = Probe::new(corpus, forget, context, cfg.batch_size, cfg.eval_docs)?;
+            (prune_sweep(&model, &probe, cfg, &deployed, keep_at, device), deployed, probe)
         }
         MethodSpec::DropSinks { rescale, eval_docs, batch_size } => {
             if !has_sinks {
                 return Err(UnlearnError::NoSinks);
             }
             let probe = Probe::new(corpus, forget, context, *batch_size, *eval_docs)?;
-            let on = MlpMode::ActivateSeq { exclude: vec![] };
             let dropped = MlpMode::DropSinks { rescale: *rescale };
-            let base = probe.losses(&original, &on, device);
+            let base = probe.losses(&original, &memorizing, device);
             let curve = vec![point(0.0, base, base), point(1.0, probe.losses(&original, &dropped, device), base)];
-            (curve, model, dropped, on, (*batch_size, *eval_docs))
+            (Treated { curve, model, matched: None }, dropped, probe)
         }
     };
-    let relearned = match &file.relearn {
+    let (relearned, relearn_start) = match &file.relearn {
         Some(cfg) => {
-            let probe = Probe::new(corpus, forget, context, probe_size.0, probe_size.1)?;
-            relearn(&original, &original_mode, &treated, &treated_mode, &probe, cfg, device)
+            let (index, start) = match &treated.matched {
+                Some(m) => (m.index, &m.model),
+                None => (treated.curve.len() - 1, &treated.model),
+            };
+            let at = &treated.curve[index];
+            let from = RelearnFrom {
+                original: &original,
+                original_mode: &memorizing,
+                treated: start,
+                treated_mode: &treated_mode,
+            };
+            let start = RelearnStart {
+                setting: at.setting,
+                delta_forget: at.delta_forget,
+                delta_val: at.delta_val,
+                target_delta_forget: cfg.start_at_delta_forget,
+            };
+            (relearn(&from, &probe, cfg, device), Some(start))
         }
-        None => Vec::new(),
+        None => (Vec::new(), None),
     };
     Ok(MethodResult {
         method: name.to_string(),
         file: file.clone(),
         forget,
-        mode: treated_mode.name().to_string(),
-        curve,
+        mode: treated_mode,
+        curve: treated.curve,
         relearn: relearned,
+        relearn_start,
         wall_s: started.elapsed().as_secs_f64(),
     })
 }

@@ -2,10 +2,21 @@
 //! few of the forgotten documents and measure how much of the memorization of the *other*
 //! forgotten documents comes back. Memorization that was only hidden (suppressed, not removed)
 //! returns quickly and for documents never shown again.
+//!
+//! Fine-tuning on any text also lowers the loss of text in general, so every relearning run has
+//! a control: the same fine-tuning, from the same model, on as many *held-out* documents
+//! (validation documents the probe does not score). Only the drop below the control's counts as
+//! memorization coming back. "Removed" has one definition for every method: the other forgotten
+//! documents' loss under the treated model minus their loss under the untreated model in the
+//! mode it memorized them in (`train` for a plain model, each document's own sinks on for
+//! MemSinks). And because a method pushed far past the point where it forgot (gradient ascent
+//! at its last step) has lost general ability that any fine-tuning restores, the test can start
+//! from a matched point: the first point of the method's curve whose forget-set loss rose by a
+//! given amount (the study uses what dropping the sinks achieves).
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use memsinks_data::LmBatch;
+use memsinks_data::{DocRows, LmBatch, Split};
 use memsinks_model::loss::lm_loss;
 use memsinks_model::{MemSinkLm, MlpMode};
 use memsinks_train::optim::step;
@@ -27,10 +38,27 @@ pub struct RelearnConfig {
     pub lr: f64,
     /// Rows per batch.
     pub batch_size: usize,
+    /// Start from the first point of the method's curve whose forget-set loss rose by at least
+    /// this much (nats) instead of from its last point; the last point when none did.
+    #[serde(default)]
+    pub start_at_delta_forget: Option<f64>,
 }
 
 /// Loss increase (nats) below which a method counts as having removed nothing.
 pub const MIN_REMOVED: f64 = 0.01;
+
+/// Where relearning started.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RelearnStart {
+    /// The curve's setting at the start (step, pruned fraction, or 1 for dropped sinks).
+    pub setting: f64,
+    /// The forget-set loss change at the start, against the untreated model.
+    pub delta_forget: f64,
+    /// The validation loss change at the start.
+    pub delta_val: f64,
+    /// The ΔL_forget asked for (`start_at_delta_forget`), if any.
+    pub target_delta_forget: Option<f64>,
+}
 
 /// One relearning measurement.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -39,28 +67,77 @@ pub struct RelearnPoint {
     pub relearned: usize,
     /// Other forgotten documents measured (never shown during relearning).
     pub others: usize,
-    /// Their mean loss before the method was applied.
+    /// Their mean loss under the untreated model, in the mode it memorized them in.
     pub others_original: f64,
     /// Their mean loss after the method.
     pub others_treated: f64,
     /// Their mean loss after relearning.
     pub others_relearned: f64,
-    /// Share of the removed memorization that came back:
-    /// `(treated − relearned) / (treated − original)`; `None` when the method removed almost
+    /// Their mean loss after the control: the same fine-tuning on as many held-out documents
+    /// (absent in results written before the control existed, or when the corpus has too few).
+    #[serde(default)]
+    pub others_control: Option<f64>,
+    /// Validation loss change from the treated model to the relearned one.
+    #[serde(default)]
+    pub delta_val_relearned: Option<f64>,
+    /// Validation loss change from the treated model to the control.
+    #[serde(default)]
+    pub delta_val_control: Option<f64>,
+    /// Share of the removed memorization that came back beyond the control:
+    /// `(control − relearned) / (treated − original)` (without a control:
+    /// `(treated − relearned) / (treated − original)`); `None` when the method removed almost
     /// nothing (less than [`MIN_REMOVED`] nats), where the ratio means nothing.
     pub recovered: Option<f64>,
 }
 
+impl std::fmt::Display for RelearnStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "relearning from setting {} (ΔL_forget {:+.3}, ΔL_val {:+.3}",
+            self.setting, self.delta_forget, self.delta_val
+        )?;
+        match self.target_delta_forget {
+            Some(t) => write!(f, "; asked for ΔL_forget ≥ {t:.3})"),
+            None => write!(f, ")"),
+        }
+    }
+}
+
+impl std::fmt::Display for RelearnPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let loss = |x: Option<f64>| x.map_or("n/a".to_string(), |x| format!("{x:.3}"));
+        write!(
+            f,
+            "relearn {:>2} docs: others' loss {:.3} -> {:.3}, control {} (original {:.3}), ΔL_val {}: {} recovered",
+            self.relearned,
+            self.others_treated,
+            self.others_relearned,
+            loss(self.others_control),
+            self.others_original,
+            loss(self.delta_val_relearned),
+            self.recovered.map_or("n/a".to_string(), |x| format!("{:.0} %", 100.0 * x))
+        )
+    }
+}
+
+/// A treated model and the modes the test compares it in.
+pub struct RelearnFrom<'m, B: AutodiffBackend> {
+    /// The untreated model.
+    pub original: &'m MemSinkLm<B::InnerBackend>,
+    /// The mode the untreated model memorized in.
+    pub original_mode: &'m MlpMode,
+    /// The model relearning starts from.
+    pub treated: &'m MemSinkLm<B>,
+    /// The mode the treated model runs in.
+    pub treated_mode: &'m MlpMode,
+}
+
 /// Runs the test: the first `n` forget documents are relearned, the documents after the largest
-/// `n` (up to the probe's evaluation count) are measured. `original` is the untreated model in
-/// `original_mode`; `treated` the model after the method, run in `treated_mode` (for MemSinks:
-/// the same model, sinks on versus dropped). Sizes that leave no other document are skipped.
-#[allow(clippy::too_many_arguments)]
+/// `n` (up to the probe's evaluation count) are measured; the control fine-tunes on `n`
+/// validation documents after the probe's own. Sizes that leave no other document are skipped.
 pub fn relearn<B: AutodiffBackend>(
-    original: &MemSinkLm<B::InnerBackend>,
-    original_mode: &MlpMode,
-    treated: &MemSinkLm<B>,
-    treated_mode: &MlpMode,
+    from: &RelearnFrom<'_, B>,
     probe: &Probe<'_>,
     cfg: &RelearnConfig,
     device: &B::Device,
@@ -69,29 +146,45 @@ pub fn relearn<B: AutodiffBackend>(
     let sizes: Vec<usize> = cfg.sizes.iter().copied().filter(|&n| n > 0 && n < forgotten.len()).collect();
     let Some(&largest) = sizes.iter().max() else { return Vec::new() };
     let others: Vec<usize> = forgotten[largest..].iter().copied().take(probe.eval_forget.len().max(1)).collect();
-    let others_original = probe.nll(original, &others, original_mode, device);
-    let others_treated = probe.nll(&treated.valid(), &others, treated_mode, device);
+    // Held-out documents for the control: validation documents the probe never scores.
+    let held_out: Vec<usize> =
+        probe.corpus.manifest.indices(Split::Validation).into_iter().skip(probe.val_docs.len()).collect();
+    let mode = from.treated_mode;
+    let others_original = probe.nll(from.original, &others, from.original_mode, device);
+    let treated_inner = from.treated.valid();
+    let others_treated = probe.nll(&treated_inner, &others, mode, device);
+    let val_treated = probe.nll(&treated_inner, &probe.val_docs, mode, device);
+    // Fine-tunes the treated model on `docs`; returns (others' loss, validation loss) after.
+    let fine_tune = |docs: &[usize]| {
+        let mut batches = Cycle::new(&DocRows::of(probe.corpus, docs, probe.context, cfg.batch_size));
+        let optim_cfg = OptimConfig { weight_decay: 0.0, ..Default::default() };
+        let mut optim = optim_cfg.init::<B, MemSinkLm<B>>();
+        let mut model = from.treated.clone();
+        for _ in 0..cfg.steps {
+            let batch: LmBatch<B> = batches.next(device);
+            let loss = lm_loss(&model, &batch, mode);
+            model = step(&mut optim, model, loss, cfg.lr, &optim_cfg);
+        }
+        let model = model.valid();
+        (probe.nll(&model, &others, mode, device), probe.nll(&model, &probe.val_docs, mode, device))
+    };
     sizes
         .into_iter()
         .map(|n| {
-            let mut batches = Cycle::new(probe.corpus, &forgotten[..n], probe.context, cfg.batch_size);
-            let optim_cfg = OptimConfig { weight_decay: 0.0, ..Default::default() };
-            let mut optim = optim_cfg.init::<B, MemSinkLm<B>>();
-            let mut model = treated.clone();
-            for _ in 0..cfg.steps {
-                let batch: LmBatch<B> = batches.next(device);
-                let loss = lm_loss(&model, &batch, treated_mode);
-                model = step(&mut optim, model, loss, cfg.lr, &optim_cfg);
-            }
-            let others_relearned = probe.nll(&model.valid(), &others, treated_mode, device);
+            let (others_relearned, val_relearned) = fine_tune(&forgotten[..n]);
+            let control = (held_out.len() >= n).then(|| fine_tune(&held_out[..n]));
+            let removed = others_treated - others_original;
+            let baseline = control.map_or(others_treated, |(others_control, _)| others_control);
             RelearnPoint {
                 relearned: n,
                 others: others.len(),
                 others_original,
                 others_treated,
                 others_relearned,
-                recovered: (others_treated - others_original >= MIN_REMOVED)
-                    .then(|| (others_treated - others_relearned) / (others_treated - others_original)),
+                others_control: control.map(|c| c.0),
+                delta_val_relearned: Some(val_relearned - val_treated),
+                delta_val_control: control.map(|c| c.1 - val_treated),
+                recovered: (removed >= MIN_REMOVED).then(|| (baseline - others_relearned) / removed),
             }
         })
         .collect()

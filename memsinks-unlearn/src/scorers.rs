@@ -8,7 +8,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use memsinks_data::rng::SplitMix64;
-use memsinks_data::{Batcher, Cursor, LmBatch, PreparedCorpus};
+use memsinks_data::{Batcher, Cursor, DocRows, LmBatch};
 use memsinks_model::loss::token_nll_of_logits;
 use memsinks_model::{MemSinkLm, MlpMode, SeqLayout};
 use serde::{Deserialize, Serialize};
@@ -18,8 +18,12 @@ use crate::finetune::Cycle;
 /// How hidden units are scored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Scorer {
-    /// Mean |activation| on the forget set × L2 norm of the unit's output (`proj`) weights.
+    /// |mean activation| on the forget set × L2 norm of the unit's output (`down_proj`) weights,
+    /// as MemPi (Chang et al. 2024) scores activations.
     Activations,
+    /// Mean |activation| × output-weight norm: a unit that swings both ways scores high even when
+    /// its mean contribution cancels (this toolkit's earlier variant, kept for comparison).
+    MeanAbsActivations,
     /// Increase of the forget loss when the unit alone is zeroed (exact: one ablation per unit,
     /// batched).
     ZeroOut,
@@ -29,6 +33,9 @@ pub enum Scorer {
     IntegratedGradients {
         /// Riemann steps of the path integral (the paper uses 20).
         steps: usize,
+        /// What is attributed (MemPi: the target tokens' probabilities).
+        #[serde(default)]
+        objective: IgObjective,
     },
     /// Network slimming: a coefficient per unit (initially 1) trained to keep the forget loss low
     /// under an L1 penalty; units that keep a high coefficient are the ones the forget set needs.
@@ -39,6 +46,9 @@ pub enum Scorer {
         lr: f64,
         /// Weight of the mean |coefficient| penalty.
         l1: f64,
+        /// How a trained coefficient becomes a score (MemPi: clamped to [0, 1]).
+        #[serde(default)]
+        score: SlimmingScore,
     },
     /// L0 masks with hard-concrete gates (Louizos et al. 2018), trained like `Slimming` with an
     /// expected-L0 penalty; the score is each gate's log-odds.
@@ -59,36 +69,60 @@ pub enum Scorer {
     },
 }
 
-/// Scores `[layer][unit]` of `model` on the forget documents `docs` (one per row).
-#[allow(clippy::too_many_arguments)]
+/// What integrated gradients attribute.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IgObjective {
+    /// The probability of each target token, summed over positions (MemPi, after the knowledge
+    /// neurons of Dai et al. 2022); a unit scores high when it raises the memorized tokens'
+    /// probability.
+    #[default]
+    TargetProbability,
+    /// The summed NLL, negated (this toolkit's earlier variant).
+    SummedNll,
+}
+
+/// How slimming turns a trained coefficient into a score.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SlimmingScore {
+    /// `clamp(c, 0, 1)` (MemPi): a coefficient pushed negative counts as off, not as important.
+    #[default]
+    Clamped,
+    /// `|c|` (this toolkit's earlier variant).
+    Absolute,
+}
+
+/// Scores `[layer][unit]` of `model` on the forget documents `rows`.
 pub fn score_units<B: AutodiffBackend>(
     scorer: &Scorer,
     model: &MemSinkLm<B>,
-    corpus: &PreparedCorpus,
-    docs: &[usize],
+    rows: &DocRows<'_>,
     mode: &MlpMode,
-    context: usize,
-    batch_size: usize,
     device: &B::Device,
 ) -> Vec<Vec<f32>> {
     let (layers, hidden) = (model.blocks.len(), model.sinks().hidden());
     let inner = || burn::module::AutodiffModule::valid(model);
-    let inner_batches = || doc_batches::<B::InnerBackend>(corpus, docs, context, batch_size, device);
+    let inner_batches = || doc_batches::<B::InnerBackend>(rows, device);
     match scorer {
-        Scorer::Activations => activation_scores(&inner(), &inner_batches(), mode, device),
+        Scorer::Activations => activation_scores(&inner(), &inner_batches(), mode, Magnitude::OfMean, device),
+        Scorer::MeanAbsActivations => activation_scores(&inner(), &inner_batches(), mode, Magnitude::MeanOfAbs, device),
         Scorer::ZeroOut => zero_out_scores(&inner(), &inner_batches(), mode, device),
-        Scorer::IntegratedGradients { steps } => {
-            let batches = doc_batches::<B>(corpus, docs, context, batch_size, device);
-            integrated_gradient_scores(model, &batches, mode, *steps, device)
+        Scorer::IntegratedGradients { steps, objective } => {
+            let batches = doc_batches::<B>(rows, device);
+            integrated_gradient_scores(model, &batches, mode, *steps, *objective, device)
         }
-        Scorer::Slimming { steps, lr, l1 } => {
-            let mut cycle = Cycle::new(corpus, docs, context, batch_size);
+        Scorer::Slimming { steps, lr, l1, score } => {
+            let mut cycle = Cycle::new(rows);
             let penalty = |c: Tensor<B, 1>| c.abs().mean().mul_scalar(*l1);
-            let coefs = train_gates(model, &mut cycle, mode, *steps, *lr, 1.0, device, |c, _| c.clone(), penalty);
-            coefs.into_iter().map(|c| to_vec(c.abs())).collect()
+            let training = GateTraining { steps: *steps, lr: *lr, init: 1.0 };
+            let coefs = train_gates(model, &mut cycle, mode, &training, device, |c, _| c.clone(), penalty);
+            let score = |c: Tensor<B::InnerBackend, 1>| match score {
+                SlimmingScore::Clamped => c.clamp(0.0, 1.0),
+                SlimmingScore::Absolute => c.abs(),
+            };
+            coefs.into_iter().map(|c| to_vec(score(c))).collect()
         }
         Scorer::HardConcrete { steps, lr, l0, init_log_alpha } => {
-            let mut cycle = Cycle::new(corpus, docs, context, batch_size);
+            let mut cycle = Cycle::new(rows);
             let mut rng = SplitMix64::new(0x4C30);
             let gate = |log_alpha: &Tensor<B, 1>, d: &B::Device| {
                 let noise: Vec<f32> = (0..hidden).map(|_| rng.unit().clamp(1e-6, 1.0 - 1e-6) as f32).collect();
@@ -99,7 +133,8 @@ pub fn score_units<B: AutodiffBackend>(
             let open = |log_alpha: Tensor<B, 1>| {
                 sigmoid(log_alpha.sub_scalar(HC_BETA * (-HC_GAMMA / HC_ZETA).ln())).mean().mul_scalar(*l0)
             };
-            let log_alpha = train_gates(model, &mut cycle, mode, *steps, *lr, *init_log_alpha, device, gate, open);
+            let training = GateTraining { steps: *steps, lr: *lr, init: *init_log_alpha };
+            let log_alpha = train_gates(model, &mut cycle, mode, &training, device, gate, open);
             log_alpha.into_iter().map(to_vec).collect()
         }
         Scorer::Random { seed } => random_scores(layers, hidden, *seed),
@@ -115,15 +150,9 @@ fn to_vec<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().expect("f32")
 }
 
-/// Every batch of `docs`, one document per row: what the scorers read.
-pub fn doc_batches<B: Backend>(
-    corpus: &PreparedCorpus,
-    docs: &[usize],
-    context: usize,
-    batch_size: usize,
-    device: &B::Device,
-) -> Vec<LmBatch<B>> {
-    let batcher = Batcher::over_documents(&corpus.cache, docs, context, batch_size, corpus.manifest.end_of_text);
+/// Every batch of `rows`: what the scorers read.
+pub fn doc_batches<B: Backend>(rows: &DocRows<'_>, device: &B::Device) -> Vec<LmBatch<B>> {
+    let batcher = Batcher::over_documents(rows);
     let mut cursor = Cursor::default();
     std::iter::from_fn(|| batcher.next_batch(&mut cursor)).map(|h| h.to_device(device)).collect()
 }
@@ -138,11 +167,22 @@ fn targets_in<B: Backend>(batches: &[LmBatch<B>]) -> f32 {
     batches.iter().map(|b| b.loss_mask.clone().sum().into_scalar().elem::<f32>()).sum::<f32>().max(1.0)
 }
 
-/// Mean |activation| over the forget targets (in `mode`) times the unit's output-weight norm.
+/// Which magnitude of a unit's activations the activation scorer averages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Magnitude {
+    /// |mean(a)| (MemPi).
+    OfMean,
+    /// mean(|a|).
+    MeanOfAbs,
+}
+
+/// The activation magnitude over the forget targets (in `mode`) times the unit's output-weight
+/// norm.
 pub fn activation_scores<B: Backend>(
     model: &MemSinkLm<B>,
     batches: &[LmBatch<B>],
     mode: &MlpMode,
+    magnitude: Magnitude,
     device: &B::Device,
 ) -> Vec<Vec<f32>> {
     let hidden = model.sinks().hidden();
@@ -150,7 +190,8 @@ pub fn activation_scores<B: Backend>(
     for batch in batches {
         let weights = batch.loss_mask.clone().unsqueeze_dim::<3>(2); // [b, t, 1]: real tokens only
         model.forward_hooked(batch.inputs.clone(), &batch.layout, mode, &mut |layer, h| {
-            let used = (h.clone().abs() * weights.clone()).sum_dim(0).sum_dim(1).reshape([hidden]);
+            let a = if magnitude == Magnitude::MeanOfAbs { h.clone().abs() } else { h.clone() };
+            let used = (a * weights.clone()).sum_dim(0).sum_dim(1).reshape([hidden]);
             sums[layer] = sums[layer].clone() + used;
             h
         });
@@ -161,8 +202,8 @@ pub fn activation_scores<B: Backend>(
         .iter()
         .zip(sums)
         .map(|(block, sum)| {
-            let out_norm = block.mlp.proj.weight.val().square().sum_dim(1).sqrt().squeeze_dim(1);
-            to_vec(sum.div_scalar(tokens) * out_norm)
+            let out_norm = block.mlp.down_proj.weight.val().square().sum_dim(1).sqrt().squeeze_dim(1);
+            to_vec(sum.div_scalar(tokens).abs() * out_norm)
         })
         .collect()
 }
@@ -229,13 +270,17 @@ fn tile<B: Backend>(batch: &LmBatch<B>, k: usize) -> LmBatch<B> {
 
 /// Integrated gradients per layer: the activations of one layer are scaled by `α` from 0 to 1
 /// (midpoints of `steps` intervals) while the others stay intact; the attribution of a unit is
-/// the mean gradient of the summed forget loss with respect to its scale, and its score the
-/// negated attribution per target (how much the loss would rise without it).
+/// the mean gradient of the objective with respect to its scale, per target: for
+/// [`IgObjective::TargetProbability`] the summed probability of the target tokens (how much of
+/// it the unit provides), for [`IgObjective::SummedNll`] the negated summed NLL (how much the loss
+/// would rise without it). One `α` scales every position of the layer at once; the knowledge
+/// neurons of Dai et al. scale one prediction position at a time, which costs a pass per position.
 pub fn integrated_gradient_scores<B: AutodiffBackend>(
     model: &MemSinkLm<B>,
     batches: &[LmBatch<B>],
     mode: &MlpMode,
     steps: usize,
+    objective: IgObjective,
     device: &B::Device,
 ) -> Vec<Vec<f32>> {
     let (layers, hidden) = (model.blocks.len(), model.sinks().hidden());
@@ -255,26 +300,40 @@ pub fn integrated_gradient_scores<B: AutodiffBackend>(
                         h
                     }
                 });
-                let grads = row_nll(logits, batch).sum().backward();
+                let attributed = match objective {
+                    IgObjective::TargetProbability => {
+                        let (nll, mask) = token_nll_of_logits(logits, batch);
+                        (nll.neg().exp() * mask).sum()
+                    }
+                    IgObjective::SummedNll => row_nll(logits, batch).sum().neg(),
+                };
+                let grads = attributed.backward();
                 total = total + scale.grad(&grads).expect("the scale is tracked");
             }
         }
-        scores.push(to_vec(total.div_scalar(steps as f64 * f64::from(targets_in(batches))).neg()));
+        scores.push(to_vec(total.div_scalar(steps as f64 * f64::from(targets_in(batches)))));
     }
     scores
 }
 
-/// Trains one tensor of `[hidden]` parameters per layer (initially `init`) that multiply the
-/// hidden activations through `gate(params)`, minimising the mean forget loss plus the mean of
-/// `penalty(params)` over layers, with Adam. Returns the final parameters.
-#[allow(clippy::too_many_arguments)]
+/// How long and how fast the gates of slimming and hard-concrete train.
+struct GateTraining {
+    /// Adam steps.
+    steps: usize,
+    /// Learning rate.
+    lr: f64,
+    /// Initial value of every gate parameter.
+    init: f64,
+}
+
+/// Trains one tensor of `[hidden]` parameters per layer (initially `training.init`) that
+/// multiply the hidden activations through `gate(params)`, minimising the mean forget loss plus
+/// the mean of `penalty(params)` over layers, with Adam. Returns the final parameters.
 fn train_gates<B: AutodiffBackend>(
     model: &MemSinkLm<B>,
     batches: &mut Cycle,
     mode: &MlpMode,
-    steps: usize,
-    lr: f64,
-    init: f64,
+    training: &GateTraining,
     device: &B::Device,
     mut gate: impl FnMut(&Tensor<B, 1>, &B::Device) -> Tensor<B, 1>,
     penalty: impl Fn(Tensor<B, 1>) -> Tensor<B, 1>,
@@ -282,9 +341,9 @@ fn train_gates<B: AutodiffBackend>(
     let (layers, hidden) = (model.blocks.len(), model.sinks().hidden());
     let frozen = model.clone().no_grad();
     let mut params: Vec<Tensor<B::InnerBackend, 1>> =
-        (0..layers).map(|_| Tensor::full([hidden], init, device)).collect();
+        (0..layers).map(|_| Tensor::full([hidden], training.init, device)).collect();
     let mut adam = Adam::new(&params);
-    for _ in 0..steps {
+    for _ in 0..training.steps {
         let batch: LmBatch<B> = batches.next(device);
         let tracked: Vec<Tensor<B, 1>> = params.iter().map(|p| Tensor::from_inner(p.clone()).require_grad()).collect();
         let gates: Vec<Tensor<B, 3>> = tracked.iter().map(|p| gate(p, device).reshape([1, 1, hidden])).collect();
@@ -296,7 +355,7 @@ fn train_gates<B: AutodiffBackend>(
         }
         let grads = loss.backward();
         let g: Vec<_> = tracked.iter().map(|p| p.grad(&grads).expect("tracked")).collect();
-        adam.step(&mut params, g, lr);
+        adam.step(&mut params, g, training.lr);
     }
     params
 }
