@@ -358,3 +358,109 @@ fn generate_and_list_methods() {
         assert!(list.contains(name), "{list}");
     }
 }
+
+/// Overrides that turn `smoke` into a corpus of 8 authors, 2 of them held out whole.
+const AUTHORS: [&str; 4] = [
+    r#"data.source={"Synthetic":{"stories":900,"seed":1,"authors":8}}"#,
+    r#"data.source_key={"Field":"author"}"#,
+    "data.held_out_sources=2",
+    "data.validation=30",
+];
+
+fn with_sets<'a>(cmd: &'a mut Command, sets: &[&str]) -> &'a mut Command {
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    cmd
+}
+
+/// Sinks per source (NULLs): with per-source IDs a source's documents share one subset, and
+/// switching it off raises that source's loss far more than the retained sources'; the registry's
+/// `drop-source-sinks` and `eval --exclude-source` agree; a sweep compares per-document and
+/// per-source IDs on the same data in one report.
+#[test]
+fn removing_a_source_by_its_sinks_and_a_sweep_of_id_schemes() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("per-source");
+    let per_source: Vec<&str> =
+        AUTHORS.iter().copied().chain(["data.sequence_ids=PerSource", "train.steps=120"]).collect();
+    run_ok(with_sets(bin().arg("train").arg("--config").arg(smoke()).arg("--out").arg(&run), &per_source));
+    let manifest: memsinks_data::Manifest =
+        serde_json::from_slice(&std::fs::read(run.join("data").join("manifest.json")).unwrap()).unwrap();
+    let key = manifest.sources.iter().find(|s| !s.held_out).unwrap().key.clone();
+    let held_out = manifest.sources.iter().find(|s| s.held_out).unwrap().key.clone();
+
+    let stdout = run_ok(bin().arg("eval").arg("--run").arg(&run).args(["--exclude-source", &key, "--max-docs", "24"]));
+    assert!(stdout.contains(&format!("removing {key} (1 sequence IDs switched off)")), "{stdout}");
+    let eval = load_eval(&run).unwrap();
+    let removal = eval.source_removal.unwrap();
+    let forgotten = removal.forgotten.after - removal.forgotten.before;
+    let retained = removal.retained.after - removal.retained.before;
+    eprintln!("removing {key}: its loss {forgotten:+.3}, retained sources {retained:+.3}");
+    assert!(forgotten > 0.05 && forgotten > 5.0 * retained.abs().max(1e-3), "{forgotten} vs {retained}");
+    assert!(removal.held_out.is_some());
+
+    let stdout = run_ok(bin().arg("unlearn").arg("--run").arg(&run).args([
+        "--method",
+        "drop-source-sinks",
+        "--forget",
+        &format!("source:{key}"),
+    ]));
+    assert!(stdout.contains("dL_retain"), "{stdout}");
+    let result_file = run.join(format!("unlearn-drop-source-sinks-source_{key}.json"));
+    let result: memsinks_unlearn::MethodResult = serde_json::from_slice(&std::fs::read(&result_file).unwrap()).unwrap();
+    let after = result.curve.last().unwrap();
+    assert!(after.delta_forget > 5.0 * after.delta_retain.unwrap().abs().max(1e-3), "{after:?}");
+    // A held-out source was never trained on; an unknown one does not exist: one clear line each.
+    for (forget, words) in [(format!("source:{held_out}"), "held out"), ("source:nobody".into(), "no source `nobody`")]
+    {
+        let out = bin()
+            .arg("unlearn")
+            .arg("--run")
+            .arg(&run)
+            .args(["--method", "drop-source-sinks", "--forget", &forget, "--out"])
+            .arg(dir.path().join("x.json"))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(words) && !stderr.contains("panicked"), "{stderr}");
+    }
+
+    // The sweep: both ID schemes, one seed each, the source removal in each variant's study.
+    let out = dir.path().join("sweep");
+    let variants = r#"study.variants=[{"name":"per-document","set":[]},{"name":"per-source","set":["data.sequence_ids=PerSource"]}]"#;
+    let study = [
+        variants,
+        "study.methods=[\"Standard\",\"Memsinks\"]",
+        "study.posthoc=[]",
+        "study.forget_sources=1",
+        r#"study.source_posthoc=["gradient-ascent steps=6 eval_every=2"]"#,
+        "train.steps=60",
+    ];
+    let sets: Vec<&str> = AUTHORS.iter().copied().chain(study).collect();
+    let stdout = run_ok(with_sets(bin().arg("reproduce").arg(smoke()).arg("--out").arg(&out), &sets));
+    assert!(stdout.contains("| per-document |") && stdout.contains("| per-source |"), "{stdout}");
+    let sweep = memsinks_study::sweep::load_sweep(&out).unwrap();
+    assert_eq!(sweep.variants.len(), 2);
+    for v in &sweep.variants {
+        assert_eq!(v.results.sources.len(), 2, "{}: drop-source-sinks and gradient ascent", v.name);
+        assert!(out.join("variants").join(&v.name).join("report.md").exists());
+        let report = std::fs::read_to_string(out.join("variants").join(&v.name).join("report.md")).unwrap();
+        assert!(report.contains("## Removing a source"), "{}", v.name);
+    }
+    // The same data in both variants: the same documents of the same splits.
+    let docs = |v: &str| {
+        let m: memsinks_data::Manifest =
+            serde_json::from_slice(&std::fs::read(out.join("variants").join(v).join("data/manifest.json")).unwrap())
+                .unwrap();
+        m.documents.iter().map(|d| (d.origin.clone(), d.split)).collect::<Vec<_>>()
+    };
+    assert_eq!(docs("per-document"), docs("per-source"));
+    // The report redraws from sweep.json alone.
+    let before = std::fs::read_to_string(out.join("report.md")).unwrap();
+    std::fs::remove_dir_all(out.join("variants")).unwrap();
+    run_ok(bin().arg("report").arg(&out));
+    assert_eq!(std::fs::read_to_string(out.join("report.md")).unwrap(), before);
+    assert!(out.join("variants/per-source/report.md").exists());
+}

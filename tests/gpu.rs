@@ -19,8 +19,8 @@
 //! - the smoke study on the GPU vs on flex: every loss of the main table within 2 % + 0.01 nats
 //!   (25 steps at a high learning rate amplify last-bit differences most in the gradient-masking
 //!   model with its sinks dropped, a model that has lost its general ability);
-//! - f16 vs f32 training of the smoke run: every evaluation loss within 0.1 nats where pure f16
-//!   training stays finite (on lavapipe it does not: NaN at step 2, reported in one line).
+//! - f16 mixed precision vs f32 training of the smoke run: every evaluation loss within
+//!   [`F16_TOLERANCE`] nats (half-precision rounding of activations and gradients over 25 steps).
 //!
 //! One file of about 500 lines on purpose: the test binary is the unit `experiments/gpu/check.sh`
 //! copies to a GPU machine, and its two halves (tensor parity, the binary on the GPU) share the
@@ -48,6 +48,9 @@ use support::kill_when_exists;
 type Gpu = burn::backend::Cuda;
 #[cfg(not(feature = "cuda"))]
 type Gpu = burn::backend::Wgpu;
+
+/// f16 mixed precision vs f32, every evaluation loss of the smoke run (nats).
+const F16_TOLERANCE: f64 = 0.02;
 
 /// The `--backend` name of [`Gpu`].
 const GPU: &str = if cfg!(feature = "cuda") { "cuda" } else { "wgpu" };
@@ -396,7 +399,7 @@ fn killed_and_resumed_run_ends_where_an_uninterrupted_run_ends() {
 }
 
 #[test]
-fn f16_runs_in_f16_and_bf16_is_refused_clearly_where_unsupported() {
+fn f16_mixed_precision_tracks_f32_and_bf16_is_refused_clearly_where_unsupported() {
     let _serial = serial();
     if !gpu_available() {
         return;
@@ -404,24 +407,17 @@ fn f16_runs_in_f16_and_bf16_is_refused_clearly_where_unsupported() {
     let dir = tempfile::tempdir().unwrap();
     let (f32_run, f16_run) = (dir.path().join("f32"), dir.path().join("f16"));
     run_ok(&mut train_cmd(&f32_run, GPU, &[]));
-    // Pure f16 training (no f32 master weights, no loss scaling: burn 0.21 has no mixed precision
-    // and memsinks does not add one yet) either trains or stops at a non-finite loss with the
-    // run's own one-line error; it must neither panic nor quietly train in f32.
-    let f16 = train_cmd(&f16_run, GPU, &["train.precision=F16"]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&f16.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    if f16.status.success() {
-        let worst = assert_losses_close(&eval_losses(&f32_run), &eval_losses(&f16_run), 0.1, "f16 vs f32");
-        report(&format!("f16 vs f32 on {GPU}: largest evaluation-loss difference {worst:.4} nats"));
-        // And f16 was used: an f32 run on the same adapter repeats its evaluation losses to ~1e-6.
-        assert!(worst > 1e-4, "f16 and f32 runs agree to {worst:e} nats: the f16 run trained in f32");
-    } else {
-        assert!(stderr.contains("error: non-finite training loss"), "{stderr}");
-        report(&format!(
-            "f16 on {GPU}: training stopped at a non-finite loss (pure f16, no loss scaling): {}",
-            stderr.lines().find(|l| l.starts_with("error:")).unwrap_or("")
-        ));
-    }
+    // Mixed precision (memsinks_train::amp): f32 weights and AdamW state, f16 compute, dynamic
+    // loss scaling. It trains the smoke run close to f32 — and not equal to it, which shows the
+    // f16 arithmetic was used (an f32 run on the same adapter repeats its losses to ~1e-6).
+    let out = run_ok(&mut train_cmd(&f16_run, GPU, &["train.precision=F16"]));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    let worst = assert_losses_close(&eval_losses(&f32_run), &eval_losses(&f16_run), F16_TOLERANCE, "f16 vs f32");
+    report(&format!("f16 mixed precision vs f32 on {GPU}: largest evaluation-loss difference {worst:.4} nats"));
+    assert!(worst > 1e-5, "f16 and f32 runs agree to {worst:e} nats: the f16 run computed in f32");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(f16_run.join("train.json")).unwrap()).unwrap();
+    assert!(summary["skipped_steps"].as_u64().is_some(), "an f16 run records its skipped steps: {summary}");
 
     let bf16 = train_cmd(&dir.path().join("bf16"), GPU, &["train.precision=Bf16"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&bf16.stderr);

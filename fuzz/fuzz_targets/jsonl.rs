@@ -26,5 +26,5 @@ fuzz_target!(|data: &[u8]| {
     }
     let array = dir.path().join("x.json");
     std::fs::write(&array, body).unwrap();
-    let _ = read_json_array(&array, "text");
+    let _ = read_json_array(&array, "text", None);
 });

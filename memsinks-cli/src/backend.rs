@@ -52,8 +52,11 @@ impl Runner for BackendChoice {
 /// backends have one device).
 fn run_on<T: BackendTask>(name: &str, precision: Precision, devices: DeviceRange, task: T) -> Result<T::Output> {
     let DeviceRange { first, count } = devices;
-    if precision != Precision::F32 && matches!(name, "flex" | "ndarray") {
-        bail!("precision {} needs a GPU backend (cuda or wgpu); the CPU backends train in f32", precision.name());
+    if precision != Precision::F32 && name == "ndarray" {
+        bail!(
+            "precision {} (mixed precision) needs half-precision tensors, which ndarray lacks; use flex, cuda or wgpu, or f32",
+            precision.name()
+        );
     }
     if !BACKENDS.contains(&name) {
         bail!("unknown backend `{name}`; allowed: {}", BACKENDS.join(", "));
@@ -74,49 +77,50 @@ fn run_on<T: BackendTask>(name: &str, precision: Precision, devices: DeviceRange
         "flex" => task.run::<burn::backend::Autodiff<burn::backend::Flex>>(vec![Default::default()]),
         #[cfg(feature = "ndarray")]
         "ndarray" => task.run::<burn::backend::Autodiff<burn::backend::NdArray>>(vec![Default::default()]),
+        // Every precision runs on the f32 backend: f16 and bf16 are mixed precision (f32 weights
+        // and optimizer state, half-precision compute; memsinks_train::amp).
         #[cfg(feature = "cuda")]
         "cuda" => {
             use burn::backend::{cuda::CudaDevice, Cuda};
             let devices: Vec<CudaDevice> = indices.map(CudaDevice::new).collect();
-            match precision {
-                Precision::F16 => run_checked::<Cuda<burn::tensor::f16>, T>("cuda", devices, task),
-                Precision::Bf16 => run_checked::<Cuda<burn::tensor::bf16>, T>("cuda", devices, task),
-                Precision::F32 => run_checked::<Cuda, T>("cuda", devices, task),
-            }
+            run_checked::<Cuda, T>("cuda", precision, devices, task)
         }
         #[cfg(feature = "wgpu")]
         "wgpu" => {
             use burn::backend::Wgpu;
+            if precision == Precision::Bf16 {
+                // burn's `wgpu` backend compiles WGSL shaders, and WGSL has no bf16 type.
+                bail!("wgpu has no bf16 (its WGSL shaders have no bf16 type); use --precision f16 or f32, or the cuda backend");
+            }
             let devices: Vec<_> = if count <= 1 {
                 vec![burn::backend::wgpu::WgpuDevice::DefaultDevice]
             } else {
                 indices.map(burn::backend::wgpu::WgpuDevice::DiscreteGpu).collect()
             };
-            match precision {
-                Precision::F16 => run_checked::<Wgpu<burn::tensor::f16>, T>("wgpu", devices, task),
-                // burn's `wgpu` backend compiles WGSL shaders, and WGSL has no bf16 type.
-                Precision::Bf16 => bail!("wgpu has no bf16 (its WGSL shaders have no bf16 type); use --precision f16 or f32, or the cuda backend"),
-                Precision::F32 => run_checked::<Wgpu, T>("wgpu", devices, task),
-            }
+            run_checked::<Wgpu, T>("wgpu", precision, devices, task)
         }
         _ => unreachable!("checked above"),
     }
 }
 
 /// Runs `task` on GPU backend `G` after checking, without creating a tensor, that the device
-/// answers and supports `G`'s float type: a missing adapter or driver, or an adapter without f16
-/// (bf16) arithmetic, becomes one clear error line here instead of a panic mid-training.
+/// answers and supports the float type `precision` computes in: a missing adapter or driver, or
+/// an adapter without f16 (bf16) arithmetic, becomes one clear error line here instead of a
+/// panic mid-training.
 ///
-/// No tensor may be created before the task runs: burn 0.21 fixes a device's default float type
-/// at its first tensor (per device, not per backend type), so a probe tensor made with the f32
-/// backend would make a later `Wgpu<f16>` run train in f32 without a word.
+/// The probe creates no tensor: burn 0.21 fixes a device's default float type at its first
+/// tensor, so nothing may be allocated before the task chooses its backend.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 fn run_checked<G: burn::tensor::backend::Backend, T: BackendTask>(
     name: &str,
+    precision: Precision,
     devices: Vec<G::Device>,
     task: T,
 ) -> Result<T::Output> {
-    let dtype = <G::FloatElem as burn::tensor::Element>::dtype();
+    let dtype: burn::tensor::DType = match precision.compute_dtype() {
+        Some(half) => half.into(),
+        None => <G::FloatElem as burn::tensor::Element>::dtype(),
+    };
     // The backends report a missing adapter by panicking (on their own device thread too): the
     // panic hook is silenced for the probe so that neither their message nor a backtrace shows.
     match memsinks_model::catch_library_panic(|| G::supports_dtype(&devices[0], dtype)).ok_or(()) {

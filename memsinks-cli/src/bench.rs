@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use memsinks_study::bench::TrainBench;
+use memsinks_study::bench::{SinkOverrides, TrainBench};
 use memsinks_study::{DeviceRange, Runner};
 use memsinks_train::config::Precision;
 use memsinks_train::Method;
@@ -50,7 +50,7 @@ pub struct TrainBenchArgs {
     /// Backend: flex, ndarray, cuda, wgpu (those compiled in).
     #[arg(long)]
     backend: Option<String>,
-    /// Float precision: f32, or f16 / bf16 on the GPU backends.
+    /// Float precision: f32, or mixed precision computing in f16 (cuda, wgpu, flex) / bf16 (cuda, flex).
     #[arg(long, value_enum, default_value = "f32")]
     precision: Precision,
     /// GPU index for the GPU backends.
@@ -59,6 +59,23 @@ pub struct TrainBenchArgs {
     /// Seed of weights and data.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Share of general MLP units (memsinks; default: the preset's, 0.7).
+    #[arg(long)]
+    p_gen: Option<f64>,
+    /// Sink activity per sequence (memsinks; default 0.3). NULLs' sparse pool: 0.013.
+    #[arg(long)]
+    p_mem: Option<f64>,
+    /// MLP hidden size (default: the preset's).
+    #[arg(long)]
+    d_hidden: Option<usize>,
+    /// Share of hidden units below which a batch's MLPs compute with their active units alone
+    /// (default 0.5; 0 always computes every unit).
+    #[arg(long)]
+    compact_below: Option<f64>,
+    /// Distinct sequence IDs per batch, shared by its rows as one source's documents share one
+    /// (default: one per row).
+    #[arg(long)]
+    ids_per_batch: Option<usize>,
 }
 
 /// Runs the subcommand, printing one JSON line to `out`.
@@ -72,6 +89,9 @@ pub fn run(args: &BenchArgs, out: &mut impl std::io::Write) -> Result<()> {
         batch: a.batch,
         seq: a.seq,
         seed: a.seed,
+        precision: a.precision,
+        sinks: SinkOverrides { p_gen: a.p_gen, p_mem: a.p_mem, d_hidden: a.d_hidden, compact_below: a.compact_below },
+        ids_per_batch: a.ids_per_batch,
     };
     let backend = BackendChoice::chosen(a.backend.as_deref());
     let mut result = backend.run(a.precision, DeviceRange { first: a.device, count: 1 }, bench)?;

@@ -28,6 +28,11 @@ pub struct EvalArgs {
     /// (per-sequence removal), e.g. `--exclude 123,456`.
     #[arg(long, value_delimiter = ',')]
     exclude: Vec<i64>,
+    /// Sources (keys of `data.source_key`) whose sinks are switched off in those modes, e.g.
+    /// `--exclude-source author-003,author-007`; their removal is reported against the retained
+    /// and the held-out sources.
+    #[arg(long, value_delimiter = ',')]
+    exclude_source: Vec<String>,
     /// An evaluated standard run: gap closure is also reported against its gap.
     #[arg(long)]
     reference: Option<PathBuf>,
@@ -62,6 +67,7 @@ pub fn run_eval(args: &EvalArgs, out: &mut impl std::io::Write) -> Result<()> {
         run: args.run.clone(),
         mode: args.mode.clone(),
         exclude: args.exclude.clone(),
+        exclude_sources: args.exclude_source.clone(),
         max_docs: args.max_docs,
         extract_prompt: args.extract_prompt,
         extract_continuation: args.extract_continuation,
@@ -108,6 +114,31 @@ pub fn run_eval(args: &EvalArgs, out: &mut impl std::io::Write) -> Result<()> {
     }
     if let Some((target, others)) = file.mean_specificity() {
         writeln!(out, "excluding one sequence's sinks: its loss +{target:.3}, other repeated documents +{others:.3}")?;
+    }
+    if let Some(r) = &file.source_removal {
+        writeln!(out, "removing {} ({} sequence IDs switched off):", r.sources.join(", "), r.excluded_ids)?;
+        let groups = [
+            ("removed sources", Some(&r.forgotten)),
+            ("retained sources", Some(&r.retained)),
+            ("held-out sources", r.held_out.as_ref()),
+        ];
+        for (name, g) in groups {
+            if let Some(g) = g {
+                writeln!(
+                    out,
+                    "  {name:<17} {:>4} docs: loss {:.3} -> {:.3} ({:+.3}), extraction {:.3} -> {:.3}",
+                    g.docs,
+                    g.before,
+                    g.after,
+                    g.after - g.before,
+                    g.extraction_before,
+                    g.extraction_after
+                )?;
+            }
+        }
+        if let Some(c) = r.closure() {
+            writeln!(out, "  closes {:.1} % of the gap between the removed and the held-out sources", 100.0 * c)?;
+        }
     }
     writeln!(out, "wrote {}", target.display())?;
     Ok(())

@@ -90,7 +90,7 @@ impl BackendTask for GenerateTask {
                 let all = corpus.cache.doc(doc);
                 let k = args.prompt_tokens.min(all.len()).max(1);
                 let truth = tok.decode(&all[k..all.len().min(k + args.max_tokens)])?;
-                (all[..k].to_vec(), sequence_id(&all), Some(truth))
+                (all[..k].to_vec(), corpus.ids.id(doc, &all), Some(truth))
             }
             (None, Some(text)) => {
                 let t = tok.encode(text)?;

@@ -7,7 +7,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use memsinks_study::report::{load_results, main_table, write_report};
-use memsinks_study::{reproduce, ReproduceRequest, StudyDir};
+use memsinks_study::sweep::{load_sweep, table as sweep_table, write_sweep_report, SWEEP_FILE};
+use memsinks_study::{reproduce_any, ReproduceRequest, Reproduced, StudyDir};
 
 use crate::backend::BackendChoice;
 
@@ -47,9 +48,15 @@ pub struct ReportArgs {
 
 /// Runs `memsinks report`.
 pub fn run_report(args: &ReportArgs, out: &mut impl std::io::Write) -> Result<()> {
-    let results = load_results(&args.dir)?;
-    write_report(&args.dir, &results)?;
-    writeln!(out, "{}", main_table(&results))?;
+    if args.dir.join(SWEEP_FILE).exists() {
+        let sweep = load_sweep(&args.dir)?;
+        write_sweep_report(&args.dir, &sweep)?;
+        writeln!(out, "{}", sweep_table(&sweep))?;
+    } else {
+        let results = load_results(&args.dir)?;
+        write_report(&args.dir, &results)?;
+        writeln!(out, "{}", main_table(&results))?;
+    }
     writeln!(out, "wrote {}", StudyDir::new(&args.dir).report().display())?;
     Ok(())
 }
@@ -70,8 +77,10 @@ pub fn run_reproduce(args: &ReproduceArgs, out: &mut impl std::io::Write) -> Res
     if let Some(dir) = &args.out {
         request.out = dir.clone();
     }
-    let results = reproduce(&request, &BackendChoice::chosen(args.backend.as_deref()))?;
-    writeln!(out, "{}", main_table(&results))?;
+    match reproduce_any(&request, &BackendChoice::chosen(args.backend.as_deref()))? {
+        Reproduced::Study(results) => writeln!(out, "{}", main_table(&results))?,
+        Reproduced::Sweep(sweep) => writeln!(out, "{}", sweep_table(&sweep))?,
+    }
     let report = StudyDir::new(&request.out).report();
     writeln!(out, "wrote {} ({:.0} s)", report.display(), started.elapsed().as_secs_f64())?;
     Ok(())

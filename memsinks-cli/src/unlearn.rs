@@ -29,8 +29,9 @@ pub struct UnlearnArgs {
     /// Registry name or path to a method file.
     #[arg(long, required_unless_present = "list")]
     method: Option<String>,
-    /// What to forget.
-    #[arg(long, value_enum, default_value = "repeated")]
+    /// What to forget: `repeated`, `canary`, or `source:KEY` (every trained document of one
+    /// source of a corpus with `data.source_key`).
+    #[arg(long, default_value = "repeated")]
     forget: ForgetSet,
     /// Overrides of the method's hyperparameters, e.g. `--set lr=3e-4 --set relearn.steps=5`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -59,10 +60,10 @@ pub fn run(args: &UnlearnArgs, out: &mut impl std::io::Write) -> Result<()> {
         return Ok(());
     }
     let (run, method) = (args.run.as_ref().expect("clap"), args.method.as_ref().expect("clap"));
-    let forget = args.forget;
+    let forget = args.forget.clone();
     // Checked before any work: the method and the run.
-    let task = MethodTask::new(run, method, &args.sets, forget)?;
-    let path = args.out.clone().unwrap_or_else(|| RunDir::new(run).unlearn_result(&task.name, forget.name()));
+    let task = MethodTask::new(run, method, &args.sets, forget.clone())?;
+    let path = args.out.clone().unwrap_or_else(|| RunDir::new(run).unlearn_result(&task.name, &forget.file_name()));
     memsinks_train::run::load_summary(run)?;
     let _lock = memsinks_model::io::DirLock::acquire(run, "unlearn")?;
     if path.exists() && !args.force {
@@ -71,11 +72,16 @@ pub fn run(args: &UnlearnArgs, out: &mut impl std::io::Write) -> Result<()> {
     let result = BackendChoice::chosen(args.backend.as_deref()).run(Precision::F32, DeviceRange::ONE, task)?;
     write_atomic(&path, &serde_json::to_vec_pretty(&result)?)?;
     writeln!(out, "{} on {} ({} mode), {:.1} s", result.method, forget.name(), result.mode.name(), result.wall_s)?;
-    writeln!(out, "{:>10} {:>10} {:>10} {:>10} {:>10}", "setting", "L_forget", "L_val", "dL_forget", "dL_val")?;
+    writeln!(
+        out,
+        "{:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "setting", "L_forget", "L_val", "dL_forget", "dL_val", "dL_retain"
+    )?;
     for p in &result.curve {
+        let retain = p.delta_retain.map_or_else(|| format!("{:>10}", "-"), |d| format!("{d:>+10.3}"));
         writeln!(
             out,
-            "{:>10} {:>10.3} {:>10.3} {:>+10.3} {:>+10.3}",
+            "{:>10} {:>10.3} {:>10.3} {:>+10.3} {:>+10.3} {retain}",
             p.setting, p.forget_loss, p.val_loss, p.delta_forget, p.delta_val
         )?;
     }

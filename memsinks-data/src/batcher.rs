@@ -10,7 +10,7 @@ use memsinks_model::SeqLayout;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::TokenCache;
-use crate::corpus::{sequence_id, PreparedCorpus};
+use crate::corpus::{DocIds, PreparedCorpus};
 use crate::rng::SplitMix64;
 use memsinks_model::LmBatch;
 
@@ -60,12 +60,15 @@ pub struct DocRows<'a> {
     pub batch_size: usize,
     /// The end-of-text token.
     pub end_of_text: u32,
+    /// The documents' sequence IDs.
+    pub ids: &'a DocIds,
 }
 
 impl<'a> DocRows<'a> {
     /// `docs` of a prepared corpus.
     pub fn of(corpus: &'a PreparedCorpus, docs: &'a [usize], context: usize, batch_size: usize) -> Self {
-        Self { cache: &corpus.cache, docs, context, batch_size, end_of_text: corpus.manifest.end_of_text }
+        let end_of_text = corpus.manifest.end_of_text;
+        Self { cache: &corpus.cache, docs, context, batch_size, end_of_text, ids: &corpus.ids }
     }
 
     /// The same settings over other documents.
@@ -89,6 +92,8 @@ pub struct Batcher {
     reshuffle: Option<u64>,
     /// The order of the pass read last, kept so each pass is shuffled once.
     pass_order: Arc<Mutex<Option<PassOrder>>>,
+    /// Each document's sequence ID.
+    ids: DocIds,
 }
 
 /// The order of one pass: its number and the documents in the order it reads them.
@@ -119,8 +124,7 @@ pub struct Consumed {
 
 impl Batcher {
     /// A batcher over `schedule` (document indices). Each document's sequence ID is the hash of
-    /// its tokens ([`sequence_id`]), recomputed here rather than stored, so no per-document table
-    /// has to fit in memory.
+    /// its tokens ([`crate::corpus::sequence_id`]) unless [`Batcher::with_ids`] says otherwise.
     ///
     /// # Panics
     /// If `context` or `batch_size` is 0.
@@ -144,7 +148,14 @@ impl Batcher {
             packing,
             reshuffle: None,
             pass_order,
+            ids: DocIds::PerDocument,
         }
+    }
+
+    /// Documents take their sequence IDs from `ids` (a corpus's [`PreparedCorpus::ids`]).
+    pub fn with_ids(mut self, ids: DocIds) -> Self {
+        self.ids = ids;
+        self
     }
 
     /// One document per row over `rows.docs`, in that order: the batcher every evaluation and
@@ -152,6 +163,7 @@ impl Batcher {
     pub fn over_documents(rows: &DocRows<'_>) -> Self {
         let schedule = Arc::new(rows.docs.iter().map(|&d| d as u32).collect::<Vec<_>>());
         Self::new(Arc::new(rows.cache.clone()), schedule, rows.context, rows.batch_size, rows.end_of_text, false)
+            .with_ids(rows.ids.clone())
     }
 
     /// Every pass after the first reads the schedule in a fresh order drawn from `seed` and the
@@ -269,7 +281,7 @@ impl Batcher {
     /// The document's tokens followed by end-of-text, with its sequence ID.
     fn stream(&self, doc: u32) -> (Vec<u32>, i64) {
         let mut tokens = self.cache.doc(doc as usize);
-        let id = sequence_id(&tokens);
+        let id = self.ids.id(doc as usize, &tokens);
         tokens.push(self.end_of_text);
         (tokens, id)
     }

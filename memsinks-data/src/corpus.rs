@@ -10,18 +10,23 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::Digest;
 
 use serde::{Deserialize, Serialize};
 
 use crate::cache::TokenCache;
 use crate::rng::mix64;
 use crate::source::{read_json_array, shard_files, Document, InvalidUtf8, JsonlReader, TinyStoriesReader};
-use crate::synthetic::StoryGenerator;
+use crate::synthetic::{author_key, StoryGenerator};
 use crate::tokenizer::TextTokenizer;
 
 use crate::DataError;
 
-pub use crate::data_config::{CanaryConfig, DataConfig, Ordering, RepeatConfig, SourceConfig, TokenizerConfig};
+pub use crate::data_config::{
+    CanaryConfig, DataConfig, Ordering, RepeatConfig, SequenceIds, SourceConfig, SourceKey, TokenizerConfig,
+};
 pub use crate::prepare::prepare;
 
 /// The role of a document.
@@ -73,6 +78,26 @@ pub struct DocEntry {
     /// so the dynamics can be related to when each repetition was seen.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub positions: Vec<u64>,
+    /// Its source key (with `data.source_key`; canaries have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// One source of a corpus whose documents carry source keys (`data.source_key`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourceEntry {
+    /// The key (author, website, file name).
+    pub key: String,
+    /// Its sequence ID ([`source_id`]): the ID of every document of the source when
+    /// `data.sequence_ids` is `PerSource`.
+    pub id: i64,
+    /// Held out whole (`data.held_out_sources`): its documents are validation documents, never
+    /// trained on.
+    pub held_out: bool,
+    /// Documents of the corpus from this source.
+    pub docs: u64,
+    /// Their tokens.
+    pub tokens: u64,
 }
 
 /// The description of a prepared corpus that every later stage reads.
@@ -119,6 +144,20 @@ pub struct Manifest {
     pub occurrences_dedup: u64,
     /// Duplicate texts dropped while reading the sources.
     pub duplicates_dropped: u64,
+    /// The sources of the documents, in order of first appearance (with `data.source_key`);
+    /// `sources.bin` gives each document's index in this list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceEntry>,
+    /// SHA-256 of `sources.bin`, so a swapped table is found when the corpus is opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources_sha256: Option<String>,
+    /// Documents of held-out sources left out of training (beyond the validation set).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_out_source_docs_skipped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Manifest {
@@ -191,6 +230,11 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// The full training schedule.
 pub const SCHEDULE_FILE: &str = "schedule.bin";
+/// Each document's source (a little-endian `u32` index into [`Manifest::sources`] per cache
+/// document, [`NO_SOURCE`] for canaries), with `data.source_key`.
+pub const SOURCES_FILE: &str = "sources.bin";
+/// The source index of a document without a source (a canary).
+pub const NO_SOURCE: u32 = u32::MAX;
 /// The deduplicated training schedule.
 pub const SCHEDULE_DEDUP_FILE: &str = "schedule_dedup.bin";
 
@@ -204,6 +248,56 @@ pub struct PreparedCorpus {
     pub tokenizer: TextTokenizer,
     /// The directory.
     pub dir: PathBuf,
+    /// Each document's source index (`sources.bin`), with `data.source_key`.
+    pub source_of: Option<Arc<Vec<u32>>>,
+    /// Each document's sequence ID.
+    pub ids: DocIds,
+}
+
+/// The sequence ID of each document of a corpus: the one home of "the ID of document `d`", used
+/// by training's batcher, evaluation, extraction and generation alike.
+#[derive(Clone, Debug, Default)]
+pub enum DocIds {
+    /// The hash of the document's tokens ([`sequence_id`]), recomputed where needed, so no
+    /// per-document table has to fit in memory.
+    #[default]
+    PerDocument,
+    /// The ID of the document's source (`data.sequence_ids: PerSource`); documents without a
+    /// source (canaries) keep their tokens' hash.
+    PerSource {
+        /// Each document's source index.
+        source_of: Arc<Vec<u32>>,
+        /// Each source's ID.
+        ids: Arc<Vec<i64>>,
+    },
+}
+
+/// [`DocIds::PerDocument`], for readers of documents outside any corpus.
+pub static PER_DOCUMENT: DocIds = DocIds::PerDocument;
+
+impl DocIds {
+    /// The IDs of a corpus with `manifest` and source table `source_of`, as
+    /// `data.sequence_ids` says.
+    pub fn of(manifest: &Manifest, source_of: Option<&Arc<Vec<u32>>>) -> Self {
+        match (source_of, manifest.config.sequence_ids) {
+            (Some(source_of), SequenceIds::PerSource) => DocIds::PerSource {
+                source_of: source_of.clone(),
+                ids: Arc::new(manifest.sources.iter().map(|s| s.id).collect()),
+            },
+            _ => DocIds::PerDocument,
+        }
+    }
+
+    /// The sequence ID of document `doc` whose tokens are `tokens`.
+    pub fn id(&self, doc: usize, tokens: &[u32]) -> i64 {
+        match self {
+            DocIds::PerDocument => sequence_id(tokens),
+            DocIds::PerSource { source_of, ids } => match source_of.get(doc) {
+                Some(&s) if s != NO_SOURCE => ids[s as usize],
+                _ => sequence_id(tokens),
+            },
+        }
+    }
 }
 
 impl PreparedCorpus {
@@ -227,7 +321,45 @@ impl PreparedCorpus {
             });
         }
         let tokenizer = TextTokenizer::load(&dir.join(TOKENIZER_FILE))?;
-        Ok(Self { manifest, cache, tokenizer, dir: dir.to_path_buf() })
+        let source_of = read_source_table(dir, &manifest)?;
+        let ids = DocIds::of(&manifest, source_of.as_ref());
+        Ok(Self { manifest, cache, tokenizer, dir: dir.to_path_buf(), source_of, ids })
+    }
+
+    /// The source of document `doc`, if it has one.
+    pub fn source_of(&self, doc: usize) -> Option<&SourceEntry> {
+        let index = *self.source_of.as_ref()?.get(doc)?;
+        self.manifest.sources.get(index as usize)
+    }
+
+    /// The source whose key is `key`.
+    ///
+    /// # Errors
+    /// When the corpus has no source keys or no such source (the message lists some keys).
+    pub fn source(&self, key: &str) -> Result<(usize, &SourceEntry), DataError> {
+        let sources = &self.manifest.sources;
+        if sources.is_empty() {
+            return Err(DataError::Config(format!(
+                "the corpus in {} has no source keys: prepare it with data.source_key",
+                self.dir.display()
+            )));
+        }
+        sources.iter().enumerate().find(|(_, s)| s.key == key).ok_or_else(|| {
+            let some: Vec<&str> = sources.iter().take(8).map(|s| s.key.as_str()).collect();
+            DataError::Config(format!(
+                "no source `{key}` in the corpus in {}; its {} sources include {}",
+                self.dir.display(),
+                sources.len(),
+                some.join(", ")
+            ))
+        })
+    }
+
+    /// Indices of the documents of `split` from the source with index `source` (in the
+    /// manifest's list), in cache order.
+    pub fn docs_of_source(&self, split: Split, source: usize) -> Vec<usize> {
+        let Some(table) = &self.source_of else { return Vec::new() };
+        self.manifest.indices(split).into_iter().filter(|&d| table.get(d).copied() == Some(source as u32)).collect()
     }
 
     /// The fingerprint a run records to recognise this corpus later.
@@ -244,6 +376,30 @@ impl PreparedCorpus {
     }
 }
 
+/// `sources.bin`, checked against its digest and document count in the manifest; `None` for a
+/// corpus without source keys.
+fn read_source_table(dir: &Path, manifest: &Manifest) -> Result<Option<Arc<Vec<u32>>>, DataError> {
+    let Some(digest) = &manifest.sources_sha256 else { return Ok(None) };
+    let path = dir.join(SOURCES_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| DataError::io(&path, e))?;
+    let found = format!("{:x}", sha2::Sha256::digest(&bytes));
+    let damaged = |why: String| DataError::Format {
+        path: path.clone(),
+        message: format!("{why}; rerun `memsinks data prepare`"),
+    };
+    if &found != digest {
+        return Err(damaged("does not match the manifest's digest".into()));
+    }
+    if bytes.len() % 4 != 0 || bytes.len() / 4 != manifest.num_docs() {
+        return Err(damaged(format!("holds {} entries for {} documents", bytes.len() / 4, manifest.num_docs())));
+    }
+    let table: Vec<u32> = bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+    if let Some(bad) = table.iter().find(|&&s| s != NO_SOURCE && s as usize >= manifest.sources.len()) {
+        return Err(damaged(format!("names source {bad} of {}", manifest.sources.len())));
+    }
+    Ok(Some(Arc::new(table)))
+}
+
 fn read_schedule(path: &Path) -> Result<Vec<u32>, DataError> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     if bytes.len() % 4 != 0 {
@@ -255,13 +411,21 @@ fn read_schedule(path: &Path) -> Result<Vec<u32>, DataError> {
 /// A deterministic 63-bit sequence ID of a token sequence: never 0, identical for identical
 /// sequences.
 pub fn sequence_id(tokens: &[u32]) -> i64 {
-    // FNV-1a over the little-endian bytes, then a bijective mix so nearby sequences spread out.
+    hashed_id(tokens.iter().flat_map(|t| t.to_le_bytes()))
+}
+
+/// The sequence ID of a source key: its UTF-8 bytes hashed as [`sequence_id`] hashes a
+/// sequence's (never 0).
+pub fn source_id(key: &str) -> i64 {
+    hashed_id(key.bytes())
+}
+
+/// FNV-1a over `bytes`, then a bijective mix so nearby inputs spread out; 63 bits, never 0.
+fn hashed_id(bytes: impl Iterator<Item = u8>) -> i64 {
     let mut h: u64 = 0xCBF2_9CE4_8422_2325;
-    for t in tokens {
-        for b in t.to_le_bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01B3);
-        }
+    for b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01B3);
     }
     let id = (mix64(h) >> 1) as i64;
     if id == 0 {
@@ -271,25 +435,46 @@ pub fn sequence_id(tokens: &[u32]) -> i64 {
     }
 }
 
-/// Streams the documents of a source.
+/// Streams the documents of a source; with `key`, each carries its source key.
 pub fn open_source(
     source: &SourceConfig,
     invalid: InvalidUtf8,
+    key: Option<&SourceKey>,
 ) -> Result<Box<dyn Iterator<Item = Result<Document, DataError>> + Send>, DataError> {
+    let key = key.cloned();
     Ok(match source {
-        SourceConfig::Synthetic { stories, seed } => Box::new(
-            StoryGenerator::new(*seed)
-                .take(*stories)
-                .enumerate()
-                .map(|(i, text)| Ok(Document { text, origin: format!("synthetic#{i}") })),
-        ),
-        SourceConfig::TinyStories { path } => Box::new(TinyStoriesReader::open(path, invalid)?),
+        SourceConfig::Synthetic { stories, seed, authors } => {
+            let mut stories_of = StoryGenerator::with_authors(*seed, *authors);
+            let by_file = key == Some(SourceKey::FileName);
+            Box::new((0..*stories).map(move |i| {
+                let (text, author) = stories_of.next_story();
+                let source = match (&key, author) {
+                    (None, _) => None,
+                    _ if by_file => Some("synthetic".to_string()),
+                    (Some(_), Some(a)) => Some(author_key(a)),
+                    (Some(_), None) => {
+                        return Err(DataError::Config(
+                            "data.source_key: these synthetic stories have no authors; set data.source.authors".into(),
+                        ))
+                    }
+                };
+                Ok(Document { text, origin: format!("synthetic#{i}"), source })
+            }))
+        }
+        SourceConfig::TinyStories { path } => {
+            let reader = TinyStoriesReader::open(path, invalid)?;
+            if key.is_some() {
+                Box::new(reader.with_file_key())
+            } else {
+                Box::new(reader)
+            }
+        }
         SourceConfig::Json { path, field } => {
             let name = path.to_string_lossy();
             if name.ends_with(".jsonl") || name.ends_with(".jsonl.zst") {
-                Box::new(JsonlReader::open(path, field, None, invalid)?)
+                Box::new(JsonlReader::open(path, field, None, invalid)?.with_key(key))
             } else {
-                Box::new(read_json_array(path, field)?.into_iter().map(Ok))
+                Box::new(read_json_array(path, field, key.as_ref())?.into_iter().map(Ok))
             }
         }
         SourceConfig::SlimPajama { dir, set_name } => {
@@ -297,7 +482,7 @@ pub fn open_source(
             let set_name = set_name.clone();
             Box::new(files.into_iter().flat_map(move |f| -> Box<dyn Iterator<Item = _> + Send> {
                 match JsonlReader::open(&f, "text", set_name.as_deref(), invalid) {
-                    Ok(r) => Box::new(r),
+                    Ok(r) => Box::new(r.with_key(key.clone())),
                     Err(e) => Box::new(std::iter::once(Err(e))),
                 }
             }))
@@ -307,7 +492,7 @@ pub fn open_source(
 
 pub(crate) fn source_name(source: &SourceConfig) -> String {
     match source {
-        SourceConfig::Synthetic { stories, seed } => format!("synthetic stories={stories} seed={seed}"),
+        SourceConfig::Synthetic { stories, seed, .. } => format!("synthetic stories={stories} seed={seed}"),
         SourceConfig::TinyStories { path } | SourceConfig::Json { path, .. } => path.display().to_string(),
         SourceConfig::SlimPajama { dir, .. } => dir.display().to_string(),
     }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::overrides::omitted;
 use crate::source::InvalidUtf8;
 use crate::DataError;
 
@@ -19,6 +20,10 @@ pub enum SourceConfig {
         stories: usize,
         /// Generator seed.
         seed: u64,
+        /// Authors, each with their own recurring hero, place, treasure and catch-phrase; every
+        /// story gets one (field `author`, for [`SourceKey::Field`]). 0: no authors.
+        #[serde(default, skip_serializing_if = "omitted")]
+        authors: usize,
     },
     /// A TinyStories text file (`<|endoftext|>` separators).
     TinyStories {
@@ -40,6 +45,41 @@ pub enum SourceConfig {
         #[serde(default)]
         set_name: Option<String>,
     },
+}
+
+/// Where a document's source key (its author, website, book, licence holder) is read from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SourceKey {
+    /// A string field of each JSON record, as a dotted path (`author`, `meta.source`); the
+    /// synthetic generator's stories have the field `author`.
+    Field(String),
+    /// The host name of the URL in a string field (`url`, `meta.url`): one source per website.
+    UrlHost(String),
+    /// The name of the file a document was read from (TinyStories text, JSON, SlimPajama shards).
+    FileName,
+}
+
+impl SourceKey {
+    /// How the key is written in messages.
+    pub fn describe(&self) -> String {
+        match self {
+            SourceKey::Field(f) => format!("field `{f}`"),
+            SourceKey::UrlHost(f) => format!("the URL host of field `{f}`"),
+            SourceKey::FileName => "the file name".to_string(),
+        }
+    }
+}
+
+/// How each document's sequence ID (which selects its sink subset) is derived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum SequenceIds {
+    /// A hash of the document's tokens (MemSinks): every document has its own sinks.
+    #[default]
+    PerDocument,
+    /// A hash of the document's source key (`data.source_key`; NULLs): every document of a
+    /// source shares one sink subset, so dropping it removes the source. Canaries keep IDs of
+    /// their own tokens (they have no source).
+    PerSource,
 }
 
 /// The tokenizer to use.
@@ -164,6 +204,19 @@ pub struct DataConfig {
     /// What to do with invalid UTF-8 in the sources.
     #[serde(default)]
     pub invalid_utf8: InvalidUtf8,
+    /// Where each document's source key is read from (`None`: documents have no source). The
+    /// manifest records every source with its ID and counts.
+    #[serde(default, skip_serializing_if = "omitted")]
+    pub source_key: Option<SourceKey>,
+    /// Sources held out whole (never trained on; needs `source_key`): the validation documents
+    /// are drawn from them, so the validation loss is that of sources the model never saw.
+    /// Chosen at random (from `seed`) among the sources of the first documents read.
+    #[serde(default, skip_serializing_if = "omitted")]
+    pub held_out_sources: usize,
+    /// How sequence IDs are derived. Documents, splits and schedules do not depend on it: two
+    /// corpora that differ only here hold the same data.
+    #[serde(default, skip_serializing_if = "omitted")]
+    pub sequence_ids: SequenceIds,
 }
 
 fn yes() -> bool {
@@ -208,6 +261,26 @@ impl DataConfig {
         }
         if let SourceConfig::Synthetic { stories: 0, .. } = self.source {
             return bad("data.source Synthetic needs stories > 0".into());
+        }
+        if self.source_key.is_none() && (self.held_out_sources > 0 || self.sequence_ids == SequenceIds::PerSource) {
+            return bad("data.held_out_sources and data.sequence_ids = PerSource need data.source_key (where each document's source is read from)".into());
+        }
+        if let (Some(SourceKey::Field(field)), SourceConfig::Synthetic { authors, .. }) =
+            (&self.source_key, &self.source)
+        {
+            if field != "author" || *authors == 0 {
+                return bad(format!(
+                    "data.source_key Field(\"{field}\"): synthetic stories have one field, `author`, and only with data.source.authors > 0"
+                ));
+            }
+        }
+        if matches!(self.source_key, Some(SourceKey::Field(_) | SourceKey::UrlHost(_)))
+            && matches!(self.source, SourceConfig::TinyStories { .. })
+        {
+            return bad(
+                "data.source_key: TinyStories text has no fields; use FileName (one source per file) or a JSON source"
+                    .into(),
+            );
         }
         Ok(())
     }

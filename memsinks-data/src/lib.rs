@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 pub use batcher::{pass_order, Batcher, Consumed, Cursor, DocRows, HostBatch};
 pub use cache::TokenCache;
-pub use corpus::{prepare, DataConfig, Half, Manifest, PreparedCorpus, Split};
+pub use corpus::{prepare, DataConfig, DocIds, Half, Manifest, PreparedCorpus, Split};
 pub use corpus_dir::holds_corpus;
 pub use fingerprint::CorpusFingerprint;
 /// The batch type lives beside the model it feeds.

@@ -2,6 +2,7 @@
 //! configuration's serialised form, so an unknown key or a bad value fails with the key's name and
 //! what is allowed there.
 
+use std::cell::Cell;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
@@ -52,6 +53,19 @@ fn non_finite_number(text: &str) -> Option<(usize, String, String)> {
     None
 }
 
+thread_local! {
+    /// Set while [`apply_overrides`] serialises a configuration: every field is written then.
+    static WRITE_ALL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// serde's `skip_serializing_if` for configuration fields added after configurations were first
+/// hashed: a field at its default is left out of the written form, so the hashes of existing
+/// corpora and runs (and so their directories and caches) stay as they were; while overrides are
+/// applied every field is written, so `--set` reaches it like any other.
+pub fn omitted<T: Default + PartialEq>(value: &T) -> bool {
+    !WRITE_ALL.with(Cell::get) && *value == T::default()
+}
+
 /// Applies `key=value` overrides (dotted keys, e.g. `data.unique=500`, `train.lr=3e-4`) to a
 /// configuration. A value is read as JSON when it parses as JSON (`500`, `true`, `"x"`,
 /// `{"Train": {"vocab_size": 512}}`), otherwise as a string. Keys may skip the variant name of an
@@ -60,7 +74,10 @@ pub fn apply_overrides<T: Serialize + DeserializeOwned + Clone>(config: &T, sets
     if sets.is_empty() {
         return Ok(config.clone());
     }
-    let mut value = serde_json::to_value(config).expect("config serialises");
+    WRITE_ALL.with(|w| w.set(true));
+    let value = serde_json::to_value(config);
+    WRITE_ALL.with(|w| w.set(false));
+    let mut value = value.expect("config serialises");
     for set in sets {
         let (key, raw) =
             set.split_once('=').ok_or_else(|| DataError::Config(format!("--set `{set}` must look like key=value")))?;
@@ -141,7 +158,28 @@ mod tests {
         assert!(err.contains("--set n"), "{err}");
         assert!(apply_overrides(&c, &["n".into()]).is_err());
         let whole = apply_overrides(&c, &[r#"source={"Synthetic": {"stories": 5, "seed": 2}}"#.into()]).unwrap();
-        assert_eq!(whole.source, SourceConfig::Synthetic { stories: 5, seed: 2 });
+        assert_eq!(whole.source, SourceConfig::Synthetic { stories: 5, seed: 2, authors: 0 });
+    }
+
+    /// Fields added later are left out of the written form at their default (so existing
+    /// configurations keep their hashes) and still reachable by `--set`.
+    #[test]
+    fn omitted_defaults_keep_the_written_form_and_take_overrides() {
+        #[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
+        #[serde(deny_unknown_fields)]
+        struct Grown {
+            n: usize,
+            #[serde(default, skip_serializing_if = "omitted")]
+            later: Option<Inner>,
+            #[serde(default, skip_serializing_if = "omitted")]
+            count: usize,
+        }
+        let old = Grown { n: 1, later: None, count: 0 };
+        assert_eq!(ron::to_string(&old).unwrap(), "(n:1)");
+        let set = apply_overrides(&old, &["count=3".into(), r#"later={"lr": 0.5}"#.into()]).unwrap();
+        assert_eq!(set, Grown { n: 1, later: Some(Inner { lr: 0.5 }), count: 3 });
+        assert_eq!(ron::to_string(&set).unwrap(), "(n:1,later:Some((lr:0.5)),count:3)");
+        assert_eq!(ron::to_string(&old).unwrap(), "(n:1)", "the written form is back to normal after overrides");
     }
 
     #[test]

@@ -11,11 +11,11 @@ use sha2::{Digest, Sha256};
 
 use crate::cache::{CacheKey, CacheWriter, TokenCache};
 use crate::corpus::{
-    open_source, progress_bar, sequence_id, source_name, DocEntry, Manifest, PreparedCorpus, Split, MANIFEST_FILE,
-    SCHEDULE_DEDUP_FILE, SCHEDULE_FILE, TOKENIZER_FILE,
+    open_source, progress_bar, sequence_id, source_id, source_name, DocEntry, DocIds, Manifest, PreparedCorpus,
+    SourceEntry, Split, MANIFEST_FILE, NO_SOURCE, SCHEDULE_DEDUP_FILE, SCHEDULE_FILE, SOURCES_FILE, TOKENIZER_FILE,
 };
 use crate::corpus_dir::{inspect, remove_if_exists, remove_stale_temporaries, Existing, CORPUS_MARKER};
-use crate::data_config::{DataConfig, Ordering, TokenizerConfig};
+use crate::data_config::{DataConfig, Ordering, SequenceIds, TokenizerConfig};
 use crate::fingerprint::source_fingerprint;
 use crate::near_dup::NearDuplicateFilter;
 use crate::rng::SplitMix64;
@@ -63,9 +63,12 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
     remove_stale_temporaries(out);
 
     let mut rng = SplitMix64::new(cfg.seed ^ 0xC0_4B05);
-    let mut reader = DistinctReader { main: Some(open_source(&cfg.source, cfg.invalid_utf8)?), ..Default::default() };
-    let (repeated_docs, validation_docs) = select_held_out(cfg, &mut reader, &mut rng)?;
-    let (tokenizer, unique_buffer) = make_tokenizer(cfg, &mut reader, &repeated_docs)?;
+    let main = open_source(&cfg.source, cfg.invalid_utf8, cfg.source_key.as_ref())?;
+    let mut reader = DistinctReader { main: Some(main), ..Default::default() };
+    let (repeated_docs, validation_docs, left_over) = select_held_out(cfg, &mut reader, &mut rng)?;
+    // Left-over pool documents of a separate repeated source are not the main source's text.
+    let left_over = if cfg.repeated_source.is_some() { Vec::new() } else { left_over };
+    let (tokenizer, unique_buffer) = make_tokenizer(cfg, &mut reader, &repeated_docs, left_over)?;
     tokenizer.save(&out.join(TOKENIZER_FILE))?;
     let canaries = draw_canaries(cfg.canary.docs, cfg.canary.length, &tokenizer, &mut rng);
     let held_out_canaries = draw_canaries(cfg.canary.held_out_docs(), cfg.canary.length, &tokenizer, &mut rng);
@@ -77,28 +80,35 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
         tokenizer_hash: tokenizer.fingerprint().to_string(),
         config_hash: config_hash.clone(),
     };
-    let mut cache = CacheBuilder::new(TokenCache::writer(&out.join("cache"), tokenizer.vocab_size(), key)?, cfg);
+    let writer = TokenCache::writer(&out.join("cache"), tokenizer.vocab_size(), key)?;
+    let mut cache = CacheBuilder::new(writer, cfg, reader.held_out.clone());
     for (doc, tokens) in repeated_docs.iter().zip(encode(&tokenizer, &repeated_docs)?) {
-        cache.add(&tokens, Split::Repeated, cfg.repeated.repetitions, doc.origin.clone())?;
+        cache.add(&tokens, Split::Repeated, cfg.repeated.repetitions, doc)?;
     }
     for (i, tokens) in canaries.iter().enumerate() {
-        cache.add(tokens, Split::Canary, cfg.canary.repetitions, format!("canary#{i}"))?;
+        cache.add(
+            tokens,
+            Split::Canary,
+            cfg.canary.repetitions,
+            &Document::new(String::new(), format!("canary#{i}")),
+        )?;
     }
     for (doc, tokens) in validation_docs.iter().zip(encode(&tokenizer, &validation_docs)?) {
-        cache.add(&tokens, Split::Validation, 0, doc.origin.clone())?;
+        cache.add(&tokens, Split::Validation, 0, doc)?;
     }
     for (i, tokens) in held_out_canaries.iter().enumerate() {
-        cache.add(tokens, Split::CanaryHeldOut, 0, format!("canary-held-out#{i}"))?;
+        let origin = format!("canary-held-out#{i}");
+        cache.add(tokens, Split::CanaryHeldOut, 0, &Document::new(String::new(), origin))?;
     }
     let streamed = Streamed { reader: &mut reader, tokenizer: &tokenizer, show_progress };
-    let unique_count = streamed.add(cfg, Split::Unique, unique_buffer, &mut cache)?;
+    let (unique_count, spare_docs) = streamed.add(cfg, Split::Unique, unique_buffer, &mut cache)?;
     let unique_tokens = cache.streamed_tokens;
     let dedup_removed_tokens = removed_row_tokens(cfg, &cache.documents);
     let fill_count = if cfg.dedup_fill && dedup_removed_tokens > 0 {
         cache.streamed_tokens = 0;
         cache.streamed_row_tokens = 0;
         let streamed = Streamed { reader: &mut reader, tokenizer: &tokenizer, show_progress };
-        streamed.add(cfg, Split::DedupFill, Vec::new(), &mut cache)?
+        streamed.add(cfg, Split::DedupFill, spare_docs, &mut cache)?.0
     } else {
         0
     };
@@ -108,8 +118,16 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
             "the source ran out: the dedup fill holds {dedup_fill_tokens} of the {dedup_removed_tokens} tokens of removed repetitions; the deduplicated model will cycle its data more"
         );
     }
-    let CacheBuilder { writer, mut documents, .. } = cache;
+    let CacheBuilder { writer, mut documents, sources, .. } = cache;
     let cache = writer.finish()?;
+    let sources_sha256 = match &sources {
+        Some(table) => {
+            let bytes: Vec<u8> = table.of_doc.iter().flat_map(|s| s.to_le_bytes()).collect();
+            write_atomic(&out.join(SOURCES_FILE), &bytes)?;
+            Some(format!("{:x}", Sha256::digest(&bytes)))
+        }
+        None => None,
+    };
 
     let (schedule, dedup) = write_schedules(cfg, out, &mut documents, (unique_count, fill_count), &mut rng)?;
     let manifest = Manifest {
@@ -130,11 +148,16 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
         occurrences: schedule as u64,
         occurrences_dedup: dedup as u64,
         duplicates_dropped: reader.duplicates,
+        sources_sha256,
+        held_out_source_docs_skipped: reader.held_out_skipped,
+        sources: sources.as_ref().map(|t| t.entries.clone()).unwrap_or_default(),
     };
     // The manifest is written last: its presence marks a complete corpus.
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     write_atomic(&out.join(MANIFEST_FILE), &json)?;
-    Ok(PreparedCorpus { manifest, cache, tokenizer, dir: out.to_path_buf() })
+    let source_of = sources.map(|t| std::sync::Arc::new(t.of_doc));
+    let ids = DocIds::of(&manifest, source_of.as_ref());
+    Ok(PreparedCorpus { manifest, cache, tokenizer, dir: out.to_path_buf(), source_of, ids })
 }
 
 /// Reads distinct documents: the texts of the repeated and validation sets are remembered so no
@@ -148,6 +171,9 @@ struct DistinctReader {
     /// The validation set's n-grams, once it is drawn (with `data.near_duplicates`).
     near: Option<NearDuplicateFilter>,
     near_duplicates: u64,
+    /// Sources held out whole (`data.held_out_sources`): their later documents are skipped.
+    held_out: HashSet<String>,
+    held_out_skipped: u64,
 }
 
 impl DistinctReader {
@@ -175,6 +201,10 @@ impl DistinctReader {
                 self.near_duplicates += 1;
                 continue;
             }
+            if doc.source.as_ref().is_some_and(|s| self.held_out.contains(s)) {
+                self.held_out_skipped += 1;
+                continue;
+            }
             out.push(doc);
         }
         Ok(out)
@@ -183,18 +213,24 @@ impl DistinctReader {
 
 /// Step 1: the repeated and validation documents, drawn at random from the first
 /// `repeated + validation` distinct documents of their source (unique documents are the next ones
-/// in stream order, so a huge source is never held in memory at once).
+/// in stream order, so a huge source is never held in memory at once). With held-out sources the
+/// pool is wider ([`SOURCE_POOL_FACTOR`]), validation documents come from the held-out sources
+/// only, and the pool's other documents of trained sources are returned to be unique documents.
 fn select_held_out(
     cfg: &DataConfig,
     reader: &mut DistinctReader,
     rng: &mut SplitMix64,
-) -> Result<(Vec<Document>, Vec<Document>), DataError> {
+) -> Result<(Vec<Document>, Vec<Document>, Vec<Document>), DataError> {
     let need = cfg.repeated.docs + cfg.validation;
     // With the near-duplicate filter some repeated candidates may be dropped: draw spares.
     let spare = if cfg.near_duplicates.is_some() { cfg.repeated.docs / 2 + 8 } else { 0 };
+    let wanted = if cfg.held_out_sources > 0 { need * SOURCE_POOL_FACTOR + spare } else { need + spare };
     let mut pool = match &cfg.repeated_source {
-        Some(rep) => reader.take(Some(&mut open_source(rep, cfg.invalid_utf8)?), need + spare, true)?,
-        None => reader.take(None, need + spare, true)?,
+        Some(rep) => {
+            let mut stream = open_source(rep, cfg.invalid_utf8, cfg.source_key.as_ref())?;
+            reader.take(Some(&mut stream), wanted, true)?
+        }
+        None => reader.take(None, wanted, true)?,
     };
     let pool_source = cfg.repeated_source.as_ref().unwrap_or(&cfg.source);
     if pool.len() < need {
@@ -209,15 +245,25 @@ fn select_held_out(
         });
     }
     rng.shuffle(&mut pool);
+    let (mut pool, validation, mut left_over) = if cfg.held_out_sources > 0 {
+        split_by_source(cfg, pool, reader, rng, pool_source)?
+    } else {
+        let validation = if cfg.near_duplicates.is_some() {
+            pool.split_off(pool.len() - cfg.validation)
+        } else {
+            pool.split_off(cfg.repeated.docs)
+        };
+        (pool, validation, Vec::new())
+    };
     let Some(nd) = &cfg.near_duplicates else {
-        let validation = pool.split_off(cfg.repeated.docs);
-        return Ok((pool, validation));
+        left_over.extend(pool.split_off(cfg.repeated.docs.min(pool.len())));
+        return Ok((pool, validation, left_over));
     };
     // Validation first; then the repeated documents among the rest that do not overlap it.
-    let validation = pool.split_off(pool.len() - cfg.validation);
     let filter = NearDuplicateFilter::new(nd, &validation);
     let before = pool.len();
     pool.retain(|d| !filter.hits(&d.text));
+    left_over.retain(|d| !filter.hits(&d.text));
     reader.near_duplicates += (before - pool.len()) as u64;
     if pool.len() < cfg.repeated.docs {
         return Err(DataError::Config(format!(
@@ -226,9 +272,86 @@ fn select_held_out(
             nd.threshold
         )));
     }
-    pool.truncate(cfg.repeated.docs);
+    if cfg.held_out_sources > 0 {
+        left_over.extend(pool.split_off(cfg.repeated.docs));
+    } else {
+        pool.truncate(cfg.repeated.docs);
+    }
     reader.near = Some(filter);
-    Ok((pool, validation))
+    Ok((pool, validation, left_over))
+}
+
+/// With held-out sources, the selection pool is this many times `repeated + validation`
+/// documents, so that the held-out sources hold enough validation documents.
+const SOURCE_POOL_FACTOR: usize = 4;
+/// Documents read at a time while the held-out sources' validation documents are still too few.
+const VALIDATION_CHUNK: usize = 256;
+
+/// Holds out `data.held_out_sources` sources (drawn among those of the shuffled `pool`): the
+/// validation documents are theirs, the candidate repeated documents the others'. Returns the
+/// candidates, the validation documents and the trained sources' documents read beyond the pool;
+/// the held-out sources' other documents are skipped from now on.
+#[allow(clippy::type_complexity)]
+fn split_by_source(
+    cfg: &DataConfig,
+    pool: Vec<Document>,
+    reader: &mut DistinctReader,
+    rng: &mut SplitMix64,
+    pool_source: &crate::data_config::SourceConfig,
+) -> Result<(Vec<Document>, Vec<Document>, Vec<Document>), DataError> {
+    let mut keys: Vec<String> = Vec::new();
+    for doc in &pool {
+        let key = doc.source.clone().expect("documents carry keys with data.source_key");
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys.sort();
+    rng.shuffle(&mut keys);
+    if keys.len() <= cfg.held_out_sources {
+        return Err(DataError::Config(format!(
+            "data.held_out_sources {} leaves no source to train on: the first {} documents of {} come from {} sources",
+            cfg.held_out_sources,
+            pool.len(),
+            source_name(pool_source),
+            keys.len()
+        )));
+    }
+    let held_out: HashSet<String> = keys.into_iter().take(cfg.held_out_sources).collect();
+    let of_held_out = |d: &Document| d.source.as_ref().is_some_and(|s| held_out.contains(s));
+    let (mut validation, trained): (Vec<Document>, Vec<Document>) = pool.into_iter().partition(of_held_out);
+    // Read on until the held-out sources hold enough validation documents; the trained sources'
+    // documents read meanwhile become unique documents.
+    let mut later = Vec::new();
+    while validation.len() < cfg.validation {
+        let chunk = match &cfg.repeated_source {
+            Some(_) => Vec::new(),
+            None => reader.take(None, VALIDATION_CHUNK, true)?,
+        };
+        if chunk.is_empty() {
+            return Err(DataError::Config(format!(
+                "the {} held-out sources of {} hold {} documents, fewer than data.validation {}: lower it or hold out more sources",
+                cfg.held_out_sources,
+                source_name(pool_source),
+                validation.len(),
+                cfg.validation
+            )));
+        }
+        let (v, t): (Vec<Document>, Vec<Document>) = chunk.into_iter().partition(of_held_out);
+        validation.extend(v);
+        later.extend(t);
+    }
+    reader.held_out_skipped += (validation.len() - cfg.validation) as u64;
+    validation.truncate(cfg.validation);
+    if trained.len() < cfg.repeated.docs {
+        return Err(DataError::Config(format!(
+            "the trained sources hold {} of the first documents read, fewer than data.repeated.docs {}",
+            trained.len(),
+            cfg.repeated.docs
+        )));
+    }
+    reader.held_out = held_out;
+    Ok((trained, validation, later))
 }
 
 /// Step 2: the tokenizer, trained on training text only (never on validation documents), or
@@ -237,11 +360,14 @@ fn make_tokenizer(
     cfg: &DataConfig,
     reader: &mut DistinctReader,
     repeated: &[Document],
+    left_over: Vec<Document>,
 ) -> Result<(TextTokenizer, Vec<Document>), DataError> {
     Ok(match &cfg.tokenizer {
-        TokenizerConfig::File { path } => (TextTokenizer::load(path)?, Vec::new()),
+        TokenizerConfig::File { path } => (TextTokenizer::load(path)?, left_over),
         TokenizerConfig::Train { vocab_size } => {
-            let unique = reader.take(None, cfg.unique.min(TOKENIZER_TRAINING_DOCS), false)?;
+            let mut unique = left_over;
+            let more = cfg.unique.min(TOKENIZER_TRAINING_DOCS).saturating_sub(unique.len());
+            unique.extend(reader.take(None, more, false)?);
             let texts = repeated.iter().chain(&unique).map(|d| d.text.as_str());
             // The trainer's own progress output goes to stdout, which carries results: keep it quiet.
             (TextTokenizer::train(texts, *vocab_size, false)?, unique)
@@ -266,10 +392,11 @@ fn draw_canaries(count: usize, length: usize, tokenizer: &TextTokenizer, rng: &m
 }
 
 /// Step 4: documents written to the token cache, the listed ones (repeated, canary, validation)
-/// recorded with their sequence IDs.
+/// recorded with their sequence IDs; with source keys, every document's source.
 struct CacheBuilder {
     writer: CacheWriter,
     documents: Vec<DocEntry>,
+    /// Token-hash IDs of the listed documents, for the collision check.
     ids: HashMap<i64, usize>,
     /// Tokens of the streamed (unique or fill) documents added since the count was reset.
     streamed_tokens: u64,
@@ -277,23 +404,92 @@ struct CacheBuilder {
     streamed_row_tokens: u64,
     /// Tokens per training row, and whether rows are packed ([`row_tokens`]).
     rows: (usize, bool),
+    /// With `data.source_key`: the sources and each document's.
+    sources: Option<SourceTable>,
+    per_source_ids: bool,
+}
+
+/// The sources of a corpus as it is built: [`SourceEntry`]s in order of first appearance and the
+/// source index of every document so far.
+struct SourceTable {
+    entries: Vec<SourceEntry>,
+    index: HashMap<String, u32>,
+    /// Source IDs, for the collision check between keys.
+    ids: HashMap<i64, u32>,
+    held_out: HashSet<String>,
+    of_doc: Vec<u32>,
+}
+
+impl SourceTable {
+    /// The index of source `key`, added on first sight.
+    fn index_of(&mut self, key: &str) -> Result<u32, DataError> {
+        if let Some(&i) = self.index.get(key) {
+            return Ok(i);
+        }
+        let (i, id) = (self.entries.len() as u32, source_id(key));
+        if let Some(&other) = self.ids.get(&id) {
+            return Err(DataError::Config(format!(
+                "source ID collision: sources `{key}` and `{}` both hash to {id}",
+                self.entries[other as usize].key
+            )));
+        }
+        let held_out = self.held_out.contains(key);
+        self.entries.push(SourceEntry { key: key.to_string(), id, held_out, docs: 0, tokens: 0 });
+        self.index.insert(key.to_string(), i);
+        self.ids.insert(id, i);
+        Ok(i)
+    }
 }
 
 impl CacheBuilder {
-    fn new(writer: CacheWriter, cfg: &DataConfig) -> Self {
+    fn new(writer: CacheWriter, cfg: &DataConfig, held_out: HashSet<String>) -> Self {
         let (documents, ids) = (Vec::new(), HashMap::new());
-        Self { writer, documents, ids, streamed_tokens: 0, streamed_row_tokens: 0, rows: (cfg.context, cfg.packing) }
+        let sources = cfg.source_key.is_some().then(|| SourceTable {
+            entries: Vec::new(),
+            index: HashMap::new(),
+            ids: HashMap::new(),
+            held_out,
+            of_doc: Vec::new(),
+        });
+        Self {
+            writer,
+            documents,
+            ids,
+            streamed_tokens: 0,
+            streamed_row_tokens: 0,
+            rows: (cfg.context, cfg.packing),
+            sources,
+            per_source_ids: cfg.sequence_ids == SequenceIds::PerSource,
+        }
     }
 
-    fn add(&mut self, tokens: &[u32], split: Split, repetitions: usize, origin: String) -> Result<(), DataError> {
+    fn add(&mut self, tokens: &[u32], split: Split, repetitions: usize, doc: &Document) -> Result<(), DataError> {
+        let origin = &doc.origin;
         if tokens.is_empty() {
             return Err(DataError::Config(format!("document {origin} tokenizes to nothing")));
         }
-        let id = sequence_id(tokens);
-        if let Some(&other) = self.ids.get(&id) {
-            return Err(DataError::Config(format!(
-                "sequence ID collision: {origin} and document {other} both hash to {id}; change data.seed or drop one"
-            )));
+        // Canaries have no source; natural documents have one exactly when keys are read.
+        let source = match (&mut self.sources, doc.source.as_deref()) {
+            (Some(table), Some(key)) => {
+                let i = table.index_of(key)?;
+                let entry = &mut table.entries[i as usize];
+                entry.docs += 1;
+                entry.tokens += tokens.len() as u64;
+                Some((i, entry.id))
+            }
+            _ => None,
+        };
+        if let Some(table) = &mut self.sources {
+            table.of_doc.push(source.map_or(NO_SOURCE, |(i, _)| i));
+        }
+        let shared_id = source.filter(|_| self.per_source_ids).map(|(_, id)| id);
+        let id = shared_id.unwrap_or_else(|| sequence_id(tokens));
+        if shared_id.is_none() {
+            if let Some(&other) = self.ids.get(&id) {
+                return Err(DataError::Config(format!(
+                    "sequence ID collision: {origin} and document {other} both hash to {id}; change data.seed or drop one"
+                )));
+            }
         }
         self.writer.push(tokens)?;
         if matches!(split, Split::Unique | Split::DedupFill) {
@@ -304,14 +500,17 @@ impl CacheBuilder {
             self.streamed_row_tokens += row_tokens(tokens.len(), self.rows);
             return Ok(());
         }
-        self.ids.insert(id, self.documents.len());
+        if shared_id.is_none() {
+            self.ids.insert(id, self.documents.len());
+        }
         self.documents.push(DocEntry {
             id,
             split,
             repetitions: repetitions as u32,
             tokens: tokens.len() as u32,
-            origin,
+            origin: origin.clone(),
             positions: Vec::new(),
+            source: doc.source.clone(),
         });
         Ok(())
     }
@@ -344,14 +543,14 @@ struct Streamed<'a> {
 impl Streamed<'_> {
     /// Adds `split`'s documents, `buffer` first: `cfg.unique` unique documents, or dedup fill
     /// documents until their real tokens reach the removed repetitions' (as many as the source
-    /// has). Returns how many.
+    /// has). Returns how many, and the documents of `buffer` not needed.
     fn add(
         self,
         cfg: &DataConfig,
         split: Split,
         mut buffer: Vec<Document>,
         cache: &mut CacheBuilder,
-    ) -> Result<usize, DataError> {
+    ) -> Result<(usize, Vec<Document>), DataError> {
         let removed = removed_row_tokens(cfg, &cache.documents);
         let (total, what) = match split {
             Split::Unique => (cfg.unique as u64, "tokenizing unique documents"),
@@ -368,7 +567,8 @@ impl Streamed<'_> {
                 let want = if split == Split::Unique { cfg.unique - count } else { UNIQUE_CHUNK };
                 self.reader.take(None, want.min(UNIQUE_CHUNK), false)?
             } else {
-                std::mem::take(&mut buffer)
+                let n = if split == Split::Unique { (cfg.unique - count).min(buffer.len()) } else { buffer.len() };
+                buffer.drain(..n).collect()
             };
             if chunk.is_empty() {
                 break;
@@ -377,7 +577,7 @@ impl Streamed<'_> {
                 if done(count, cache) {
                     break;
                 }
-                cache.add(&tokens, split, 1, doc.origin.clone())?;
+                cache.add(&tokens, split, 1, doc)?;
                 count += 1;
             }
             progress.set_position(if split == Split::Unique { count as u64 } else { cache.streamed_row_tokens });
@@ -392,7 +592,7 @@ impl Streamed<'_> {
                 ),
             });
         }
-        Ok(count)
+        Ok((count, buffer))
     }
 }
 

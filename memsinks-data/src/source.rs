@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::data_config::SourceKey;
 use crate::DataError;
 
 /// The separator line of the TinyStories text format.
@@ -45,6 +46,53 @@ pub struct Document {
     pub text: String,
     /// Where it came from (`file:byte_offset`).
     pub origin: String,
+    /// Its source key (author, website, file), when the source was asked for one
+    /// (`data.source_key`).
+    pub source: Option<String>,
+}
+
+impl Document {
+    /// A document without a source key.
+    pub fn new(text: String, origin: String) -> Self {
+        Self { text, origin, source: None }
+    }
+}
+
+/// The source key `key` reads from a JSON `record` (`Field`: a dotted path to a string;
+/// `UrlHost`: the host of the URL such a field holds; `FileName`: `file`'s name).
+pub fn source_key_of(record: &serde_json::Value, key: &SourceKey, file: &Path) -> Result<String, String> {
+    let field = |path: &str| {
+        let pointer = format!("/{}", path.replace('.', "/"));
+        record
+            .pointer(&pointer)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| format!("no string field `{path}`"))
+    };
+    match key {
+        SourceKey::Field(path) => field(path),
+        SourceKey::UrlHost(path) => {
+            let url = field(path)?;
+            url_host(&url).ok_or_else(|| format!("field `{path}` holds no URL with a host: {url:?}"))
+        }
+        SourceKey::FileName => Ok(file_key(file)),
+    }
+}
+
+/// A file's name, the source key of [`SourceKey::FileName`].
+pub fn file_key(file: &Path) -> String {
+    file.file_name().map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+/// The host of `url` (`scheme://[user@]host[:port]/...`), lower-cased; `None` without one.
+pub fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if host.starts_with('[') { host.split_inclusive(']').next()? } else { host.split(':').next()? };
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    let bracketed = host.starts_with('[') && host.ends_with(']');
+    (!host.is_empty() && (bracketed || host.chars().all(valid))).then(|| host.to_ascii_lowercase())
 }
 
 /// Streams TinyStories-format documents: stories separated by lines holding only `<|endoftext|>`.
@@ -54,6 +102,8 @@ pub struct TinyStoriesReader<R: BufRead> {
     offset: u64,
     invalid: InvalidUtf8,
     done: bool,
+    /// The file name as every document's source key ([`SourceKey::FileName`]).
+    source: Option<String>,
 }
 
 impl TinyStoriesReader<BufReader<File>> {
@@ -67,7 +117,13 @@ impl TinyStoriesReader<BufReader<File>> {
 impl<R: BufRead> TinyStoriesReader<R> {
     /// Streams from any buffered reader; `path` is used in messages.
     pub fn new(reader: R, path: &Path, invalid: InvalidUtf8) -> Self {
-        Self { reader, path: path.to_path_buf(), offset: 0, invalid, done: false }
+        Self { reader, path: path.to_path_buf(), offset: 0, invalid, done: false, source: None }
+    }
+
+    /// Gives every document the file's name as its source key.
+    pub fn with_file_key(mut self) -> Self {
+        self.source = Some(file_key(&self.path));
+        self
     }
 
     fn next_raw(&mut self) -> Result<Option<(Vec<u8>, u64)>, DataError> {
@@ -113,7 +169,8 @@ impl<R: BufRead> Iterator for TinyStoriesReader<R> {
                 Ok(text) if text.trim().is_empty() => continue,
                 Ok(text) => {
                     let origin = format!("{}:{start}", self.path.display());
-                    return Some(Ok(Document { text: text.trim().to_string(), origin }));
+                    let source = self.source.clone();
+                    return Some(Ok(Document { text: text.trim().to_string(), origin, source }));
                 }
                 Err(e) if self.invalid == InvalidUtf8::Fail => {
                     let at = start + e.utf8_error().valid_up_to() as u64;
@@ -136,9 +193,16 @@ pub struct JsonlReader {
     set_name: Option<String>,
     offset: u64,
     invalid: InvalidUtf8,
+    key: Option<SourceKey>,
 }
 
 impl JsonlReader {
+    /// Reads every record's source key as `key` says.
+    pub fn with_key(mut self, key: Option<SourceKey>) -> Self {
+        self.key = key;
+        self
+    }
+
     /// Opens a `.jsonl` or `.jsonl.zst` file.
     pub fn open(path: &Path, field: &str, set_name: Option<&str>, invalid: InvalidUtf8) -> Result<Self, DataError> {
         let file = File::open(path).map_err(|e| DataError::io(path, e))?;
@@ -155,6 +219,7 @@ impl JsonlReader {
             set_name: set_name.map(str::to_string),
             offset: 0,
             invalid,
+            key: None,
         })
     }
 }
@@ -205,13 +270,27 @@ impl Iterator for JsonlReader {
             if text.len() > MAX_DOCUMENT_BYTES {
                 return Some(Err(too_large(&self.path, start, "")));
             }
-            return Some(Ok(Document { text: text.to_string(), origin: format!("{}:{start}", self.path.display()) }));
+            let source = match &self.key {
+                None => None,
+                Some(key) => match source_key_of(&record, key, &self.path) {
+                    Ok(k) => Some(k),
+                    Err(why) => {
+                        return Some(Err(DataError::Format {
+                            path: self.path.clone(),
+                            message: format!("record at byte {start}: {why} (data.source_key)"),
+                        }))
+                    }
+                },
+            };
+            let origin = format!("{}:{start}", self.path.display());
+            return Some(Ok(Document { text: text.to_string(), origin, source }));
         }
     }
 }
 
-/// Reads a JSON array of objects (or of strings) whole: meant for small files only.
-pub fn read_json_array(path: &Path, field: &str) -> Result<Vec<Document>, DataError> {
+/// Reads a JSON array of objects (or of strings) whole: meant for small files only. With `key`,
+/// each item's source key is read as it says.
+pub fn read_json_array(path: &Path, field: &str, key: Option<&SourceKey>) -> Result<Vec<Document>, DataError> {
     let mut text = String::new();
     File::open(path).and_then(|mut f| f.read_to_string(&mut text)).map_err(|e| DataError::io(path, e))?;
     let value: serde_json::Value = serde_json::from_str(&text)
@@ -229,7 +308,11 @@ pub fn read_json_array(path: &Path, field: &str) -> Result<Vec<Document>, DataEr
                     message: format!("item {i} has no string field `{field}`"),
                 }
             })?;
-            Ok(Document { text: text.to_string(), origin: format!("{}#{i}", path.display()) })
+            let source = key.map(|k| source_key_of(item, k, path)).transpose().map_err(|why| DataError::Format {
+                path: path.to_path_buf(),
+                message: format!("item {i}: {why} (data.source_key)"),
+            })?;
+            Ok(Document { text: text.to_string(), origin: format!("{}#{i}", path.display()), source })
         })
         .collect()
 }
@@ -332,11 +415,50 @@ mod tests {
     }
 
     #[test]
+    fn source_keys_from_fields_url_hosts_and_file_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("web.jsonl");
+        let lines = concat!(
+            r#"{"text": "a", "meta": {"url": "https://User@Example.org:8080/x?y", "author": "Ann"}}"#,
+            "\n",
+            r#"{"text": "b", "meta": {"url": "http://[::1]/p", "author": "Bo"}}"#,
+            "\n",
+            r#"{"text": "c", "meta": {"url": "no host here"}}"#,
+            "\n"
+        );
+        std::fs::write(&p, lines).unwrap();
+        let read = |key: SourceKey| -> Vec<Result<Option<String>, String>> {
+            JsonlReader::open(&p, "text", None, InvalidUtf8::Fail)
+                .unwrap()
+                .with_key(Some(key))
+                .map(|d| d.map(|d| d.source).map_err(|e| e.to_string()))
+                .collect()
+        };
+        let hosts = read(SourceKey::UrlHost("meta.url".into()));
+        assert_eq!(hosts[0], Ok(Some("example.org".into())));
+        assert_eq!(hosts[1], Ok(Some("[::1]".into())));
+        assert!(hosts[2].as_ref().unwrap_err().contains("no URL with a host"), "{:?}", hosts[2]);
+        let authors = read(SourceKey::Field("meta.author".into()));
+        assert_eq!(authors[1], Ok(Some("Bo".into())));
+        let err = authors[2].as_ref().unwrap_err();
+        assert!(err.contains("byte") && err.contains("meta.author"), "{err}");
+        assert_eq!(read(SourceKey::FileName)[2], Ok(Some("web.jsonl".into())));
+        assert_eq!(url_host("example.com"), Some("example.com".into()));
+        let text = b"One.\n<|endoftext|>\nTwo.\n";
+        let keyed: Vec<Option<String>> =
+            TinyStoriesReader::new(&text[..], Path::new("/d/tales.txt"), InvalidUtf8::Fail)
+                .with_file_key()
+                .map(|d| d.unwrap().source)
+                .collect();
+        assert_eq!(keyed, vec![Some("tales.txt".to_string()); 2]);
+    }
+
+    #[test]
     fn json_arrays_of_objects_or_strings() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.json");
         std::fs::write(&p, r#"[{"story": "s1"}, "s2"]"#).unwrap();
-        let docs = read_json_array(&p, "story").unwrap();
+        let docs = read_json_array(&p, "story", None).unwrap();
         assert_eq!(docs.iter().map(|d| d.text.as_str()).collect::<Vec<_>>(), vec!["s1", "s2"]);
     }
 }

@@ -6,14 +6,14 @@ use std::collections::HashSet;
 
 use crate::rng::SplitMix64;
 
-struct Character {
-    name: &'static str,
+struct Character<'a> {
+    name: &'a str,
     subject: &'static str,
     object: &'static str,
     possessive: &'static str,
 }
 
-const fn ch(name: &'static str, he: bool) -> Character {
+const fn ch(name: &str, he: bool) -> Character<'_> {
     if he {
         Character { name, subject: "he", object: "him", possessive: "his" }
     } else {
@@ -21,7 +21,7 @@ const fn ch(name: &'static str, he: bool) -> Character {
     }
 }
 
-const CHARACTERS: &[Character] = &[
+const CHARACTERS: &[Character<'static>] = &[
     ch("Lily", false),
     ch("Tom", true),
     ch("Mia", false),
@@ -152,22 +152,104 @@ const HELP: &[&str] = &[
     "a bright lamp",
 ];
 
-/// An endless, seeded stream of stories (nothing is held in memory).
+/// Syllables of invented names: each author's hero and home get names no other author uses, so
+/// a held-out author's names are text the model never saw.
+const NAME_HEADS: &[&str] = &[
+    "Bor", "Tam", "Quil", "Fen", "Mar", "Zan", "Pel", "Rud", "Sor", "Vel", "Dob", "Kes", "Lom", "Nix", "Grim", "Hob",
+    "Jas", "Wil", "Yor", "Cal",
+];
+const NAME_TAILS: &[&str] =
+    &["ik", "sel", "bo", "wyn", "dor", "ella", "ump", "ara", "ot", "iver", "kin", "oo", "esh", "ania", "ulf", "ix"];
+const PLACE_TAILS: &[&str] = &["brook", "hollow", "vale", "moor", "wick", "dell", "ford", "glen", "holt", "mere"];
+const EXCLAIMS: &[&str] = &["Oh my", "Well well", "Goodness", "Hooray", "Golly", "Oh dear", "Aha", "Whee"];
+const CHEERS: &[&str] = &[
+    "jelly beans",
+    "rainbow socks",
+    "bouncy moons",
+    "happy pickles",
+    "dancing teapots",
+    "sleepy stars",
+    "wiggly noodles",
+    "tickly feathers",
+    "purple puddles",
+    "giggling clouds",
+];
+
+/// What one author's stories share: their hero, home, treasure and catch-phrase.
+struct AuthorStyle {
+    hero_name: String,
+    hero_is_he: bool,
+    kind: &'static str,
+    trait_word: &'static str,
+    home: String,
+    treasure: (&'static str, &'static str),
+    catchphrase: String,
+}
+
+impl AuthorStyle {
+    /// The style of author `index` among authors drawn from `seed`: invented names are distinct
+    /// across the authors of one seed.
+    fn new(seed: u64, index: usize) -> Self {
+        let mut rng = SplitMix64::new(seed ^ 0xA07B_0125 ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        // Distinct names: author i takes head i (mod 20) and a tail chosen by i / 20 plus a draw.
+        let head = NAME_HEADS[index % NAME_HEADS.len()];
+        let tail = NAME_TAILS[(index / NAME_HEADS.len() + rng.below(NAME_TAILS.len())) % NAME_TAILS.len()];
+        let home_head = NAME_HEADS[(index * 7 + 3) % NAME_HEADS.len()];
+        let home = format!("{home_head}{}", PLACE_TAILS[(index + rng.below(PLACE_TAILS.len())) % PLACE_TAILS.len()]);
+        Self {
+            hero_name: format!("{head}{tail}"),
+            hero_is_he: rng.below(2) == 0,
+            kind: *rng.pick(KINDS),
+            trait_word: *rng.pick(TRAITS),
+            home,
+            treasure: (*rng.pick(COLORS), *rng.pick(OBJECTS)),
+            catchphrase: format!("{}, {}!", rng.pick(EXCLAIMS), rng.pick(CHEERS)),
+        }
+    }
+
+    fn hero(&self) -> Character<'_> {
+        ch(&self.hero_name, self.hero_is_he)
+    }
+}
+
+/// The source key of author `index` (the `author` field of its stories).
+pub fn author_key(index: usize) -> String {
+    format!("author-{index:03}")
+}
+
+/// An endless, seeded stream of stories (nothing is held in memory); with authors, each story is
+/// written by one of them (drawn uniformly) in that author's style.
 pub struct StoryGenerator {
     rng: SplitMix64,
+    authors: Vec<AuthorStyle>,
 }
 
 impl StoryGenerator {
-    /// The stream for `seed`.
+    /// The stream for `seed`, without authors.
     pub fn new(seed: u64) -> Self {
-        Self { rng: SplitMix64::new(seed ^ 0x0570_91E5) }
+        Self::with_authors(seed, 0)
+    }
+
+    /// The stream for `seed` with `authors` authors (0: none).
+    pub fn with_authors(seed: u64, authors: usize) -> Self {
+        let styles = (0..authors).map(|i| AuthorStyle::new(seed, i)).collect();
+        Self { rng: SplitMix64::new(seed ^ 0x0570_91E5), authors: styles }
+    }
+
+    /// The next story and the index of its author (`None` without authors).
+    pub fn next_story(&mut self) -> (String, Option<usize>) {
+        if self.authors.is_empty() {
+            return (story(&mut self.rng, None), None);
+        }
+        let author = self.rng.below(self.authors.len());
+        (story(&mut self.rng, Some(&self.authors[author])), Some(author))
     }
 }
 
 impl Iterator for StoryGenerator {
     type Item = String;
     fn next(&mut self) -> Option<String> {
-        Some(story(&mut self.rng))
+        Some(self.next_story().0)
     }
 }
 
@@ -193,16 +275,33 @@ fn cap(s: &str) -> String {
     c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
 }
 
-fn story(rng: &mut SplitMix64) -> String {
-    let hero = rng.pick(CHARACTERS);
+/// One story; an author's stories mostly use their hero, home and treasure, and close with their
+/// catch-phrase. Without a style the draws are exactly those of the authorless generator.
+fn story(rng: &mut SplitMix64, style: Option<&AuthorStyle>) -> String {
+    let own_hero = style.map(AuthorStyle::hero);
+    let mut hero = rng.pick(CHARACTERS);
     let mut friend = rng.pick(CHARACTERS);
     while friend.name == hero.name {
         friend = rng.pick(CHARACTERS);
     }
-    let (kind, fkind) = (*rng.pick(KINDS), *rng.pick(KINDS));
-    let (tr, ftr) = (*rng.pick(TRAITS), *rng.pick(TRAITS));
-    let place = *rng.pick(PLACES);
-    let (color, object) = (*rng.pick(COLORS), *rng.pick(OBJECTS));
+    let (mut kind, fkind) = (*rng.pick(KINDS), *rng.pick(KINDS));
+    let (mut tr, ftr) = (*rng.pick(TRAITS), *rng.pick(TRAITS));
+    let mut place: &str = *rng.pick(PLACES);
+    let (mut color, mut object) = (*rng.pick(COLORS), *rng.pick(OBJECTS));
+    if let Some(st) = style {
+        if rng.below(5) > 0 {
+            (hero, kind, tr) = (own_hero.as_ref().expect("a style has a hero"), st.kind, st.trait_word);
+        }
+        if rng.below(5) > 0 {
+            place = &st.home;
+        }
+        if rng.below(5) > 0 {
+            (color, object) = st.treasure;
+        }
+        if friend.name == hero.name {
+            friend = CHARACTERS.iter().find(|c| c.name != hero.name).expect("several characters");
+        }
+    }
     let activity = *rng.pick(ACTIVITIES);
     let time = *rng.pick(TIMES);
     let (bad, good) = (*rng.pick(FEELINGS_BAD), *rng.pick(FEELINGS_GOOD));
@@ -259,6 +358,11 @@ fn story(rng: &mut SplitMix64) -> String {
     }
     if rng.below(2) == 0 {
         s.push(format!("{n} learned that {}.", rng.pick(LESSONS)));
+    }
+    if let Some(st) = style {
+        if rng.below(10) > 0 {
+            s.push(format!("And as {} always says: \"{}\"", st.hero_name, st.catchphrase));
+        }
     }
     s.join(" ")
 }

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memsinks_data::corpus::{
-    sequence_id, CanaryConfig, Ordering, RepeatConfig, SourceConfig, TokenizerConfig, SCHEDULE_FILE,
+    sequence_id, source_id, CanaryConfig, Ordering, RepeatConfig, SequenceIds, SourceConfig, SourceKey,
+    TokenizerConfig, NO_SOURCE, SCHEDULE_FILE, SOURCES_FILE,
 };
 use memsinks_data::{prepare, Batcher, Cursor, DataConfig, PreparedCorpus, Split};
 
@@ -28,11 +29,14 @@ fn config(source: SourceConfig) -> DataConfig {
         reshuffle_each_pass: true,
         dedup_fill: true,
         near_duplicates: None,
+        source_key: None,
+        held_out_sources: 0,
+        sequence_ids: SequenceIds::PerDocument,
     }
 }
 
 fn synthetic() -> SourceConfig {
-    SourceConfig::Synthetic { stories: 400, seed: 11 }
+    SourceConfig::Synthetic { stories: 400, seed: 11, authors: 0 }
 }
 
 fn check_invariants(corpus: &PreparedCorpus, cfg: &DataConfig) {
@@ -225,7 +229,7 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     // Too few documents for the requested splits.
-    let mut cfg = config(SourceConfig::Synthetic { stories: 30, seed: 1 });
+    let mut cfg = config(SourceConfig::Synthetic { stories: 30, seed: 1, authors: 0 });
     let err = prepare(&cfg, &out, false).err().unwrap().to_string();
     assert!(err.contains("too few"), "{err}");
     assert!(!out.join("manifest.json").exists());
@@ -402,4 +406,84 @@ fn near_duplicates_of_validation_documents_are_left_out_of_training() {
     cfg.near_duplicates = Some(NearDuplicates { n: 8, threshold: 0.0 });
     let err = prepare(&cfg, &dir.path().join("bad"), false).err().unwrap().to_string();
     assert!(err.contains("near_duplicates"), "{err}");
+}
+
+/// Sources (NULLs): documents keyed by author; two authors held out whole for validation; with
+/// per-source IDs every document of an author shares the author's ID, and the corpus is otherwise
+/// the same data as with per-document IDs (same tokens, same schedule).
+#[test]
+fn per_source_corpora_hold_out_sources_and_share_one_id_per_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(SourceConfig::Synthetic { stories: 1200, seed: 5, authors: 12 });
+    cfg.source_key = Some(SourceKey::Field("author".into()));
+    cfg.held_out_sources = 2;
+    cfg.validation = 40;
+    let per_doc = prepare(&cfg, &dir.path().join("doc"), false).unwrap();
+    let per_source_cfg = DataConfig { sequence_ids: SequenceIds::PerSource, ..cfg.clone() };
+    let per_source = prepare(&per_source_cfg, &dir.path().join("source"), false).unwrap();
+    check_invariants(&per_doc, &cfg);
+
+    let m = &per_source.manifest;
+    assert_eq!(m.sources.len(), 12, "every author appears");
+    let held_out: Vec<&str> = m.sources.iter().filter(|s| s.held_out).map(|s| s.key.as_str()).collect();
+    assert_eq!(held_out.len(), 2);
+    for s in &m.sources {
+        assert_eq!(s.id, source_id(&s.key));
+    }
+    // Validation is the held-out authors' text; nothing of theirs is trained on.
+    for d in 0..m.num_docs() {
+        let split = m.split_of(d);
+        let source = per_source.source_of(d);
+        match split {
+            Split::Canary | Split::CanaryHeldOut => assert!(source.is_none()),
+            Split::Validation => assert!(source.unwrap().held_out, "validation document {d} from a trained author"),
+            _ => assert!(!source.unwrap().held_out, "{split:?} document {d} from a held-out author"),
+        }
+    }
+    assert!(m.held_out_source_docs_skipped > 0, "the held-out authors' other stories are skipped");
+
+    // The same data: tokens and schedules equal; only the IDs differ.
+    assert_eq!(per_doc.manifest.num_docs(), m.num_docs());
+    for d in 0..m.num_docs() {
+        assert_eq!(per_doc.cache.doc(d), per_source.cache.doc(d));
+    }
+    assert_eq!(per_doc.schedule(false).unwrap(), per_source.schedule(false).unwrap());
+    let (doc_ids, source_ids) = (&per_doc.ids, &per_source.ids);
+    let mut by_source: HashMap<String, HashSet<i64>> = HashMap::new();
+    for d in 0..m.num_docs() {
+        let tokens = per_source.cache.doc(d);
+        assert_eq!(doc_ids.id(d, &tokens), sequence_id(&tokens));
+        match per_source.source_of(d) {
+            Some(s) => {
+                assert_eq!(source_ids.id(d, &tokens), s.id);
+                by_source.entry(s.key.clone()).or_default().insert(source_ids.id(d, &tokens));
+            }
+            None => assert_eq!(source_ids.id(d, &tokens), sequence_id(&tokens), "canaries keep their own IDs"),
+        }
+    }
+    assert!(by_source.values().all(|ids| ids.len() == 1), "one ID per source");
+    for (i, entry) in m.documents.iter().enumerate() {
+        assert_eq!(entry.id, source_ids.id(i, &per_source.cache.doc(i)), "manifest ID of {}", entry.origin);
+    }
+    let (idx, author) = per_source.source(&m.sources[0].key).unwrap();
+    let splits = [Split::Repeated, Split::Unique, Split::Validation, Split::DedupFill];
+    let found: usize = splits.iter().map(|&split| per_source.docs_of_source(split, idx).len()).sum();
+    assert_eq!(found as u64, author.docs);
+    let err = per_source.source("nobody").err().unwrap().to_string();
+    assert!(err.contains("nobody") && err.contains("author-"), "{err}");
+
+    // The source table is checked when the corpus is opened.
+    let table = dir.path().join("source").join(SOURCES_FILE);
+    let mut bytes = std::fs::read(&table).unwrap();
+    bytes[0..4].copy_from_slice(&NO_SOURCE.to_le_bytes());
+    std::fs::write(&table, &bytes).unwrap();
+    let err = PreparedCorpus::open(&dir.path().join("source")).err().unwrap().to_string();
+    assert!(err.contains("sources.bin") && err.contains("digest"), "{err}");
+
+    // Holding out every source, or keys without a source key, are refused with the key's name.
+    let all = DataConfig { held_out_sources: 12, ..cfg.clone() };
+    let err = prepare(&all, &dir.path().join("all"), false).err().unwrap().to_string();
+    assert!(err.contains("held_out_sources"), "{err}");
+    let keyless = DataConfig { source_key: None, ..per_source_cfg };
+    assert!(keyless.validate().unwrap_err().to_string().contains("source_key"));
 }

@@ -50,6 +50,12 @@ pub struct ModelConfig {
     /// Standard deviation of the normal weight initialisation.
     #[config(default = 0.02)]
     pub init_std: f64,
+    /// A batch whose active hidden units (general, plus the sinks some token uses) are fewer
+    /// than this share of `d_hidden` computes its MLPs with those units alone: sparse pools
+    /// (NULLs' `p_gen` 0.061, `p_mem` 0.013) then cost a fraction of the dense MLP. 0 turns it
+    /// off. With the paper's `p_gen = 0.7` no batch qualifies.
+    #[config(default = 0.5)]
+    pub compact_below: f64,
 }
 
 /// Names of the built-in presets, in the order `memsinks` lists them.
@@ -126,6 +132,9 @@ impl ModelConfig {
         }
         if !(0.0..=1.0).contains(&self.p_mem) {
             return bad(format!("p_mem {} must be in [0, 1]", self.p_mem));
+        }
+        if !(0.0..=1.0).contains(&self.compact_below) {
+            return bad(format!("compact_below {} must be in [0, 1]", self.compact_below));
         }
         if self.max_seq_len == 0 {
             return bad("max_seq_len must be positive".into());

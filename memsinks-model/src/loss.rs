@@ -4,7 +4,7 @@
 use crate::{LmBatch, MemSinkLm, MlpMode};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 
 /// Mean next-token negative log-likelihood over the targets the loss mask keeps, with the MLPs
 /// in `mode`. Returns a one-element tensor.
@@ -18,10 +18,12 @@ pub fn token_nll<B: Backend>(model: &MemSinkLm<B>, batch: &LmBatch<B>, mode: &Ml
     token_nll_of_logits(model.forward(batch.inputs.clone(), &batch.layout, mode), batch)
 }
 
-/// [`token_nll`] from logits already computed for `batch` (e.g. by a hooked forward).
+/// [`token_nll`] from logits already computed for `batch` (e.g. by a hooked forward). The
+/// softmax and the loss are computed in f32 whatever the logits' type (a mixed-precision
+/// forward's half-precision logits are cast up first, as PyTorch's autocast does).
 pub fn token_nll_of_logits<B: Backend>(logits: Tensor<B, 3>, batch: &LmBatch<B>) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let [b, t, v] = logits.dims();
-    let logp = log_softmax(logits.reshape([b * t, v]), 1);
+    let logp = log_softmax(logits.cast(FloatDType::F32).reshape([b * t, v]), 1);
     let picked = logp.gather(1, batch.targets.clone().reshape([b * t, 1]));
     (picked.reshape([b, t]).neg(), batch.loss_mask.clone())
 }

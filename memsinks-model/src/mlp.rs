@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -104,13 +104,62 @@ pub fn mask_build_time() -> Duration {
 static MASK_BUILD_NANOS: AtomicU64 = AtomicU64::new(0);
 
 /// Per-token multipliers of the hidden units, broadcast against `[batch, seq, hidden]`.
+///
+/// A *compact* mask ([`SinkLayout::compact_hidden_mask`]) keeps only the `active` units, those
+/// with a non-zero multiplier for some token of the batch: with a sparse pool (NULLs' `p_mem`
+/// around 0.01) most sinks are off for every token, and the MLP then computes with the active
+/// columns of its weights alone.
 #[derive(Clone, Debug)]
 pub struct HiddenMask<B: Backend> {
-    /// Multiplier of each hidden unit: `[batch, seq, hidden]` per token, or `[1, 1, hidden]` when constant.
+    /// Multiplier of each (active) hidden unit: `[batch, seq, width]` per token, or
+    /// `[1, 1, width]` when constant; `width` is the hidden size, or `active`'s length.
     pub scale: Tensor<B, 3>,
     /// Gradient gate for gradient masking: where 0, the unit passes its value forward but no
     /// gradient reaches its weights (see [`MemSinkMlp::forward`]). Same shapes as `scale`.
     pub grad_gate: Option<Tensor<B, 3>>,
+    /// The hidden units `scale` covers, when not all of them (a compact mask).
+    pub active: Option<Tensor<B, 1, Int>>,
+}
+
+impl<B: Backend> HiddenMask<B> {
+    /// The mask in float type `dtype` (that of the activations it multiplies).
+    pub fn cast(self, dtype: burn::tensor::DType) -> Self {
+        Self { scale: self.scale.cast(dtype), grad_gate: self.grad_gate.map(|g| g.cast(dtype)), ..self }
+    }
+}
+
+/// Multipliers of the hidden units on the host: one row per distinct case (a sequence ID, or the
+/// gradient-masking flag), and each token's row, or one constant row for every token.
+struct HostMask {
+    table: Vec<f32>,
+    rows: usize,
+    index: Option<Vec<usize>>,
+}
+
+impl HostMask {
+    /// Whether unit `j` is non-zero in some row.
+    fn used(&self, hidden: usize) -> Vec<bool> {
+        let mut used = vec![false; hidden];
+        for row in self.table.chunks(hidden) {
+            for (u, &v) in used.iter_mut().zip(row) {
+                *u |= v != 0.0;
+            }
+        }
+        used
+    }
+
+    /// The table keeping only the columns `keep`.
+    fn columns(self, hidden: usize, keep: &[usize]) -> Self {
+        let table = self.table.chunks(hidden).flat_map(|row| keep.iter().map(move |&j| row[j])).collect();
+        Self { table, ..self }
+    }
+
+    fn to_device<B: Backend>(self, width: usize, layout: &SeqLayout, device: &B::Device) -> Tensor<B, 3> {
+        match &self.index {
+            Some(index) => gather_rows(self.table, width, self.rows, index, layout, device),
+            None => Tensor::from_data(TensorData::new(self.table, [1, 1, width]), device),
+        }
+    }
 }
 
 /// The sink-pool geometry of one MLP, shared by all layers.
@@ -124,6 +173,9 @@ pub struct SinkLayout {
     pub p_gen: f64,
     /// Probability that a sink is active for a sequence.
     pub p_mem: f64,
+    /// A batch whose active units are fewer than this share of the hidden units computes with
+    /// those units alone ([`SinkLayout::compact_hidden_mask`]); 0 never does.
+    pub compact_below: f64,
 }
 
 /// The factor dropping the sinks scales the general neurons by, `(p_gen + p_mem) / p_gen`, so
@@ -148,7 +200,8 @@ impl SinkLayout {
         self.num_general + self.pool.len()
     }
 
-    /// The mask for `mode` in `layer`, or `None` when no unit is scaled (a model without sinks).
+    /// The mask for `mode` in `layer` over every hidden unit, or `None` when no unit is scaled (a
+    /// model without sinks).
     pub fn hidden_mask<B: Backend>(
         &self,
         mode: &MlpMode,
@@ -156,11 +209,36 @@ impl SinkLayout {
         layer: usize,
         device: &B::Device,
     ) -> Option<HiddenMask<B>> {
+        self.timed_mask(mode, layout, layer, device, false)
+    }
+
+    /// [`SinkLayout::hidden_mask`], compact when the batch's active units are fewer than
+    /// `compact_below` of the hidden units: the mask then covers those units alone, and the MLP
+    /// computes with their weights alone (the same values: every other unit is zero for every
+    /// token of the batch). With the paper's `p_gen = 0.7` a mask is never compact.
+    pub fn compact_hidden_mask<B: Backend>(
+        &self,
+        mode: &MlpMode,
+        layout: &SeqLayout,
+        layer: usize,
+        device: &B::Device,
+    ) -> Option<HiddenMask<B>> {
+        self.timed_mask(mode, layout, layer, device, true)
+    }
+
+    fn timed_mask<B: Backend>(
+        &self,
+        mode: &MlpMode,
+        layout: &SeqLayout,
+        layer: usize,
+        device: &B::Device,
+        compact: bool,
+    ) -> Option<HiddenMask<B>> {
         if self.pool.is_empty() {
             return None;
         }
         let started = Instant::now();
-        let mask = self.build_hidden_mask(mode, layout, layer, device);
+        let mask = self.build_hidden_mask(mode, layout, layer, device, compact);
         MASK_BUILD_NANOS.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Some(mask)
     }
@@ -171,32 +249,45 @@ impl SinkLayout {
         layout: &SeqLayout,
         layer: usize,
         device: &B::Device,
+        compact: bool,
     ) -> HiddenMask<B> {
-        let grad_gate = layout.route_to_sinks.as_ref().map(|flags| self.grad_gate(layout, flags, device));
+        let hidden = self.hidden();
         let scale = match mode {
-            MlpMode::Train => self.per_sequence_scale(layout, &[], layer, device),
-            MlpMode::ActivateSeq { exclude } => self.per_sequence_scale(layout, exclude, layer, device),
+            MlpMode::Train => self.per_sequence_scale(layout, &[], layer),
+            MlpMode::ActivateSeq { exclude } => self.per_sequence_scale(layout, exclude, layer),
             MlpMode::All { exclude } => {
                 let excluded = self.excluded(exclude, layer);
                 let sinks = excluded.iter().map(|&off| if off { 0.0 } else { self.p_mem as f32 });
-                self.constant_scale(1.0, sinks, device)
+                self.constant_scale(1.0, sinks)
             }
             MlpMode::DropSinks { rescale } => {
                 let general = if *rescale { self.drop_scale() as f32 } else { 1.0 };
-                self.constant_scale(general, std::iter::repeat_n(0.0, self.pool.len()), device)
+                self.constant_scale(general, std::iter::repeat_n(0.0, self.pool.len()))
             }
         };
-        HiddenMask { scale, grad_gate }
+        let gate = layout.route_to_sinks.as_ref().map(|flags| self.grad_gate(flags));
+        let keep: Option<Vec<usize>> = compact.then(|| scale.used(hidden)).and_then(|used| {
+            let active: Vec<usize> = (0..hidden).filter(|&j| used[j]).collect();
+            ((active.len() as f64) < self.compact_below * hidden as f64).then_some(active)
+        });
+        let (scale, gate, width) = match &keep {
+            Some(cols) => (scale.columns(hidden, cols), gate.map(|g| g.columns(hidden, cols)), cols.len()),
+            None => (scale, gate, hidden),
+        };
+        let active = keep.map(|cols| {
+            let cols: Vec<i64> = cols.into_iter().map(|j| j as i64).collect();
+            Tensor::from_data(TensorData::new(cols, [width]), device)
+        });
+        HiddenMask {
+            scale: scale.to_device(width, layout, device),
+            grad_gate: gate.map(|g| g.to_device(width, layout, device)),
+            active,
+        }
     }
 
-    fn constant_scale<B: Backend>(
-        &self,
-        general: f32,
-        sinks: impl Iterator<Item = f32>,
-        device: &B::Device,
-    ) -> Tensor<B, 3> {
-        let row: Vec<f32> = std::iter::repeat_n(general, self.num_general).chain(sinks).collect();
-        Tensor::from_data(TensorData::new(row, [1, 1, self.hidden()]), device)
+    fn constant_scale(&self, general: f32, sinks: impl Iterator<Item = f32>) -> HostMask {
+        let table: Vec<f32> = std::iter::repeat_n(general, self.num_general).chain(sinks).collect();
+        HostMask { table, rows: 1, index: None }
     }
 
     /// Union of the sink subsets of `ids` (true = forced off).
@@ -211,34 +302,25 @@ impl SinkLayout {
     }
 
     /// One mask row per distinct sequence ID, gathered per token.
-    fn per_sequence_scale<B: Backend>(
-        &self,
-        layout: &SeqLayout,
-        exclude: &[i64],
-        layer: usize,
-        device: &B::Device,
-    ) -> Tensor<B, 3> {
+    fn per_sequence_scale(&self, layout: &SeqLayout, exclude: &[i64], layer: usize) -> HostMask {
         let excluded = self.excluded(exclude, layer);
         let (distinct, index) = layout.distinct_ids();
-        let hidden = self.hidden();
-        let mut table = Vec::with_capacity(distinct.len() * hidden);
+        let mut table = Vec::with_capacity(distinct.len() * self.hidden());
         for &id in &distinct {
             let mask = self.pool.mask_cached(id, layer);
             table.extend(std::iter::repeat_n(1.0f32, self.num_general));
             table.extend(mask.iter().zip(&excluded).map(|(&on, &off)| if on && !off { 1.0f32 } else { 0.0 }));
         }
-        gather_rows(table, hidden, distinct.len(), &index, layout, device)
+        HostMask { table, rows: distinct.len(), index: Some(index) }
     }
 
-    fn grad_gate<B: Backend>(&self, layout: &SeqLayout, flags: &[bool], device: &B::Device) -> Tensor<B, 3> {
-        let hidden = self.hidden();
+    fn grad_gate(&self, flags: &[bool]) -> HostMask {
         let row = |to_sinks: bool| {
             let general = if to_sinks { 0.0f32 } else { 1.0 };
             std::iter::repeat_n(general, self.num_general).chain(std::iter::repeat_n(1.0, self.pool.len()))
         };
         let table: Vec<f32> = row(false).chain(row(true)).collect();
-        let index: Vec<usize> = flags.iter().map(|&f| f as usize).collect();
-        gather_rows(table, hidden, 2, &index, layout, device)
+        HostMask { table, rows: 2, index: Some(flags.iter().map(|&f| f as usize).collect()) }
     }
 }
 
@@ -307,6 +389,10 @@ impl<B: Backend> MemSinkMlp<B> {
         mask: Option<&HiddenMask<B>>,
         hook: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
     ) -> Tensor<B, 3> {
+        if let Some(active) = mask.and_then(|m| m.active.clone()) {
+            let mask = mask.expect("a compact mask");
+            return self.forward_compact(x, mask, active, hook);
+        }
         let h = silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x);
         let Some(mask) = mask else { return self.down_proj.forward(hook(h)) };
         let h = hook(h * mask.scale.clone());
@@ -316,6 +402,31 @@ impl<B: Backend> MemSinkMlp<B> {
                 let blocked = h.clone().detach() * (gate.clone().neg() + 1.0);
                 let frozen = self.down_proj.weight.val().detach().unsqueeze::<3>();
                 self.down_proj.forward(h * gate.clone()) + blocked.matmul(frozen)
+            }
+        }
+    }
+
+    /// The forward pass over the `active` hidden units alone (a compact mask): the same values as
+    /// the full pass, whose other units are zero for every token; their weights get zero
+    /// gradient. `hook` sees `[batch, seq, active]`.
+    fn forward_compact(
+        &self,
+        x: Tensor<B, 3>,
+        mask: &HiddenMask<B>,
+        active: Tensor<B, 1, Int>,
+        hook: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        // burn's `Linear` keeps its weight as `[d_in, d_out]`.
+        let gate = self.gate_proj.weight.val().select(1, active.clone()).unsqueeze::<3>();
+        let up = self.up_proj.weight.val().select(1, active.clone()).unsqueeze::<3>();
+        let down = self.down_proj.weight.val().select(0, active);
+        let h = silu(x.clone().matmul(gate)) * x.matmul(up);
+        let h = hook(h * mask.scale.clone());
+        match &mask.grad_gate {
+            None => h.matmul(down.unsqueeze()),
+            Some(g) => {
+                let blocked = h.clone().detach() * (g.clone().neg() + 1.0);
+                (h * g.clone()).matmul(down.clone().unsqueeze()) + blocked.matmul(down.detach().unsqueeze())
             }
         }
     }

@@ -3,12 +3,12 @@
 //! Llama layout: token embedding → `n_layers` × (RMSNorm → causal self-attention with RoPE →
 //! residual; RMSNorm → MemSink SwiGLU MLP → residual) → RMSNorm → LM head. No biases.
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, RmsNorm, RmsNormConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData};
 
 use crate::config::ModelConfig;
 use crate::layout::SeqLayout;
@@ -53,12 +53,15 @@ impl<B: Backend> Rope<B> {
         Self { cos: table(cos, max_seq_len), sin: table(sin, max_seq_len), rotate_half: table(rot, head_dim) }
     }
 
-    /// Rotates `[batch, seq, heads, head_dim]` for positions `0..seq`.
+    /// Rotates `[batch, seq, heads, head_dim]` for positions `0..seq`, in `x`'s float type (the
+    /// tables are kept in f32 and cast for a half-precision forward).
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [batch, seq, heads, head_dim] = x.dims();
-        let cos = self.cos.clone().narrow(0, 0, seq).reshape([1, seq, 1, head_dim]);
-        let sin = self.sin.clone().narrow(0, 0, seq).reshape([1, seq, 1, head_dim]);
-        let rotated = x.clone().reshape([batch * seq * heads, head_dim]).matmul(self.rotate_half.clone());
+        let dtype = x.dtype();
+        let cos = self.cos.clone().narrow(0, 0, seq).reshape([1, seq, 1, head_dim]).cast(dtype);
+        let sin = self.sin.clone().narrow(0, 0, seq).reshape([1, seq, 1, head_dim]).cast(dtype);
+        let rotate_half = self.rotate_half.clone().cast(dtype);
+        let rotated = x.clone().reshape([batch * seq * heads, head_dim]).matmul(rotate_half);
         x * cos + rotated.reshape([batch, seq, heads, head_dim]) * sin
     }
 }
@@ -183,7 +186,13 @@ impl ModelConfig {
 
     /// The sink geometry of this configuration.
     pub fn sink_layout(&self) -> SinkLayout {
-        SinkLayout { num_general: self.num_general(), pool: self.sink_pool(), p_gen: self.p_gen, p_mem: self.p_mem }
+        SinkLayout {
+            num_general: self.num_general(),
+            pool: self.sink_pool(),
+            p_gen: self.p_gen,
+            p_mem: self.p_mem,
+            compact_below: self.compact_below,
+        }
     }
 }
 
@@ -196,7 +205,7 @@ impl<B: Backend> MemSinkLm<B> {
     /// # Panics
     /// If `layout` does not describe `tokens`' shape or the sequence is longer than the RoPE table.
     pub fn forward(&self, tokens: Tensor<B, 2, Int>, layout: &SeqLayout, mode: &MlpMode) -> Tensor<B, 3> {
-        self.forward_hooked(tokens, layout, mode, &mut |_, h| h)
+        self.forward_with(tokens, layout, mode, None)
     }
 
     /// [`MemSinkLm::forward`] with `hook(layer, h)` applied to every block's MLP hidden
@@ -209,26 +218,68 @@ impl<B: Backend> MemSinkLm<B> {
         mode: &MlpMode,
         hook: &mut HiddenHook<'_, B>,
     ) -> Tensor<B, 3> {
+        self.forward_with(tokens, layout, mode, Some(hook))
+    }
+
+    /// The forward pass; without a hook the MLPs may compute with their active units alone
+    /// ([`SinkLayout::compact_hidden_mask`]), with one they keep every unit (hooks index units).
+    fn forward_with(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        layout: &SeqLayout,
+        mode: &MlpMode,
+        mut hook: Option<&mut HiddenHook<'_, B>>,
+    ) -> Tensor<B, 3> {
         let [batch, seq] = tokens.dims();
         assert_eq!((layout.batch, layout.seq_len), (batch, seq), "SeqLayout does not match the token batch");
         let device = tokens.device();
         let doc_mask = doc_attention_mask::<B>(layout, self.n_heads(), &device);
-        let shared_mask = (!self.sinks.pool.scheme().is_layer_dependent())
-            .then(|| self.sinks.hidden_mask::<B>(mode, layout, 0, &device));
         let mut x = self.embed.forward(tokens);
+        // Masks are built in f32 on the host and computed with in the activations' float type
+        // (a half-precision forward of `cast_params`): burn's GPU kernels read a mismatched
+        // operand as the other type's bits, without an error.
+        let dtype = x.dtype();
+        let compact = hook.is_none();
+        let mask_of = |layer| {
+            let mask = match compact {
+                true => self.sinks.compact_hidden_mask::<B>(mode, layout, layer, &device),
+                false => self.sinks.hidden_mask::<B>(mode, layout, layer, &device),
+            };
+            mask.map(|m| m.cast(dtype))
+        };
+        let shared_mask = (!self.sinks.pool.scheme().is_layer_dependent()).then(|| mask_of(0));
         for (layer, block) in self.blocks.iter().enumerate() {
             let mask = match &shared_mask {
                 Some(shared) => shared.clone(),
-                None => self.sinks.hidden_mask::<B>(mode, layout, layer, &device),
+                None => mask_of(layer),
             };
             x = x.clone() + block.attn.forward(block.attn_norm.forward(x), &self.rope, doc_mask.clone());
-            x = x.clone() + block.mlp.forward_hooked(block.mlp_norm.forward(x), mask.as_ref(), |h| hook(layer, h));
+            let hidden = |h| match hook.as_mut() {
+                Some(hook) => hook(layer, h),
+                None => h,
+            };
+            x = x.clone() + block.mlp.forward_hooked(block.mlp_norm.forward(x), mask.as_ref(), hidden);
         }
         let x = self.norm.forward(x);
         match &self.head {
             Some(head) => head.forward(x),
             None => x.matmul(self.embed.weight.val().transpose().unsqueeze()),
         }
+    }
+
+    /// The model with every parameter cast to `dtype`, for a mixed-precision step: the casts are
+    /// recorded by autodiff, so the gradients of a loss computed with the copy reach this model's
+    /// (f32 master) parameters, under the same parameter IDs. Casting to the current type is
+    /// free (burn returns the tensor itself).
+    pub fn cast_params(&self, dtype: FloatDType) -> Self {
+        struct Cast(FloatDType);
+        impl<B: Backend> ModuleMapper<B> for Cast {
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+                let dtype = self.0;
+                param.map(|t| t.cast(dtype))
+            }
+        }
+        self.clone().map(&mut Cast(dtype))
     }
 
     /// The sink geometry (general units, pool, `p_gen`, `p_mem`).

@@ -412,3 +412,60 @@ fn safetensors_export_uses_llama_names_and_layouts() {
         serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
     assert_eq!(config["num_key_value_heads"], cfg.n_kv_heads);
 }
+
+/// A sparse pool (NULLs-style: few general units, `p_mem` 0.05) makes compact masks: the MLPs
+/// compute with the batch's active units alone. Logits, loss and every parameter gradient equal
+/// the full computation's (`compact_below = 0`) in every mode, packed and with gradient masking;
+/// units no token uses get exactly zero gradient either way.
+#[test]
+fn compact_masks_compute_what_full_masks_compute() {
+    let sparse = ModelConfig::preset("tiny").unwrap().with_init_std(0.2).with_p_gen(0.1).with_p_mem(0.05);
+    let compact: MemSinkLm<AD> = sparse.init(&Default::default()).unwrap();
+    // The same weights with compact masks switched off.
+    let full: MemSinkLm<AD> = sparse
+        .clone()
+        .with_compact_below(0.0)
+        .init::<AD>(&Default::default())
+        .unwrap()
+        .load_record(compact.clone().into_record());
+    let rows: Vec<Vec<i64>> = (0..4).map(|r| (0..12).map(|i| (i * 5 + r * 7) % 64).collect()).collect();
+    let per_row = SeqLayout::per_row(&[11, 22, 11, 33], 12);
+    let segments: Vec<u32> = (0..48).map(|t| ((t % 12) / 6) as u32).collect();
+    let ids: Vec<i64> = segments.iter().enumerate().map(|(t, &s)| 100 + (t / 12) as i64 * 2 + s as i64).collect();
+    let packed = SeqLayout::packed(4, 12, ids, segments);
+    let routed = per_row.clone().with_route_to_sinks((0..48).map(|t| t < 24).collect());
+    let pool = compact.sinks().clone();
+    let mut compacted = 0;
+    for layout in [&per_row, &packed, &routed] {
+        for mode in MlpMode::ALL.iter().cloned().chain([MlpMode::ActivateSeq { exclude: vec![22] }]) {
+            let mask = pool.compact_hidden_mask::<AD>(&mode, layout, 0, &Default::default()).unwrap();
+            compacted += usize::from(mask.active.is_some());
+            let loss = |m: &MemSinkLm<AD>| log_softmax(m.forward(tokens(&rows), layout, &mode), 2).mean().neg();
+            let (a, b) = (loss(&compact), loss(&full));
+            assert_close(&values(a.clone()), &values(b.clone()), 1e-5, &format!("{mode:?} loss"));
+            let (ga, gb) = (a.backward(), b.backward());
+            for (x, y) in compact.blocks.iter().zip(&full.blocks) {
+                for (wx, wy, what) in [
+                    (&x.mlp.gate_proj.weight, &y.mlp.gate_proj.weight, "gate_proj"),
+                    (&x.mlp.up_proj.weight, &y.mlp.up_proj.weight, "up_proj"),
+                    (&x.mlp.down_proj.weight, &y.mlp.down_proj.weight, "down_proj"),
+                    (&x.attn.q_proj.weight, &y.attn.q_proj.weight, "q_proj"),
+                ] {
+                    let (gx, gy) = (values(wx.grad(&ga).unwrap()), values(wy.grad(&gb).unwrap()));
+                    let scale = gy.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    assert_close(&gx, &gy, 1e-5 * scale.max(1.0), &format!("{mode:?} {what} gradient"));
+                }
+            }
+        }
+    }
+    assert!(compacted >= 9, "most masks of the sparse pool should be compact ({compacted})");
+    // The paper's setting never compacts: the dense path (and its numbers) stay as they were.
+    let paper = ModelConfig::preset("tiny").unwrap().init::<AD>(&Default::default()).unwrap();
+    let mask = paper.sinks().compact_hidden_mask::<AD>(
+        &MlpMode::DropSinks { rescale: true },
+        &per_row,
+        0,
+        &Default::default(),
+    );
+    assert!(mask.unwrap().active.is_none());
+}

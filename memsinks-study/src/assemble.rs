@@ -11,7 +11,8 @@ use memsinks_unlearn::MethodResult;
 
 use crate::config::{experiment_ron, LengthRule, StudyConfig};
 use crate::results::{
-    Dynamics, DynamicsPoint, Forgetting, MainRow, Results, RowValues, SelectedStep, Timing, TrackedDoc, Versions,
+    Dynamics, DynamicsPoint, Forgetting, MainRow, Results, RowValues, SelectedStep, SourceRemovalRun, Timing,
+    TrackedDoc, Versions,
 };
 use crate::stages::Trained;
 
@@ -28,6 +29,8 @@ pub struct StudyOutputs {
     pub posthoc: Vec<MethodResult>,
     /// Dropping the MemSinks model's sinks (first seed).
     pub by_design: Vec<MethodResult>,
+    /// Removing sources, every seed.
+    pub sources: Vec<SourceRemovalRun>,
 }
 
 /// The rows of the main table: label, training method, MLP mode evaluated.
@@ -60,7 +63,7 @@ pub fn assemble(
     outputs: StudyOutputs,
     corpus: &PreparedCorpus,
 ) -> Result<Results> {
-    let StudyOutputs { timings, trained, posthoc, by_design } = outputs;
+    let StudyOutputs { timings, trained, posthoc, by_design, sources } = outputs;
     let rows = main_rows(&trained);
     let first_seed: Vec<&Trained> = trained.iter().filter(|t| t.seed == seeds[0]).collect();
     let mut dynamics = Vec::new();
@@ -107,6 +110,7 @@ pub fn assemble(
         forgetting,
         specificity,
         selected_steps,
+        sources,
     })
 }
 

@@ -5,12 +5,14 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ElementConversion;
 use memsinks_data::rng::SplitMix64;
 use memsinks_model::loss::lm_loss;
 use memsinks_model::{mask_build_time, LmBatch, MlpMode, ModelConfig, SeqLayout};
-use memsinks_train::optim::step;
+use memsinks_train::config::Precision;
+use memsinks_train::optim::{step, unscale_and_clip};
 use memsinks_train::{Method, OptimConfig};
 use serde::Serialize;
 
@@ -33,6 +35,28 @@ pub struct TrainBench {
     pub seq: Option<usize>,
     /// Seed of weights and data.
     pub seed: u64,
+    /// Overrides of the preset's sink geometry and MLP width (`Memsinks` only for the first two),
+    /// for sparse pools: `p_gen`, `p_mem`, `d_hidden`, `compact_below`.
+    pub sinks: SinkOverrides,
+    /// Distinct sequence IDs per batch (rows share them, as documents of one source do); every
+    /// row its own when `None`.
+    pub ids_per_batch: Option<usize>,
+    /// f32, or mixed precision computing in f16 / bf16 (as training does: [`memsinks_train::amp`];
+    /// f16 with a fixed loss scale of 2^16 here).
+    pub precision: Precision,
+}
+
+/// Overrides of a preset's sink pool and MLP width.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SinkOverrides {
+    /// Share of general units.
+    pub p_gen: Option<f64>,
+    /// Sink activity per sequence.
+    pub p_mem: Option<f64>,
+    /// MLP hidden size.
+    pub d_hidden: Option<usize>,
+    /// Share of hidden units below which the MLPs compute with the active ones alone (0: never).
+    pub compact_below: Option<f64>,
 }
 
 /// The JSON line the benchmark prints (the PyTorch reference prints the same keys).
@@ -53,6 +77,16 @@ pub struct TrainBenchResult {
     pub seq: usize,
     /// Model parameters.
     pub params: usize,
+    /// MLP hidden size, general share and sink activity of the model timed.
+    pub d_hidden: usize,
+    /// `p_gen` (1 for the standard model).
+    pub p_gen: f64,
+    /// `p_mem`.
+    pub p_mem: f64,
+    /// Share of hidden units below which MLPs compute with the active ones alone.
+    pub compact_below: f64,
+    /// Distinct sequence IDs per batch.
+    pub ids_per_batch: usize,
     /// Timed steps.
     pub steps: usize,
     /// Trained tokens per second over the timed steps.
@@ -73,11 +107,19 @@ impl BackendTask for TrainBench {
     fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<TrainBenchResult> {
         let device = devices.into_iter().next().expect("one device");
         let mut cfg = ModelConfig::preset(&self.preset)?;
+        let o = &self.sinks;
+        cfg.d_hidden = o.d_hidden.unwrap_or(cfg.d_hidden);
+        cfg.compact_below = o.compact_below.unwrap_or(cfg.compact_below);
         match self.method {
             Method::Standard => cfg.p_gen = 1.0,
-            Method::Memsinks => {}
+            Method::Memsinks => {
+                cfg.p_gen = o.p_gen.unwrap_or(cfg.p_gen);
+                cfg.p_mem = o.p_mem.unwrap_or(cfg.p_mem);
+            }
             other => bail!("the benchmark times memsinks or standard steps, not {}", other.name()),
         }
+        cfg.validate()?;
+        let ids_per_batch = self.ids_per_batch.unwrap_or(self.batch).clamp(1, self.batch);
         if self.steps == 0 || self.batch == 0 {
             bail!("steps and batch must be positive");
         }
@@ -94,12 +136,19 @@ impl BackendTask for TrainBench {
         let mut losses = Vec::with_capacity(self.steps);
         let mut timed_mask = std::time::Duration::ZERO;
         for i in 0..self.warmup + self.steps {
-            let batch = random_batch::<B>(&mut rng, self.batch, seq, cfg.vocab_size, &device);
+            let batch = random_batch::<B>(&mut rng, self.batch, seq, cfg.vocab_size, ids_per_batch, &device);
             let mask_before = mask_build_time();
             let started = Instant::now();
-            let loss = lm_loss(&model, &batch, &MlpMode::Train);
+            let half = self.precision.compute_copy(&model);
+            let loss = lm_loss(half.as_ref().unwrap_or(&model), &batch, &MlpMode::Train);
             let value: f64 = loss.clone().into_scalar().elem();
-            model = step(&mut optim, model, loss, 1e-4, &optim_cfg);
+            model = if self.precision.scales_loss() {
+                let mut grads = GradientsParams::from_grads((loss * BENCH_LOSS_SCALE).backward(), &model);
+                unscale_and_clip(&model, &mut grads, 1.0 / BENCH_LOSS_SCALE, optim_cfg.clip_norm.map(f64::from));
+                optim.step(1e-4, model, grads)
+            } else {
+                step(&mut optim, model, loss, 1e-4, &optim_cfg)
+            };
             B::sync(&device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))?;
             if i >= self.warmup {
                 step_ms.push(started.elapsed().as_secs_f64() * 1e3);
@@ -118,6 +167,11 @@ impl BackendTask for TrainBench {
             batch: self.batch,
             seq,
             params: cfg.num_params(),
+            d_hidden: cfg.d_hidden,
+            p_gen: cfg.p_gen,
+            p_mem: cfg.p_mem,
+            compact_below: cfg.compact_below,
+            ids_per_batch,
             steps: self.steps,
             tokens_per_s: (self.steps * self.batch * seq) as f64 / total_s,
             step_ms_median: sorted[sorted.len() / 2],
@@ -128,16 +182,22 @@ impl BackendTask for TrainBench {
     }
 }
 
-/// A random batch: uniform tokens, one random non-zero sequence ID per row.
+/// The f16 benchmark's fixed loss scale (training's dynamic scale starts here too).
+const BENCH_LOSS_SCALE: f64 = 65536.0;
+
+/// A random batch: uniform tokens, `distinct` random non-zero sequence IDs shared by the rows in
+/// turn.
 fn random_batch<B: Backend>(
     rng: &mut SplitMix64,
     batch: usize,
     seq: usize,
     vocab: usize,
+    distinct: usize,
     device: &B::Device,
 ) -> LmBatch<B> {
     let rows: Vec<Vec<u32>> = (0..batch).map(|_| (0..=seq).map(|_| rng.below(vocab) as u32).collect()).collect();
-    let ids: Vec<i64> = (0..batch).map(|_| (rng.next_u64() >> 1).max(1) as i64).collect();
+    let pool: Vec<i64> = (0..distinct).map(|_| (rng.next_u64() >> 1).max(1) as i64).collect();
+    let ids: Vec<i64> = (0..batch).map(|r| pool[r % distinct]).collect();
     LmBatch::from_rows(&rows, &vec![vec![1.0; seq]; batch], SeqLayout::per_row(&ids, seq), device)
 }
 

@@ -74,7 +74,7 @@ pub(crate) fn charts(results: &Results) -> Vec<(&'static str, Chart)> {
         }
     }
     for (forget, color) in [(ForgetSet::Repeated, 6), (ForgetSet::Canary, 7)] {
-        if let Some(p) = memsinks_point(results, forget) {
+        if let Some(p) = memsinks_point(results, &forget) {
             tradeoff.series.push(Series {
                 label: format!("MemSinks drop ({})", forget.name()),
                 points: vec![p],

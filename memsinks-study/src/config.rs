@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
-use memsinks_data::overrides::{apply_overrides, parse_ron};
+use memsinks_data::overrides::{apply_overrides, omitted, parse_ron};
 use memsinks_data::DataConfig;
 use memsinks_train::config::{ModelSection, TrainConfig};
 use memsinks_train::{ExperimentConfig, Method};
@@ -32,6 +32,28 @@ pub struct StudyConfig {
     pub vary_data: bool,
     /// How the training length the report reads is chosen.
     pub training_length: LengthRule,
+    /// With a corpus of sources (`data.source_key`): how many trained sources to remove, in
+    /// every seed (the first ones of the corpus's source list).
+    #[serde(skip_serializing_if = "omitted")]
+    pub forget_sources: usize,
+    /// Post-hoc methods that forget the same sources on the standard model (registry names or
+    /// paths with overrides, as in `posthoc`).
+    #[serde(skip_serializing_if = "omitted")]
+    pub source_posthoc: Vec<String>,
+    /// Variants of the experiment, each a whole study with its `--set` overrides, compared in one
+    /// report (a sweep); empty: the experiment alone.
+    #[serde(skip_serializing_if = "omitted")]
+    pub variants: Vec<Variant>,
+}
+
+/// One variant of a sweep: a name and the overrides that make it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    /// The name (a directory under `variants/`: letters, digits, `-`, `_`, `.`).
+    pub name: String,
+    /// `key=value` overrides of the experiment (`train.epochs=6`, `data.sequence_ids=PerSource`).
+    pub set: Vec<String>,
 }
 
 /// How the training length is chosen: never by looking at the documents the result is reported
@@ -65,6 +87,9 @@ impl Default for StudyConfig {
             extract_continuation: 32,
             vary_data: true,
             training_length: LengthRule::Fixed,
+            forget_sources: 0,
+            source_posthoc: Vec::new(),
+            variants: Vec::new(),
         }
     }
 }

@@ -11,9 +11,11 @@ use memsinks_model::MlpMode;
 use memsinks_train::run::FinishedRun;
 use memsinks_train::{Method, RunDir};
 use memsinks_unlearn::eval::{
-    default_modes, evaluate_mode, exclusion_specificity, EvalOptions, ModeReport, Specificity,
+    default_modes, evaluate_mode, exclusion_specificity, source_removal, EvalOptions, ModeReport, SourceRemoval,
+    Specificity,
 };
 use memsinks_unlearn::metrics::gap_closure;
+use memsinks_unlearn::SourceDocs;
 use serde::{Deserialize, Serialize};
 
 use crate::runner::BackendTask;
@@ -41,6 +43,10 @@ pub struct EvalFile {
     /// (MemSinks models only).
     #[serde(default)]
     pub exclusion_specificity: Vec<Specificity>,
+    /// Removing the sources of `--exclude-source`: the removed, retained and held-out sources'
+    /// documents before and after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_removal: Option<SourceRemoval>,
 }
 
 /// One mode's gap closure against a reference run.
@@ -98,6 +104,9 @@ pub struct EvalRequest {
     pub mode: Option<MlpMode>,
     /// Sequence IDs whose sinks are off in the `all` and `activate-seq` modes.
     pub exclude: Vec<i64>,
+    /// Sources whose sinks are off in those modes (their IDs join `exclude`), and whose removal
+    /// is measured ([`SourceRemoval`]).
+    pub exclude_sources: Vec<String>,
     /// Documents per split.
     pub max_docs: usize,
     /// Prompt tokens of greedy extraction.
@@ -116,6 +125,10 @@ impl BackendTask for EvalRequest {
         let run = FinishedRun::open(&self.run)?;
         let (model, _) = run.model::<B::InnerBackend>(device)?;
         let FinishedRun { config: cfg, summary, corpus, .. } = run;
+        let mut exclude = self.exclude.clone();
+        if !self.exclude_sources.is_empty() {
+            exclude.extend(SourceDocs::of(&corpus, &self.exclude_sources, 0)?.ids);
+        }
         let modes = match self.mode {
             Some(mode) => vec![mode],
             None => default_modes(&model),
@@ -123,8 +136,8 @@ impl BackendTask for EvalRequest {
         let modes: Vec<MlpMode> = modes
             .into_iter()
             .map(|mode| match mode {
-                MlpMode::All { .. } => MlpMode::All { exclude: self.exclude.clone() },
-                MlpMode::ActivateSeq { .. } => MlpMode::ActivateSeq { exclude: self.exclude.clone() },
+                MlpMode::All { .. } => MlpMode::All { exclude: exclude.clone() },
+                MlpMode::ActivateSeq { .. } => MlpMode::ActivateSeq { exclude: exclude.clone() },
                 other => other,
             })
             .collect();
@@ -143,8 +156,12 @@ impl BackendTask for EvalRequest {
         } else {
             exclusion_specificity(&model, &corpus, &options, SPECIFICITY_DOCS, device)
         };
+        let source_removal = (!self.exclude_sources.is_empty())
+            .then(|| source_removal(&model, &corpus, &self.exclude_sources, &options, device))
+            .transpose()?;
         let mut file = EvalFile {
             exclusion_specificity,
+            source_removal,
             run_id: summary.run_id,
             method: summary.method,
             options,

@@ -20,14 +20,16 @@ pub mod report;
 pub mod reproduce;
 pub mod results;
 pub mod runner;
+pub mod sources;
 pub mod stages;
 pub mod stats;
 pub mod study_dir;
+pub mod sweep;
 
 pub use config::{load_experiment, StudyConfig};
 pub use evaluate::{load_eval, EvalFile, EvalRequest};
 pub use export::{ExportRequest, Exported};
-pub use reproduce::{reproduce, ReproduceRequest, DEFAULT_EXPERIMENT};
+pub use reproduce::{reproduce, reproduce_any, ReproduceRequest, Reproduced, DEFAULT_EXPERIMENT};
 pub use results::Results;
 pub use runner::{BackendTask, DeviceRange, MethodTask, Runner, TrainTask};
 pub use study_dir::StudyDir;

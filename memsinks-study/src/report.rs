@@ -50,7 +50,7 @@ fn cell(values: &[RowValues], digits: usize, scale: f64, f: impl Fn(&RowValues) 
 }
 
 /// The estimate over seeds of `f`.
-fn estimate(values: &[RowValues], f: impl Fn(&RowValues) -> Option<f64>) -> Option<Estimate> {
+pub(crate) fn estimate(values: &[RowValues], f: impl Fn(&RowValues) -> Option<f64>) -> Option<Estimate> {
     Estimate::of(&values.iter().filter_map(f).collect::<Vec<_>>())
 }
 
@@ -59,13 +59,13 @@ fn percent(x: f64) -> String {
 }
 
 /// The main-table values (one per seed) of a method in a mode.
-fn row<'a>(results: &'a Results, method: Method, mode: &MlpMode) -> Option<&'a [RowValues]> {
+pub(crate) fn row<'a>(results: &'a Results, method: Method, mode: &MlpMode) -> Option<&'a [RowValues]> {
     results.rows.iter().find(|r| r.method == method && r.mode == *mode).map(|r| r.values.as_slice())
 }
 
 /// `L_val / L_val(standard)` of a row value: recorded, or computed from the standard row of the
 /// same seed (results written before the ratio was recorded).
-fn l_val_ratio(results: &Results, v: &RowValues) -> Option<f64> {
+pub(crate) fn l_val_ratio(results: &Results, v: &RowValues) -> Option<f64> {
     v.l_val_vs_standard.or_else(|| {
         let std = row(results, Method::Standard, &MlpMode::Train)?.iter().find(|s| s.seed == v.seed)?;
         Some(v.l_val / std.l_val)
@@ -107,9 +107,9 @@ pub fn main_table(results: &Results) -> String {
 
 /// The MemSinks drop-sinks point against the standard model's untreated point on the same
 /// probe documents: `(ΔL_forget, ΔL_val)` for `forget`.
-pub(crate) fn memsinks_point(results: &Results, forget: ForgetSet) -> Option<(f64, f64)> {
-    let dropped = results.by_design.iter().find(|m| m.forget == forget)?.curve.last()?.clone();
-    let base = results.posthoc.iter().find(|m| m.forget == forget)?.curve.first()?.clone();
+pub(crate) fn memsinks_point(results: &Results, forget: &ForgetSet) -> Option<(f64, f64)> {
+    let dropped = results.by_design.iter().find(|m| m.forget == *forget)?.curve.last()?.clone();
+    let base = results.posthoc.iter().find(|m| m.forget == *forget)?.curve.first()?.clone();
     Some((dropped.forget_loss - base.forget_loss, dropped.val_loss - base.val_loss))
 }
 
@@ -130,7 +130,7 @@ fn posthoc_table(results: &Results) -> String {
     methods.sort_by_key(|m| (m.method.clone(), m.forget.name()));
     for m in methods {
         let matched: Vec<String> = MATCHED_TARGETS.iter().map(|&t| fmt_opt(delta_val_at(&m.curve, t))).collect();
-        let at_memsinks = memsinks_point(results, m.forget).map_or("—".into(), |(df, _)| {
+        let at_memsinks = memsinks_point(results, &m.forget).map_or("—".into(), |(df, _)| {
             format!("{} (at {df:+.3})", fmt_opt(if df > 0.0 { delta_val_at(&m.curve, df) } else { None }))
         });
         let last = m.curve.last().map_or("—".into(), |p| format!("{:+.3} / {:+.3}", p.delta_forget, p.delta_val));
@@ -146,7 +146,7 @@ fn posthoc_table(results: &Results) -> String {
         );
     }
     for m in &results.by_design {
-        let (df, dv) = memsinks_point(results, m.forget).unwrap_or((f64::NAN, f64::NAN));
+        let (df, dv) = memsinks_point(results, &m.forget).unwrap_or((f64::NAN, f64::NAN));
         let _ = writeln!(
             s,
             "| **MemSinks, sinks dropped** (vs standard) | {} |{} {} | {df:+.3} / {dv:+.3} | {} |",
@@ -387,6 +387,7 @@ pub fn markdown(results: &Results) -> String {
     s.push_str(&findings(results));
     s.push_str("\n## Post-hoc removal on the standard model\n\nΔ against the untreated standard model on the same documents; matched columns interpolate each method's sweep where it first reaches that forget-loss increase (— where it never does). The MemSinks rows compare the MemSinks model with sinks dropped to the standard model. Relearning fine-tunes the treated model on n of the forgotten documents and reports the share of the *other* forgotten documents' removed loss that comes back beyond a control, the same fine-tuning on n held-out documents (negative: less than the control brings back); removed is the others' loss after the method minus their loss in the untreated model as it memorized them (sinks on for MemSinks), for every method. Post-hoc relearning starts at the first point of the method's curve that forgot as much as dropping the sinks did (or its last point, when it never got there: the cell gives where it started); ΔL_val is the validation loss change the relearning itself caused.\n\n");
     s.push_str(&posthoc_table(results));
+    s.push_str(&crate::sources::section(results));
     s.push_str("\n## Plots\n\n");
     for (name, what) in PLOTS.iter().zip([
         "Loss during training: validation (solid) and repeated set (dashed; MemSinks and gradient masking also with sinks dropped).",

@@ -17,10 +17,11 @@ use memsinks_unlearn::ForgetSet;
 use crate::assemble::{assemble, StudyOutputs};
 use crate::config::{load_experiment, StudyConfig};
 use crate::report;
-use crate::results::{Results, Timing};
+use crate::results::{Results, SourceRemovalRun, Timing};
 use crate::runner::{MethodTask, Runner};
 use crate::stages::{Stages, Trained};
 use crate::study_dir::StudyDir;
+use crate::sweep::{reproduce_sweep, SweepResults};
 
 /// The embedded default experiment (`experiments/ts-quick.ron`): synthetic stories, no download.
 pub const DEFAULT_EXPERIMENT: &str = include_str!("../../experiments/ts-quick.ron");
@@ -60,6 +61,27 @@ impl ReproduceRequest {
     }
 }
 
+/// What a reproduction produced: one study, or a sweep of variants.
+#[derive(Clone, Debug)]
+pub enum Reproduced {
+    /// One study (`results.json`).
+    Study(Box<Results>),
+    /// A sweep over `study.variants` (`sweep.json`).
+    Sweep(SweepResults),
+}
+
+/// Runs `request`: a sweep when its study lists variants ([`reproduce_sweep`]), else the study.
+///
+/// # Errors
+/// As [`reproduce`] and [`reproduce_sweep`].
+pub fn reproduce_any(request: &ReproduceRequest, runner: &impl Runner) -> Result<Reproduced> {
+    Ok(if request.study.variants.is_empty() {
+        Reproduced::Study(Box::new(reproduce(request, runner)?))
+    } else {
+        Reproduced::Sweep(reproduce_sweep(request, runner)?)
+    })
+}
+
 /// Runs the study of `request` on `runner`; writes `results.json`, `report.md` and the plots
 /// into the output directory and returns the results.
 ///
@@ -68,6 +90,9 @@ impl ReproduceRequest {
 pub fn reproduce(request: &ReproduceRequest, runner: &impl Runner) -> Result<Results> {
     let cfg = &request.config;
     let study = &request.study;
+    if !study.variants.is_empty() {
+        bail!("study.variants is a sweep: run it with reproduce_any (memsinks reproduce does)");
+    }
     cfg.validate()?;
     study.validate(cfg)?;
     let dir = StudyDir::new(&request.out);
@@ -129,15 +154,15 @@ pub fn reproduce(request: &ReproduceRequest, runner: &impl Runner) -> Result<Res
         if has_canaries { vec![ForgetSet::Repeated, ForgetSet::Canary] } else { vec![ForgetSet::Repeated] };
     let mut by_design = Vec::new();
     if let Some(mem) = first(Method::Memsinks) {
-        for &forget in &forget_sets {
-            let task = MethodTask::new(mem.dir.path(), "drop-sinks", &[], forget)?;
-            by_design.push(stages.removal(&dir, mem, task, runner)?);
+        for forget in &forget_sets {
+            let task = MethodTask::new(mem.dir.path(), "drop-sinks", &[], forget.clone())?;
+            by_design.push(stages.removal(&dir, mem, task, false, runner)?);
         }
     }
     // Post-hoc relearning starts where the method forgot as much as dropping the sinks did, so
     // that every method's relearning test starts from the same ΔL_forget.
-    let matched = |forget: ForgetSet| {
-        by_design.iter().find(|m| m.forget == forget).and_then(|m| m.curve.last()).map(|p| p.delta_forget)
+    let matched = |forget: &ForgetSet| {
+        by_design.iter().find(|m| m.forget == *forget).and_then(|m| m.curve.last()).map(|p| p.delta_forget)
     };
     let mut posthoc = Vec::new();
     let standard = first(Method::Standard).context("the standard model of the first seed")?;
@@ -145,20 +170,68 @@ pub fn reproduce(request: &ReproduceRequest, runner: &impl Runner) -> Result<Res
         let mut words = entry.split_whitespace();
         let method = words.next().context("an empty study.posthoc entry")?;
         let sets: Vec<String> = words.map(String::from).collect();
-        for &forget in &forget_sets {
-            let mut task = MethodTask::new(standard.dir.path(), method, &sets, forget)?;
+        for forget in &forget_sets {
+            let mut task = MethodTask::new(standard.dir.path(), method, &sets, forget.clone())?;
             if let Some(relearn) = task.file.relearn.as_mut() {
                 relearn.start_at_delta_forget = relearn.start_at_delta_forget.or(matched(forget));
             }
-            posthoc.push(stages.removal(&dir, standard, task, runner)?);
+            posthoc.push(stages.removal(&dir, standard, task, false, runner)?);
         }
     }
+    let sources = remove_sources(&mut stages, &dir, study, &trained, &corpora, &plan, runner)?;
 
-    let outputs = StudyOutputs { timings: stages.timings, trained, posthoc, by_design };
+    let outputs = StudyOutputs { timings: stages.timings, trained, posthoc, by_design, sources };
     let results = assemble(&request.name, cfg, study, &seeds, runner.backend(), outputs, corpus)?;
     write_atomic(&dir.results(), &serde_json::to_vec_pretty(&results)?)?;
     report::write_report(dir.path(), &results)?;
     Ok(results)
+}
+
+/// With a corpus of sources (`data.source_key`) and `study.forget_sources`: in every seed, each
+/// MemSinks-family model drops the sinks of the first trained sources of its corpus
+/// (`drop-source-sinks`), and every `study.source_posthoc` method forgets the same sources on the
+/// standard model (without their relearning test).
+fn remove_sources(
+    stages: &mut Stages,
+    dir: &StudyDir,
+    study: &StudyConfig,
+    trained: &[Trained],
+    corpora: &[(&PathBuf, PreparedCorpus)],
+    plan: &[(u64, DataConfig, PathBuf)],
+    runner: &impl Runner,
+) -> Result<Vec<SourceRemovalRun>> {
+    let mut out = Vec::new();
+    for (seed, _, data_dir) in plan {
+        let corpus = &corpora.iter().find(|(d, _)| *d == data_dir).context("the seed's corpus")?.1;
+        let keys: Vec<String> = corpus
+            .manifest
+            .sources
+            .iter()
+            .filter(|s| !s.held_out)
+            .take(study.forget_sources)
+            .map(|s| s.key.clone())
+            .collect();
+        for key in keys {
+            let forget = ForgetSet::Source(key);
+            for t in trained.iter().filter(|t| t.seed == *seed) {
+                let methods: Vec<&str> = match t.method {
+                    Method::Memsinks => vec!["drop-source-sinks"],
+                    Method::Standard => study.source_posthoc.iter().map(String::as_str).collect(),
+                    _ => continue,
+                };
+                for entry in methods {
+                    let mut words = entry.split_whitespace();
+                    let method = words.next().context("an empty study.source_posthoc entry")?;
+                    let sets: Vec<String> = words.map(String::from).collect();
+                    let mut task = MethodTask::new(t.dir.path(), method, &sets, forget.clone())?;
+                    task.file.relearn = None;
+                    let result = stages.removal(dir, t, task, true, runner)?;
+                    out.push(SourceRemovalRun { seed: *seed, method: t.method, result });
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

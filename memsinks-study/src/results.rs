@@ -42,6 +42,22 @@ pub struct Results {
     /// test half's closure there.
     #[serde(default)]
     pub selected_steps: Vec<SelectedStep>,
+    /// Removing sources (a corpus with `data.source_key`): per seed, dropping a source's sinks in
+    /// the MemSinks model and the post-hoc methods forgetting it on the standard model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceRemovalRun>,
+}
+
+/// One removal of a source in one seed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourceRemovalRun {
+    /// Training seed.
+    pub seed: u64,
+    /// The model it acted on.
+    #[serde(with = "memsinks_model::named::by_name")]
+    pub method: Method,
+    /// The method's result (its forget set names the source).
+    pub result: MethodResult,
 }
 
 /// The evaluation step a length rule chose for one seed.

@@ -138,6 +138,7 @@ impl Stages {
             run: dir.path().to_path_buf(),
             mode: None,
             exclude: Vec::new(),
+            exclude_sources: Vec::new(),
             max_docs: s.eval_docs,
             extract_prompt: s.extract_prompt,
             extract_continuation: s.extract_continuation,
@@ -151,7 +152,8 @@ impl Stages {
     }
 
     /// Runs (or reuses) registry method `method` (with `--set`-style overrides `sets`) on the
-    /// trained model `on`, forgetting `forget`.
+    /// trained model `on`, forgetting `forget`; `per_seed` names the seed in the cache file
+    /// (removals that run on every seed).
     ///
     /// # Errors
     /// When the method is unknown or fails.
@@ -160,12 +162,13 @@ impl Stages {
         study: &StudyDir,
         on: &Trained,
         task: MethodTask,
+        per_seed: bool,
         runner: &impl Runner,
     ) -> Result<MethodResult> {
-        let forget = task.forget;
+        let forget = task.forget.clone();
         let key = format!("{} {} {}", on.summary.run_id, ron::to_string(&task.file)?, forget.name());
         let stage = format!("{} on {} ({})", task.name, on.method.name(), forget.name());
-        let path = study.posthoc(&task.name, on.method, forget);
+        let path = study.posthoc(&task.name, on.method, per_seed.then_some(on.seed), &forget);
         self.cached(&path, &key, stage, || runner.run(Precision::F32, DeviceRange::ONE, task))
     }
 }

@@ -57,9 +57,11 @@ impl StudyDir {
         run.path().join("eval-stage.json")
     }
 
-    /// The cached result of removal method `label` on the model of `on`, forgetting `forget`.
-    pub fn posthoc(&self, label: &str, on: Method, forget: ForgetSet) -> PathBuf {
-        self.root.join("posthoc").join(format!("{label}-{}-{}.json", on.name(), forget.name()))
+    /// The cached result of removal method `label` on the model of `on` (of seed `seed`, where
+    /// removals run on every seed), forgetting `forget`.
+    pub fn posthoc(&self, label: &str, on: Method, seed: Option<u64>, forget: &ForgetSet) -> PathBuf {
+        let seed = seed.map_or_else(String::new, |s| format!("-s{s}"));
+        self.root.join("posthoc").join(format!("{label}-{}{seed}-{}.json", on.name(), forget.file_name()))
     }
 
     /// Every number of the study (`results.json`).

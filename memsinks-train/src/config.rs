@@ -3,12 +3,13 @@
 
 use std::path::Path;
 
-use memsinks_data::overrides::{apply_overrides, parse_ron, read_ron};
+use memsinks_data::overrides::{apply_overrides, omitted, parse_ron, read_ron};
 use memsinks_data::DataConfig;
 use memsinks_model::{MaskScheme, ModelConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::amp::LossScaleConfig;
 use crate::optim::OptimConfig;
 use crate::TrainError;
 
@@ -64,16 +65,19 @@ impl memsinks_model::Named for Method {
     }
 }
 
-/// Float precision of training (f16/bf16 need a GPU backend).
+/// Float precision of training. `F16` and `Bf16` are mixed precision ([`crate::amp`]): the
+/// weights and optimizer state stay in f32, the forward and backward pass compute in half
+/// precision, f16 with dynamic loss scaling. They need a backend with that arithmetic (cuda and
+/// flex: both; wgpu: f16 only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Precision {
     /// 32-bit floats (all backends).
     #[default]
     F32,
-    /// IEEE half precision (cuda, wgpu).
+    /// Mixed precision computing in IEEE half precision, with dynamic loss scaling (cuda, wgpu, flex).
     F16,
-    /// bfloat16 (cuda).
+    /// Mixed precision computing in bfloat16 (cuda, flex).
     Bf16,
 }
 
@@ -137,6 +141,10 @@ pub struct ModelSection {
     /// Override of the preset's depth.
     #[serde(default)]
     pub n_layers: Option<usize>,
+    /// Override of the share of hidden units below which a batch's MLPs compute with their
+    /// active units alone (`ModelConfig::compact_below`; sparse sink pools).
+    #[serde(default, skip_serializing_if = "omitted")]
+    pub compact_below: Option<f64>,
 }
 
 fn default_p_gen() -> f64 {
@@ -203,9 +211,13 @@ pub struct TrainConfig {
     /// Token budget rule of the dedup model.
     #[serde(default)]
     pub dedup_budget: DedupBudget,
-    /// Float precision.
+    /// Float precision: f32, or mixed precision (f16 / bf16 compute, f32 weights; see
+    /// [`crate::amp`]).
     #[serde(default)]
     pub precision: Precision,
+    /// Dynamic loss scaling of f16 mixed precision.
+    #[serde(default, skip_serializing_if = "omitted")]
+    pub loss_scale: LossScaleConfig,
 }
 
 impl TrainConfig {
@@ -342,6 +354,7 @@ impl ExperimentConfig {
         if let Some(c) = t.clip_norm {
             range("train.clip_norm", c, c > 0.0, "positive (or None to disable clipping)")?;
         }
+        t.loss_scale.validate().map_err(TrainError::Config)?;
         ModelConfig::preset(&self.model.preset).map_err(|e| TrainError::Config(format!("model.preset: {e}")))?;
         // The model's own checks (p_gen, p_mem, widths), before any corpus is built; the
         // vocabulary comes from the tokenizer later.
@@ -375,6 +388,9 @@ impl ExperimentConfig {
         }
         if let Some(l) = m.n_layers {
             cfg.n_layers = l;
+        }
+        if let Some(c) = m.compact_below {
+            cfg.compact_below = c;
         }
         if self.train.method.has_sinks() {
             cfg.p_gen = m.p_gen;

@@ -18,7 +18,9 @@ use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
 use memsinks_data::{LmBatch, Split};
 use memsinks_model::{MemSinkLm, MlpMode};
 
-use crate::optim::clip_global_norm;
+use crate::amp::{LossScale, LossScaleConfig, ScaleState, ScaleVerdict};
+use crate::config::Precision;
+use crate::optim::{clip_global_norm, unscale_and_clip};
 use crate::run_log::RunLog;
 use memsinks_model::loss::{lm_loss, token_nll};
 
@@ -112,10 +114,18 @@ impl Numeric for NamedLoss {
 pub struct TrainingLm<B: Backend> {
     /// The language model.
     pub lm: MemSinkLm<B>,
+    /// The loss scale of f16 mixed precision (unused otherwise); in the record, so checkpoints
+    /// carry it.
+    pub loss_scale: LossScale<B>,
     #[module(skip)]
     log: Option<Arc<RunLog>>,
     #[module(skip)]
     clip_norm: Option<f64>,
+    /// The float type steps compute in ([`crate::amp`]).
+    #[module(skip)]
+    precision: Precision,
+    #[module(skip)]
+    scaling: LossScaleConfig,
     /// Repeated documents whose own losses are logged at every evaluation, and the dev half.
     #[module(skip)]
     docs: Arc<EvalDocs>,
@@ -134,7 +144,15 @@ impl<B: Backend> TrainingLm<B> {
     /// Wraps `lm` for training with `log`, global gradient clipping at `clip_norm`, and the
     /// repeated documents logged one by one and by half.
     pub fn new(lm: MemSinkLm<B>, log: Arc<RunLog>, clip_norm: Option<f64>, docs: Arc<EvalDocs>) -> Self {
-        Self { lm, log: Some(log), clip_norm, docs }
+        let scaling = LossScaleConfig::default();
+        let loss_scale = LossScale::new(ScaleState::new(&scaling), &lm.embed.weight.val().device());
+        Self { lm, loss_scale, log: Some(log), clip_norm, precision: Precision::F32, scaling, docs }
+    }
+
+    /// Steps compute in `precision`, with `scaling` for f16 ([`crate::amp`]).
+    pub fn with_precision(self, precision: Precision, scaling: LossScaleConfig) -> Self {
+        let loss_scale = self.loss_scale.with_state(ScaleState::new(&scaling));
+        Self { precision, scaling, loss_scale, ..self }
     }
 
     fn has_sinks(&self) -> bool {
@@ -150,13 +168,18 @@ impl<B: AutodiffBackend> TrainStep for TrainingLm<B> {
         if let Some(log) = &self.log {
             log.wait_for_checkpoints();
         }
-        let loss = lm_loss(&self.lm, &batch, &MlpMode::Train);
+        let half = self.precision.compute_copy(&self.lm);
+        let loss = lm_loss(half.as_ref().unwrap_or(&self.lm), &batch, &MlpMode::Train);
         let value: f64 = loss.clone().into_scalar().elem();
         let tokens = (batch.layout.batch * batch.layout.seq_len) as u64;
         if let Some(log) = &self.log {
             log.after_train(value, tokens);
         }
-        let grads = loss.backward();
+        let grads = if self.precision.scales_loss() {
+            (loss * self.loss_scale.get().scale).backward()
+        } else {
+            loss.backward()
+        };
         TrainOutput::new(self, grads, StepOutput { losses: vec![("loss", value, tokens as usize)] })
     }
 
@@ -166,10 +189,24 @@ impl<B: AutodiffBackend> TrainStep for TrainingLm<B> {
         O: Optimizer<Self, BB>,
         Self: AutodiffModule<BB>,
     {
-        if let Some(max) = self.clip_norm {
-            clip_global_norm::<BB, Self>(&self, &mut grads, max);
+        if !self.precision.scales_loss() {
+            if let Some(max) = self.clip_norm {
+                clip_global_norm::<BB, Self>(&self, &mut grads, max);
+            }
+            return optim.step(lr, self, grads);
         }
-        optim.step(lr, self, grads)
+        // f16: unscale (and clip) the gradients; skip the step where they overflowed.
+        let mut state = self.loss_scale.get();
+        let norm = unscale_and_clip::<BB, Self>(&self, &mut grads, 1.0 / state.scale, self.clip_norm);
+        let verdict = state.after_step(norm.is_finite(), &self.scaling);
+        if let Some(log) = &self.log {
+            log.after_scaled_step(state, verdict);
+        }
+        let loss_scale = self.loss_scale.with_state(state);
+        match verdict {
+            ScaleVerdict::Step => Self { loss_scale, ..optim.step(lr, self, grads) },
+            ScaleVerdict::Skip | ScaleVerdict::GiveUp => Self { loss_scale, ..self },
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! `method`, AdamW with a warm-up + cosine schedule and global clipping, evaluation of the
 //! repeated set with and without sinks, atomic checkpoints and exact resume.
 
+pub mod amp;
 pub mod checkpoint;
 pub mod claim;
 pub mod config;

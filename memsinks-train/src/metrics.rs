@@ -59,6 +59,12 @@ pub struct TrainRecord {
     pub tokens_per_s: f64,
     /// Tokens trained on so far (rows × context, padding included).
     pub tokens_seen: u64,
+    /// f16 mixed precision: the loss scale after the window's last step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    /// f16 mixed precision: steps of the window skipped because gradients overflowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_steps: Option<u64>,
 }
 
 /// The evaluation after one round: mean losses per split (absent where the split is empty) and
@@ -223,8 +229,17 @@ mod tests {
     fn truncation_keeps_earlier_rounds_and_drops_cut_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metrics.jsonl");
-        let train =
-            |step| MetricsLine::Train(TrainRecord { step, loss: 1.0, lr: 1e-3, tokens_per_s: 1.0, tokens_seen: 1 });
+        let train = |step| {
+            MetricsLine::Train(TrainRecord {
+                step,
+                loss: 1.0,
+                lr: 1e-3,
+                tokens_per_s: 1.0,
+                tokens_seen: 1,
+                loss_scale: None,
+                skipped_steps: None,
+            })
+        };
         let eval = |round, step| MetricsLine::Eval(EvalRecord { round, step, ..Default::default() });
         let lines = [train(10), eval(1, 10), train(20), eval(2, 20)];
         let mut text: String = lines.iter().map(|l| serde_json::to_string(l).unwrap() + "\n").collect();

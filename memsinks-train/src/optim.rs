@@ -80,6 +80,19 @@ pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     grads: &mut GradientsParams,
     max_norm: f64,
 ) -> f64 {
+    unscale_and_clip(model, grads, 1.0, Some(max_norm))
+}
+
+/// Multiplies all gradients by `unscale` (one over a mixed-precision run's loss scale, see
+/// [`crate::amp`]) and clips their global L2 norm to `max_norm`, in one pass over the gradients
+/// and one device read. Returns the global norm of the unscaled gradients before clipping; when it
+/// is not finite (a gradient overflowed) the gradients are left as they are.
+pub fn unscale_and_clip<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: &mut GradientsParams,
+    unscale: f64,
+    max_norm: Option<f64>,
+) -> f64 {
     struct Squares<'a, B: AutodiffBackend> {
         grads: &'a GradientsParams,
         sums: Vec<Tensor<B::InnerBackend, 1>>,
@@ -110,9 +123,17 @@ pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     }
     // One device read for the whole model.
     let total: f64 = Tensor::cat(squares.sums, 0).sum().into_scalar().elem();
-    let norm = total.sqrt();
-    if norm > max_norm {
-        let mut scale = Scale::<B> { grads, factor: max_norm / (norm + 1e-6), _b: std::marker::PhantomData };
+    let norm = total.sqrt() * unscale;
+    if !norm.is_finite() {
+        return norm;
+    }
+    let clip = match max_norm {
+        Some(max) if norm > max => max / (norm + 1e-6),
+        _ => 1.0,
+    };
+    let factor = unscale * clip;
+    if factor != 1.0 {
+        let mut scale = Scale::<B> { grads, factor, _b: std::marker::PhantomData };
         model.visit(&mut scale);
     }
     norm

@@ -58,6 +58,10 @@ pub struct TrainSummary {
     pub wall_s: f64,
     /// Whether the run resumed from a checkpoint, and which.
     pub resumed_from: Option<usize>,
+    /// f16 mixed precision: steps skipped because gradients overflowed (in the last process of a
+    /// resumed run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_steps: Option<u64>,
     /// The prepared corpus the run trained on.
     pub data_dir: PathBuf,
 }
@@ -153,7 +157,8 @@ fn training_batcher(cfg: &ExperimentConfig, corpus: &PreparedCorpus) -> Result<B
         cfg.train.batch_size,
         corpus.manifest.end_of_text,
         cfg.data.packing,
-    );
+    )
+    .with_ids(corpus.ids.clone());
     if let Some(seed) = cfg.data.reshuffle_seed() {
         batcher = batcher.with_reshuffle(seed);
     }
@@ -251,7 +256,8 @@ pub fn train<B: AutodiffBackend>(
         tracked: m.indices(Split::Repeated).into_iter().take(TRACKED_DOCS).collect(),
         dev: m.repeated_half(Half::Dev).into_iter().collect(),
     };
-    let model = TrainingLm::new(lm, log.clone(), optim_cfg.clip_norm.map(f64::from), Arc::new(docs));
+    let model = TrainingLm::new(lm, log.clone(), optim_cfg.clip_norm.map(f64::from), Arc::new(docs))
+        .with_precision(t.precision, t.loss_scale.clone());
     let optim = optim_cfg.init::<B, TrainingLm<B>>();
 
     let mut training = SupervisedTraining::new(run_dir, Arc::new(train_loader), Arc::new(eval_loader))
@@ -298,6 +304,7 @@ pub fn train<B: AutodiffBackend>(
         budget_rule: budget.rule.to_string(),
         wall_s: started.elapsed().as_secs_f64(),
         resumed_from: resume_round,
+        skipped_steps: t.precision.scales_loss().then(|| log.skipped_steps()),
         data_dir: corpus.dir.clone(),
     };
     write_atomic(&files.summary(), &serde_json::to_vec_pretty(&summary).expect("serialises"))?;

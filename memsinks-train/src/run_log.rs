@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use burn::train::Interrupter;
 
+use crate::amp::{ScaleState, ScaleVerdict};
 use crate::checkpoint::CheckpointBarrier;
 use crate::learner::StepOutput;
 use crate::metrics::{EvalRecord, MetricsLine, TrainRecord};
@@ -30,6 +31,8 @@ pub struct RunLog {
     window: Mutex<LogWindow>,
     eval: Mutex<EvalAccumulator>,
     failure: Mutex<Option<String>>,
+    /// Steps skipped because f16 gradients overflowed ([`crate::amp`]), this process.
+    skipped: AtomicU64,
     interrupter: Interrupter,
     echo: bool,
     /// Micro-batches trained before this process started (resume).
@@ -51,11 +54,13 @@ struct LogWindow {
     tokens: u64,
     loss_sum: f64,
     micro_batches: u64,
+    /// f16 mixed precision: the loss scale after the last step, and the steps skipped.
+    scaling: Option<(f64, u64)>,
 }
 
 impl LogWindow {
     fn new() -> Self {
-        Self { started: Instant::now(), tokens: 0, loss_sum: 0.0, micro_batches: 0 }
+        Self { started: Instant::now(), tokens: 0, loss_sum: 0.0, micro_batches: 0, scaling: None }
     }
 }
 
@@ -104,6 +109,7 @@ impl RunLog {
             window: Mutex::new(LogWindow::new()),
             eval: Mutex::new(EvalAccumulator { rounds: start.rounds_done, ..Default::default() }),
             failure: Mutex::new(None),
+            skipped: AtomicU64::new(0),
             interrupter,
             echo: !std::io::IsTerminal::is_terminal(&std::io::stdout()),
             micro_at_start: start.micro_done,
@@ -149,9 +155,9 @@ impl RunLog {
         let micro = self.micro.fetch_add(1, Ordering::SeqCst) + 1;
         let step = micro / self.micro_per_step;
         if !loss.is_finite() {
-            let msg = format!("non-finite training loss ({loss}) at step {step}; the last complete checkpoint is kept");
-            *self.failure.lock().expect("poisoned") = Some(msg.clone());
-            self.interrupter.stop(Some(&msg));
+            self.fail(format!(
+                "non-finite training loss ({loss}) at step {step}; the last complete checkpoint is kept"
+            ));
             return;
         }
         let mut w = self.window.lock().expect("poisoned");
@@ -166,11 +172,45 @@ impl RunLog {
                 lr: self.schedule.lr_at((step.max(1) * self.iterations_per_step) as usize),
                 tokens_per_s: w.tokens as f64 / secs.max(1e-9),
                 tokens_seen: micro * tokens,
+                loss_scale: w.scaling.map(|(scale, _)| scale),
+                skipped_steps: w.scaling.map(|(_, skipped)| skipped),
             });
             *w = LogWindow::new();
             drop(w);
             self.append(&line);
         }
+    }
+
+    /// Records the loss scale after an f16 step and whether the step was skipped; stops the run
+    /// when the scale gave up.
+    pub(crate) fn after_scaled_step(&self, state: ScaleState, verdict: ScaleVerdict) {
+        let skipped = verdict != ScaleVerdict::Step;
+        if skipped {
+            self.skipped.fetch_add(1, Ordering::SeqCst);
+        }
+        {
+            let mut w = self.window.lock().expect("poisoned");
+            let before = w.scaling.map_or(0, |(_, s)| s);
+            w.scaling = Some((state.scale, before + skipped as u64));
+        }
+        if verdict == ScaleVerdict::GiveUp {
+            self.fail(format!(
+                "f16 gradients overflowed in {} steps in a row (loss scale now {:e}) at step {}: the model does not train in f16; use bf16 (cuda) or f32",
+                state.skips,
+                state.scale,
+                self.step()
+            ));
+        }
+    }
+
+    /// Steps skipped by f16 loss scaling in this process.
+    pub fn skipped_steps(&self) -> u64 {
+        self.skipped.load(Ordering::SeqCst)
+    }
+
+    fn fail(&self, msg: String) {
+        *self.failure.lock().expect("poisoned") = Some(msg.clone());
+        self.interrupter.stop(Some(&msg));
     }
 
     pub(crate) fn add_eval(&self, out: &StepOutput, per_doc: &[(usize, f64, f64)]) {

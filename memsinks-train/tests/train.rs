@@ -211,3 +211,68 @@ fn non_finite_loss_stops_with_the_step() {
         other => panic!("expected a non-finite stop, got {other:?}"),
     }
 }
+
+/// Every evaluation loss of `run`, in file order.
+fn eval_losses(run: &Path) -> Vec<f64> {
+    let keys = ["val_loss", "rep_loss_sinks", "rep_loss_nosinks", "canary_loss_sinks", "canary_loss_nosinks"];
+    metric_lines(run, "eval").iter().flat_map(|e| keys.map(|k| e[k].as_f64().unwrap())).collect()
+}
+
+/// Mixed precision on the CPU (flex has f16 and bf16 tensors): f32 master weights, half-precision
+/// compute, so the smoke run ends close to the f32 run's evaluation losses — and not equal to
+/// them, which shows the half-precision arithmetic was really used.
+#[test]
+fn mixed_precision_tracks_f32_on_the_smoke_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, sets: &[&str]| {
+        let path = dir.path().join(name);
+        let mut all = vec!["train.steps=40", "train.eval_every=10"];
+        all.extend_from_slice(sets);
+        let summary = train::<AD>(&smoke(&all), &path, None, false, vec![Default::default()]).unwrap();
+        (path, summary)
+    };
+    let (f32_run, f32_summary) = run("f32", &[]);
+    assert_eq!(f32_summary.skipped_steps, None, "f32 is not loss-scaled");
+    for (precision, tolerance) in [("F16", 0.01), ("Bf16", 0.05)] {
+        let (half_run, summary) = run(precision, &[&format!("train.precision={precision}")]);
+        let (a, b) = (eval_losses(&f32_run), eval_losses(&half_run));
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        eprintln!("{precision} mixed precision vs f32 on flex: largest evaluation-loss difference {worst:.4} nats");
+        assert!(worst < tolerance, "{precision}: {worst} nats from f32\n{a:?}\n{b:?}");
+        assert!(worst > 1e-5, "{precision} agrees with f32 to {worst:e}: it did not compute in half precision");
+        if precision == "F16" {
+            assert_eq!(summary.skipped_steps, Some(0), "no overflow at the default scale on smoke");
+            let scales: Vec<f64> =
+                metric_lines(&half_run, "train").iter().map(|l| l["loss_scale"].as_f64().unwrap()).collect();
+            assert!(scales.iter().all(|&s| s == 65536.0), "{scales:?}");
+        }
+    }
+}
+
+/// f16 loss scaling: a scale far too large overflows the f16 gradients; those steps are skipped
+/// and the scale halves until the gradients fit, and training then goes on; a run whose
+/// gradients overflow at every scale stops with one clear error.
+#[test]
+fn f16_loss_scaling_skips_overflowing_steps_and_gives_up_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let sets =
+        ["train.precision=F16", "train.steps=40", "train.eval_every=10", "train.loss_scale.initial=1099511627776.0"];
+    let summary =
+        train::<AD>(&smoke(&sets), &dir.path().join("scaled"), None, false, vec![Default::default()]).unwrap();
+    let skipped = summary.skipped_steps.unwrap();
+    assert!((1..30).contains(&skipped), "{skipped} steps skipped");
+    let train_lines = metric_lines(&dir.path().join("scaled"), "train");
+    let last_scale = train_lines.last().unwrap()["loss_scale"].as_f64().unwrap();
+    assert_eq!(last_scale, 2f64.powi(40 - skipped as i32), "one halving per skipped step");
+    let logged: u64 = train_lines.iter().map(|l| l["skipped_steps"].as_u64().unwrap()).sum();
+    assert_eq!(logged, skipped);
+    let (first, last) =
+        (train_lines[0]["loss"].as_f64().unwrap(), train_lines.last().unwrap()["loss"].as_f64().unwrap());
+    assert!(last < first - 0.3, "training went on after the skips: {first} -> {last}");
+
+    let give_up = [&sets[..], &["train.loss_scale.max_skips_in_a_row=3"]].concat();
+    match train::<AD>(&smoke(&give_up), &dir.path().join("gives-up"), None, false, vec![Default::default()]) {
+        Err(TrainError::NonFinite(msg)) => assert!(msg.contains("f16 gradients overflowed in 3 steps"), "{msg}"),
+        other => panic!("expected the loss scale to give up, got {other:?}"),
+    }
+}

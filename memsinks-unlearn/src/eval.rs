@@ -182,6 +182,7 @@ pub fn evaluate_mode<B: Backend>(
         summarize(greedy_extraction(
             model,
             &corpus.cache,
+            &corpus.ids,
             docs,
             mode,
             opts.extract_prompt,
@@ -261,4 +262,98 @@ pub fn exclusion_specificity<B: Backend>(
             }
         })
         .collect()
+}
+
+/// Removing sources by design, measured: each group's loss and greedy extraction with every
+/// sequence's own sinks on, and with the removed sources' subsets switched off (every other
+/// sequence keeping its own).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourceRemoval {
+    /// The removed sources' keys.
+    pub sources: Vec<String>,
+    /// Sequence IDs switched off: the sources' own with per-source IDs, every one of their
+    /// documents' with per-document IDs.
+    pub excluded_ids: usize,
+    /// The removed sources' trained documents.
+    pub forgotten: GroupChange,
+    /// The other trained sources' documents.
+    pub retained: GroupChange,
+    /// The held-out sources' documents (never trained on), when the corpus holds sources out.
+    pub held_out: Option<GroupChange>,
+}
+
+/// One group of documents before and after a removal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupChange {
+    /// Documents scored.
+    pub docs: usize,
+    /// Mean NLL before.
+    pub before: f64,
+    /// Mean NLL after.
+    pub after: f64,
+    /// Greedy extraction match rate before.
+    pub extraction_before: f64,
+    /// The same after.
+    pub extraction_after: f64,
+}
+
+impl SourceRemoval {
+    /// `ΔL(forgotten) / (L(held-out) − L(forgotten))` before the removal: the share of the gap
+    /// between the removed sources and sources never seen that the removal closes.
+    pub fn closure(&self) -> Option<f64> {
+        let held_out = self.held_out.as_ref()?;
+        let gap = held_out.before - self.forgotten.before;
+        (gap.abs() > 1e-9).then(|| (self.forgotten.after - self.forgotten.before) / gap)
+    }
+}
+
+/// Measures removing `keys` from `model` (a MemSinks model; a model without sinks changes
+/// nothing and is reported as such). At most `opts.max_docs` documents per group.
+///
+/// # Errors
+/// When the corpus has no source keys, a key is unknown, or a source is held out.
+pub fn source_removal<B: Backend>(
+    model: &MemSinkLm<B>,
+    corpus: &PreparedCorpus,
+    keys: &[String],
+    opts: &EvalOptions,
+    device: &B::Device,
+) -> Result<SourceRemoval, crate::UnlearnError> {
+    let docs = crate::probe::SourceDocs::of(corpus, keys, opts.max_docs)?;
+    let on = if model.sink_pool().is_empty() { MlpMode::Train } else { MlpMode::ActivateSeq { exclude: vec![] } };
+    let off = match &on {
+        MlpMode::Train => MlpMode::Train,
+        _ => MlpMode::ActivateSeq { exclude: docs.ids.clone() },
+    };
+    let group = |set: &[usize]| {
+        let rows = DocRows::of(corpus, set, opts.context, opts.batch_size);
+        let nll = |mode: &MlpMode| score_docs(model, &rows, mode, device).nll;
+        let extract = |mode: &MlpMode| {
+            let ex = greedy_extraction(
+                model,
+                &corpus.cache,
+                &corpus.ids,
+                set,
+                mode,
+                opts.extract_prompt,
+                opts.extract_continuation,
+                device,
+            );
+            summarize(ex).match_rate
+        };
+        GroupChange {
+            docs: set.len(),
+            before: nll(&on),
+            after: nll(&off),
+            extraction_before: extract(&on),
+            extraction_after: extract(&off),
+        }
+    };
+    Ok(SourceRemoval {
+        sources: keys.to_vec(),
+        excluded_ids: docs.ids.len(),
+        forgotten: group(&docs.forget),
+        retained: group(&docs.retain),
+        held_out: (!docs.held_out.is_empty()).then(|| group(&docs.held_out)),
+    })
 }

@@ -128,9 +128,13 @@ pub fn unlearn<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Treated<B>, UnlearnError> {
     let (corpus, context) = (probe.corpus, probe.context);
-    let retain_docs: Vec<usize> = corpus.manifest.indices(Split::Unique);
+    // The retain set: unique documents, none of the forget set's (a forgotten source's unique
+    // documents are its own).
+    let forgotten: std::collections::HashSet<usize> = probe.forget_docs.iter().copied().collect();
+    let retain_docs: Vec<usize> =
+        corpus.manifest.indices(Split::Unique).into_iter().filter(|d| !forgotten.contains(d)).collect();
     if cfg.objective == Objective::GradientDifference && retain_docs.is_empty() {
-        return Err(UnlearnError::EmptySet("unique (retain)"));
+        return Err(UnlearnError::EmptySet("unique (retain)".into()));
     }
     let reference = model.valid();
     let base = probe.losses(&reference, mode, device);

@@ -18,7 +18,7 @@ pub mod relearn;
 pub mod scorers;
 
 pub use fold::fold_drop_sinks;
-pub use probe::{delta_val_at, ForgetSet, TradeoffPoint};
+pub use probe::{delta_at, delta_val_at, ForgetSet, Losses, SourceDocs, TradeoffPoint};
 pub use registry::{builtin_names, load_method, run_method, MethodFile, MethodResult, MethodSpec};
 
 /// Errors of the unlearning methods.
@@ -26,7 +26,7 @@ pub use registry::{builtin_names, load_method, run_method, MethodFile, MethodRes
 pub enum UnlearnError {
     /// The corpus has no documents in a set the method needs.
     #[error("the corpus has no {0} documents: choose another --forget set or prepare a corpus with some")]
-    EmptySet(&'static str),
+    EmptySet(String),
     /// A method that removes sinks was given a model without them.
     #[error("this method drops sinks, but the model has none: give it a MemSinks run")]
     NoSinks,

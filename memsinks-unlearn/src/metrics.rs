@@ -6,7 +6,7 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use memsinks_data::corpus::sequence_id;
+use memsinks_data::DocIds;
 use memsinks_data::{Batcher, Cursor, DocRows, TokenCache};
 use memsinks_model::{MemSinkLm, MlpMode, SeqLayout};
 use serde::{Deserialize, Serialize};
@@ -99,6 +99,7 @@ pub struct Extraction {
 pub fn greedy_extraction<B: Backend>(
     model: &MemSinkLm<B>,
     cache: &TokenCache,
+    ids: &DocIds,
     docs: &[usize],
     mode: &MlpMode,
     k: usize,
@@ -110,7 +111,7 @@ pub fn greedy_extraction<B: Backend>(
     if rows.is_empty() || m == 0 {
         return Vec::new();
     }
-    let ids: Vec<i64> = rows.iter().map(|(_, t)| sequence_id(t)).collect();
+    let ids: Vec<i64> = rows.iter().map(|(d, t)| ids.id(*d, t)).collect();
     let mut seqs: Vec<Vec<i64>> = rows.iter().map(|(_, t)| t[..k].iter().map(|&x| x as i64).collect()).collect();
     for _ in 0..m {
         let len = seqs[0].len();

@@ -10,39 +10,122 @@ use crate::metrics::score_docs;
 use crate::UnlearnError;
 
 /// What to forget.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ForgetSet {
     /// The repeated natural documents.
     Repeated,
     /// The random-token canaries.
     Canary,
+    /// Every trained document of one source (an author, a website: `data.source_key`).
+    Source(String),
 }
 
 impl ForgetSet {
-    /// Parses the CLI spelling (`repeated`, `canary`).
+    /// Parses the CLI spelling: `repeated`, `canary`, `source:KEY`.
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "repeated" => Some(ForgetSet::Repeated),
             "canary" => Some(ForgetSet::Canary),
-            _ => None,
+            _ => name.strip_prefix("source:").filter(|k| !k.is_empty()).map(|k| ForgetSet::Source(k.to_string())),
         }
     }
 
-    /// The CLI spelling, also the split name in messages.
-    pub fn name(self) -> &'static str {
+    /// The CLI spelling (inverse of [`ForgetSet::parse`]), also used in messages.
+    pub fn name(&self) -> String {
         match self {
-            ForgetSet::Repeated => "repeated",
-            ForgetSet::Canary => "canary",
+            ForgetSet::Repeated => "repeated".into(),
+            ForgetSet::Canary => "canary".into(),
+            ForgetSet::Source(key) => format!("source:{key}"),
         }
     }
 
-    /// The corpus split.
-    pub fn split(self) -> Split {
-        match self {
-            ForgetSet::Repeated => Split::Repeated,
-            ForgetSet::Canary => Split::Canary,
+    /// The name as a file-name part: the source key with anything but letters, digits, `-`, `_`
+    /// and `.` replaced.
+    pub fn file_name(&self) -> String {
+        self.name().chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
+    }
+
+    /// Its documents in `corpus` (for a source: its trained documents, repeated and unique).
+    ///
+    /// # Errors
+    /// When the corpus has none, or the source is unknown or held out.
+    pub fn docs(&self, corpus: &PreparedCorpus) -> Result<Vec<usize>, UnlearnError> {
+        let docs = match self {
+            ForgetSet::Repeated => corpus.manifest.indices(Split::Repeated),
+            ForgetSet::Canary => corpus.manifest.indices(Split::Canary),
+            ForgetSet::Source(key) => SourceDocs::of(corpus, std::slice::from_ref(key), usize::MAX)?.forget,
+        };
+        if docs.is_empty() {
+            return Err(UnlearnError::EmptySet(self.name()));
         }
+        Ok(docs)
+    }
+}
+
+impl std::str::FromStr for ForgetSet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s).ok_or_else(|| format!("`{s}`: give repeated, canary or source:KEY"))
+    }
+}
+
+/// The documents a source removal is measured on: the forgotten sources' trained documents, the
+/// other trained sources' (retained), and the held-out sources' (never trained: validation).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceDocs {
+    /// Trained documents of the forgotten sources.
+    pub forget: Vec<usize>,
+    /// Trained documents of the other sources, at most `max` spread over them.
+    pub retain: Vec<usize>,
+    /// Documents of the held-out sources (the validation set), at most `max`.
+    pub held_out: Vec<usize>,
+    /// The sequence IDs whose sinks hold the forgotten sources: with per-source IDs the sources'
+    /// own, with per-document IDs every forgotten document's.
+    pub ids: Vec<i64>,
+}
+
+impl SourceDocs {
+    /// The documents of removing `keys` from `corpus`, at most `max` per set (all forgotten
+    /// documents' IDs regardless).
+    ///
+    /// # Errors
+    /// When the corpus has no source keys, a key is unknown, or a source is held out.
+    pub fn of(corpus: &PreparedCorpus, keys: &[String], max: usize) -> Result<Self, UnlearnError> {
+        let trained = [Split::Repeated, Split::Unique];
+        let mut indices = Vec::new();
+        for key in keys {
+            let (index, entry) = corpus.source(key).map_err(|e| UnlearnError::Method(e.to_string()))?;
+            if entry.held_out {
+                return Err(UnlearnError::Method(format!(
+                    "source `{key}` is held out (data.held_out_sources): it was never trained on, so there is nothing to forget"
+                )));
+            }
+            indices.push(index);
+        }
+        let source_of = |d: usize| corpus.source_of.as_ref().and_then(|t| t.get(d).copied());
+        let mut all_forget: Vec<usize> = Vec::new();
+        let mut retain_pool: Vec<usize> = Vec::new();
+        for split in trained {
+            for d in corpus.manifest.indices(split) {
+                match source_of(d) {
+                    Some(s) if indices.contains(&(s as usize)) => all_forget.push(d),
+                    Some(_) => retain_pool.push(d),
+                    None => {}
+                }
+            }
+        }
+        all_forget.sort_unstable();
+        retain_pool.sort_unstable();
+        let mut ids: Vec<i64> = all_forget.iter().map(|&d| corpus.ids.id(d, &corpus.cache.doc(d))).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        // Retained documents evenly spaced over the pool, so that every retained source shows.
+        let step = retain_pool.len().div_ceil(max.max(1)).max(1);
+        let retain = retain_pool.iter().step_by(step).take(max).copied().collect();
+        let held_out = corpus.manifest.indices(Split::Validation).into_iter().take(max).collect();
+        let forget = all_forget.into_iter().take(max).collect();
+        Ok(Self { forget, retain, held_out, ids })
     }
 }
 
@@ -60,18 +143,39 @@ pub struct TradeoffPoint {
     pub delta_forget: f64,
     /// Change of the validation loss against the untreated model.
     pub delta_val: f64,
+    /// Forgetting a source: the loss of the other trained sources' documents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_loss: Option<f64>,
+    /// Its change against the untreated model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_retain: Option<f64>,
+}
+
+/// The losses a probe measures at one point.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Losses {
+    /// Forget-set loss.
+    pub forget: f64,
+    /// Validation loss.
+    pub val: f64,
+    /// Retained sources' loss (forgetting a source).
+    pub retain: Option<f64>,
 }
 
 /// The documents and settings a method is measured on.
 pub struct Probe<'a> {
     /// The prepared corpus.
     pub corpus: &'a PreparedCorpus,
+    /// What is forgotten.
+    pub forget: ForgetSet,
     /// Every document of the forget set (what fine-tuning and scoring use).
     pub forget_docs: Vec<usize>,
     /// The forget documents each measurement scores (the first `eval_docs`).
     pub eval_forget: Vec<usize>,
     /// The validation documents each measurement scores.
     pub val_docs: Vec<usize>,
+    /// Forgetting a source: the other trained sources' documents each measurement scores.
+    pub retain_docs: Vec<usize>,
     /// Tokens per row.
     pub context: usize,
     /// Rows per forward pass.
@@ -91,16 +195,18 @@ impl<'a> Probe<'a> {
         eval_docs: usize,
     ) -> Result<Self, UnlearnError> {
         let m = &corpus.manifest;
-        let forget_docs = m.indices(forget.split());
-        if forget_docs.is_empty() {
-            return Err(UnlearnError::EmptySet(forget.name()));
-        }
+        let forget_docs = forget.docs(corpus)?;
         let val_docs: Vec<usize> = m.indices(Split::Validation).into_iter().take(eval_docs).collect();
         if val_docs.is_empty() {
-            return Err(UnlearnError::EmptySet("validation"));
+            return Err(UnlearnError::EmptySet("validation".into()));
         }
+        let retain_docs = match &forget {
+            ForgetSet::Source(key) => SourceDocs::of(corpus, std::slice::from_ref(key), eval_docs)?.retain,
+            _ => Vec::new(),
+        };
         let eval_forget = forget_docs.iter().copied().take(eval_docs).collect();
-        Ok(Self { corpus, forget_docs, eval_forget, val_docs, context, batch_size: batch_size.max(1) })
+        let batch_size = batch_size.max(1);
+        Ok(Self { corpus, forget, forget_docs, eval_forget, val_docs, retain_docs, context, batch_size })
     }
 
     /// Mean NLL of `docs` under `model` in `mode`.
@@ -108,31 +214,48 @@ impl<'a> Probe<'a> {
         score_docs(model, &DocRows::of(self.corpus, docs, self.context, self.batch_size), mode, device).nll
     }
 
-    /// `(forget loss, validation loss)` of `model` in `mode`.
-    pub fn losses<B: Backend>(&self, model: &MemSinkLm<B>, mode: &MlpMode, device: &B::Device) -> (f64, f64) {
-        (self.nll(model, &self.eval_forget, mode, device), self.nll(model, &self.val_docs, mode, device))
+    /// The forget, validation (and retained) losses of `model` in `mode`.
+    pub fn losses<B: Backend>(&self, model: &MemSinkLm<B>, mode: &MlpMode, device: &B::Device) -> Losses {
+        let retain = (!self.retain_docs.is_empty()).then(|| self.nll(model, &self.retain_docs, mode, device));
+        Losses {
+            forget: self.nll(model, &self.eval_forget, mode, device),
+            val: self.nll(model, &self.val_docs, mode, device),
+            retain,
+        }
     }
 }
 
-/// The point at `setting` with losses `(forget, val)` measured against the untreated `base`.
-pub fn point(setting: f64, (forget, val): (f64, f64), (f0, v0): (f64, f64)) -> TradeoffPoint {
-    TradeoffPoint { setting, forget_loss: forget, val_loss: val, delta_forget: forget - f0, delta_val: val - v0 }
+/// The point at `setting` with losses `now` measured against the untreated `base`.
+pub fn point(setting: f64, now: Losses, base: Losses) -> TradeoffPoint {
+    TradeoffPoint {
+        setting,
+        forget_loss: now.forget,
+        val_loss: now.val,
+        delta_forget: now.forget - base.forget,
+        delta_val: now.val - base.val,
+        retain_loss: now.retain,
+        delta_retain: now.retain.zip(base.retain).map(|(a, b)| a - b),
+    }
 }
 
 /// The validation-loss cost of a method at a matched forgetting: `ΔL_val` where its curve first
 /// reaches `ΔL_forget = target`, linearly interpolated between the two points around the
 /// crossing. `None` when the curve never gets there.
 pub fn delta_val_at(curve: &[TradeoffPoint], target: f64) -> Option<f64> {
+    delta_at(curve, target, |p| Some(p.delta_val))
+}
+
+/// [`delta_val_at`] for any change a point records (`ΔL_retain` of a source removal); `None`
+/// also where the points around the crossing do not record it.
+pub fn delta_at(curve: &[TradeoffPoint], target: f64, of: impl Fn(&TradeoffPoint) -> Option<f64>) -> Option<f64> {
     let first = curve.first()?;
     if first.delta_forget >= target {
-        return Some(first.delta_val);
+        return of(first);
     }
-    curve.windows(2).find_map(|w| {
+    curve.windows(2).find(|w| w[0].delta_forget < target && w[1].delta_forget >= target).and_then(|w| {
         let (a, b) = (&w[0], &w[1]);
-        (a.delta_forget < target && b.delta_forget >= target).then(|| {
-            let t = (target - a.delta_forget) / (b.delta_forget - a.delta_forget);
-            a.delta_val + t * (b.delta_val - a.delta_val)
-        })
+        let t = (target - a.delta_forget) / (b.delta_forget - a.delta_forget);
+        Some(of(a)? + t * (of(b)? - of(a)?))
     })
 }
 
@@ -141,7 +264,15 @@ mod tests {
     use super::*;
 
     fn p(df: f64, dv: f64) -> TradeoffPoint {
-        TradeoffPoint { setting: 0.0, forget_loss: 0.0, val_loss: 0.0, delta_forget: df, delta_val: dv }
+        TradeoffPoint {
+            setting: 0.0,
+            forget_loss: 0.0,
+            val_loss: 0.0,
+            delta_forget: df,
+            delta_val: dv,
+            retain_loss: None,
+            delta_retain: None,
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::finetune::{unlearn, FinetuneConfig, Treated};
 use crate::localize::{prune_sweep, PruneConfig};
-use crate::probe::{point, ForgetSet, Probe, TradeoffPoint};
+use crate::probe::{point, ForgetSet, Probe, SourceDocs, TradeoffPoint};
 use crate::relearn::{relearn, RelearnConfig, RelearnFrom, RelearnPoint, RelearnStart};
 use crate::UnlearnError;
 
@@ -30,6 +30,16 @@ pub enum MethodSpec {
     Finetune(FinetuneConfig),
     /// Localization by a scorer, then pruning a sweep of fractions.
     Prune(PruneConfig),
+    /// Removal of one source by design (NULLs): the source's sink subsets switched off (with
+    /// per-source IDs its one subset; with per-document IDs every one of its documents'), every
+    /// other sequence keeping its own, against the same model with every sequence's sinks on.
+    /// Forgets `--forget source:KEY` only.
+    DropSourceSinks {
+        /// Documents per set in each evaluation.
+        eval_docs: usize,
+        /// Rows per forward pass.
+        batch_size: usize,
+    },
     /// Removal by design: a MemSinks model with its sinks dropped, against the same model with
     /// each sequence's sinks on.
     DropSinks {
@@ -94,7 +104,8 @@ impl MethodFile {
                 positive("eval_docs", p.eval_docs)?;
                 positive("batch_size", p.batch_size)?;
             }
-            MethodSpec::DropSinks { eval_docs, batch_size, .. } => {
+            MethodSpec::DropSinks { eval_docs, batch_size, .. }
+            | MethodSpec::DropSourceSinks { eval_docs, batch_size } => {
                 positive("eval_docs", *eval_docs)?;
                 positive("batch_size", *batch_size)?;
             }
@@ -195,6 +206,7 @@ pub fn run_method<B: AutodiffBackend>(
     let memorizing = if has_sinks { MlpMode::ActivateSeq { exclude: vec![] } } else { MlpMode::Train };
     let original = model.valid();
     let keep_at = file.relearn.as_ref().and_then(|r| r.start_at_delta_forget);
+    let forgotten = forget.clone();
     let (treated, treated_mode, probe) = match &file.spec {
         MethodSpec::Finetune(cfg) => {
             let probe = Probe::new(corpus, forget, context, cfg.batch_size, cfg.eval_docs)?;
@@ -213,6 +225,23 @@ pub fn run_method<B: AutodiffBackend>(
             let base = probe.losses(&original, &memorizing, device);
             let curve = vec![point(0.0, base, base), point(1.0, probe.losses(&original, &dropped, device), base)];
             (Treated { curve, model, matched: None }, dropped, probe)
+        }
+        MethodSpec::DropSourceSinks { eval_docs, batch_size } => {
+            if !has_sinks {
+                return Err(UnlearnError::NoSinks);
+            }
+            let ForgetSet::Source(key) = &forget else {
+                return Err(UnlearnError::Method(format!(
+                    "{name} removes a source: give --forget source:KEY, not {}",
+                    forget.name()
+                )));
+            };
+            let ids = SourceDocs::of(corpus, std::slice::from_ref(key), 0)?.ids;
+            let probe = Probe::new(corpus, forget, context, *batch_size, *eval_docs)?;
+            let removed = MlpMode::ActivateSeq { exclude: ids };
+            let base = probe.losses(&original, &memorizing, device);
+            let curve = vec![point(0.0, base, base), point(1.0, probe.losses(&original, &removed, device), base)];
+            (Treated { curve, model, matched: None }, removed, probe)
         }
     };
     let (relearned, relearn_start) = match &file.relearn {
@@ -241,7 +270,7 @@ pub fn run_method<B: AutodiffBackend>(
     Ok(MethodResult {
         method: name.to_string(),
         file: file.clone(),
-        forget,
+        forget: forgotten,
         mode: treated_mode,
         curve: treated.curve,
         relearn: relearned,
@@ -257,7 +286,9 @@ mod tests {
     #[test]
     fn every_builtin_method_file_parses() {
         let names = builtin_names();
-        for required in ["drop-sinks", "gradient-ascent", "npo", "prune-zero-out", "prune-hard-concrete"] {
+        for required in
+            ["drop-sinks", "drop-source-sinks", "gradient-ascent", "npo", "prune-zero-out", "prune-hard-concrete"]
+        {
             assert!(names.contains(&required), "{required} missing from {names:?}");
         }
         for name in names {

@@ -6,6 +6,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use burn::tensor::{Int, Tensor, TensorData};
 use memsinks_data::cache::{CacheKey, TokenCache};
+use memsinks_data::corpus::PER_DOCUMENT;
 use memsinks_data::{DocRows, LmBatch};
 use memsinks_model::loss::lm_loss;
 use memsinks_model::{MemSinkLm, MlpMode, ModelConfig, SeqLayout};
@@ -62,19 +63,19 @@ fn memorized_documents_are_extracted_and_separated_from_held_out_ones() {
     let model = memorizer(4, &cache);
     let device = Default::default();
     let mode = MlpMode::ActivateSeq { exclude: vec![] };
-    let seen = greedy_extraction(&model, &cache, &[0, 1, 2, 3], &mode, 8, 16, &device);
+    let seen = greedy_extraction(&model, &cache, &PER_DOCUMENT, &[0, 1, 2, 3], &mode, 8, 16, &device);
     assert_eq!(seen.len(), 4);
     for e in &seen {
         assert_eq!(e.match_rate, 1.0, "memorized document {} not extracted", e.doc);
         assert!(e.extracted && e.verbatim_len == 16);
     }
     // Random held-out documents cannot be continued.
-    let unseen = greedy_extraction(&model, &cache, &[4, 5, 6, 7], &mode, 8, 16, &device);
+    let unseen = greedy_extraction(&model, &cache, &PER_DOCUMENT, &[4, 5, 6, 7], &mode, 8, 16, &device);
     let rate = unseen.iter().map(|e| e.match_rate).sum::<f64>() / 4.0;
     assert!(rate < 0.3, "held-out match rate {rate}");
     assert!(unseen.iter().all(|e| !e.extracted));
     // Teacher-forced: members have low loss and high accuracy; the loss separates them.
-    let rows = |docs| DocRows { cache: &cache, docs, context: 40, batch_size: 4, end_of_text: EOT };
+    let rows = |docs| DocRows { cache: &cache, docs, context: 40, batch_size: 4, end_of_text: EOT, ids: &PER_DOCUMENT };
     let members = score_docs(&model, &rows(&[0, 1, 2, 3]), &mode, &device);
     let held_out = score_docs(&model, &rows(&[4, 5, 6, 7]), &mode, &device);
     assert!(members.accuracy > 0.95 && members.nll < 0.2, "{} {}", members.accuracy, members.nll);
@@ -82,7 +83,7 @@ fn memorized_documents_are_extracted_and_separated_from_held_out_ones() {
     assert_eq!(loss_mia_auc(&members, &held_out), 1.0);
     assert_eq!(members.docs.len(), 4);
     // Short documents are skipped by extraction.
-    assert!(greedy_extraction(&model, &cache, &[0], &mode, 30, 16, &device).is_empty());
+    assert!(greedy_extraction(&model, &cache, &PER_DOCUMENT, &[0], &mode, 30, 16, &device).is_empty());
 }
 
 #[test]
@@ -123,7 +124,7 @@ fn fine_tuning_unlearning_raises_the_forget_loss() {
             batch_size: 8,
             ..Default::default()
         };
-        let probe = Probe::new(&corpus, forget, exp.data.context, cfg.batch_size, cfg.eval_docs).unwrap();
+        let probe = Probe::new(&corpus, forget.clone(), exp.data.context, cfg.batch_size, cfg.eval_docs).unwrap();
         let curve = unlearn(model, &probe, &cfg, &MlpMode::Train, None, &Default::default()).unwrap().curve;
         assert_eq!(curve.iter().map(|p| p.setting).collect::<Vec<_>>(), vec![0.0, 5.0, 10.0], "{objective:?}");
         let last = curve.last().unwrap();
