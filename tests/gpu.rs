@@ -34,7 +34,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 mod support;
 
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use memsinks_data::LmBatch;
 use memsinks_model::io::{load_model, named_tensors, save_model};
@@ -153,7 +153,7 @@ fn values<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
 }
 
 /// Logits, loss and every parameter's gradient (by Llama name) of one forward/backward.
-fn forward_backward<Bk: AutodiffBackend>(
+fn forward_backward<Bk: memsinks_model::TrainBackend>(
     model: &MemSinkLm<Bk>,
     layout: &SeqLayout,
     mode: &MlpMode,

@@ -34,12 +34,19 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch" 2>/dev/
   exit 1
 fi
 
-cargo build --release --quiet -p memsinks-cli
-target="${CARGO_TARGET_DIR:-target}"
-bin="$target/release/memsinks"
+# MEMSINKS_BIN: an already built binary (e.g. the one the tests built with --features wgpu; a
+# build with other features would recompile burn).
+if [ -n "${MEMSINKS_BIN:-}" ]; then
+  bin="$MEMSINKS_BIN"
+else
+  cargo build --release --quiet -p memsinks-cli
+  bin="${CARGO_TARGET_DIR:-target}/release/memsinks"
+fi
 export RAYON_NUM_THREADS="$threads"
 results="$(mktemp)"
 for round in $(seq "$rounds"); do
+  # The single-precision matmul ceiling of this machine with these threads (flex's gemm).
+  "$bin" bench matmul --size 2048 --reps 5 --backend flex | tee -a "$results"
   for method in memsinks standard; do
     for backend in $backends; do
       "$bin" bench train --preset "$preset" --method "$method" --steps "$steps" --backend "$backend" | tee -a "$results"
@@ -51,7 +58,10 @@ done
 
 "$venv/bin/python" - "$results" <<'PY'
 import json, statistics, sys
-runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+ceilings = [r["gflops"] for r in lines if "size" in r and "method" not in r]
+ceiling = statistics.median(ceilings) if ceilings else None
+runs = [r for r in lines if "method" in r]
 def median(backend, method, key="tokens_per_s"):
     return statistics.median(r[key] for r in runs if r["backend"] == backend and r["method"] == method)
 torch_name = next(r["backend"] for r in runs if r["backend"].startswith("torch"))
@@ -65,6 +75,9 @@ for method in ("memsinks", "standard"):
             "ratio_vs_torch": round(median(backend, method) / ref, 3),
             "rss_ratio_vs_torch": round(median(backend, method, "peak_rss_mb") / ref_rss, 3),
             "mask_share": round(median(backend, method, "mask_share"), 5),
+            "model_gflops": round(median(backend, method, "model_gflops"), 1),
+            "sgemm_ceiling_gflops": round(ceiling, 1) if ceiling else None,
+            "share_of_ceiling": round(median(backend, method, "model_gflops") / ceiling, 3) if ceiling else None,
         }))
 PY
 rm -f "$results"

@@ -111,7 +111,7 @@ fn run_on<T: BackendTask>(name: &str, precision: Precision, devices: DeviceRange
 /// The probe creates no tensor: burn 0.21 fixes a device's default float type at its first
 /// tensor, so nothing may be allocated before the task chooses its backend.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
-fn run_checked<G: burn::tensor::backend::Backend, T: BackendTask>(
+fn run_checked<G: memsinks_model::Kernels, T: BackendTask>(
     name: &str,
     precision: Precision,
     devices: Vec<G::Device>,

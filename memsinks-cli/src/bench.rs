@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use memsinks_study::bench::{SinkOverrides, TrainBench};
+use memsinks_study::bench::{MatmulBench, SinkOverrides, TrainBench};
 use memsinks_study::{DeviceRange, Runner};
 use memsinks_train::config::Precision;
 use memsinks_train::Method;
@@ -21,6 +21,24 @@ pub struct BenchArgs {
 enum BenchWhat {
     /// Training throughput of one preset and method.
     Train(TrainBenchArgs),
+    /// The machine's single-precision matmul ceiling on a backend: square products timed.
+    Matmul(MatmulBenchArgs),
+}
+
+/// GFLOP/s of `[n, n] × [n, n]` f32 products: the ceiling the training step's model FLOP/s is
+/// measured against.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Example:\n  memsinks bench matmul --size 2048 --reps 5")]
+pub struct MatmulBenchArgs {
+    /// Matrix size n.
+    #[arg(long, default_value_t = 2048)]
+    size: usize,
+    /// Timed products (after one untimed).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Backend.
+    #[arg(long)]
+    backend: Option<String>,
 }
 
 /// Training-step throughput on random data.
@@ -80,7 +98,17 @@ pub struct TrainBenchArgs {
 
 /// Runs the subcommand, printing one JSON line to `out`.
 pub fn run(args: &BenchArgs, out: &mut impl std::io::Write) -> Result<()> {
-    let BenchWhat::Train(a) = &args.what;
+    let a = match &args.what {
+        BenchWhat::Train(a) => a,
+        BenchWhat::Matmul(m) => {
+            let backend = BackendChoice::chosen(m.backend.as_deref());
+            let mut result =
+                backend.run(Precision::F32, DeviceRange::ONE, MatmulBench { size: m.size, reps: m.reps })?;
+            result.backend = backend.backend().to_string();
+            writeln!(out, "{}", serde_json::to_string(&result)?)?;
+            return Ok(());
+        }
+    };
     let bench = TrainBench {
         preset: a.preset.clone(),
         method: a.method,

@@ -1,10 +1,10 @@
 //! `memsinks generate`: text from a trained run in a chosen MLP mode, to watch memorized stories
 //! come back (sinks on) or not (sinks dropped).
 
+use memsinks_model::TrainBackend;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use memsinks_data::corpus::sequence_id;
 use memsinks_data::rng::SplitMix64;
@@ -75,7 +75,7 @@ struct Generated {
 impl BackendTask for GenerateTask {
     type Output = Generated;
 
-    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<Generated> {
+    fn run<B: TrainBackend>(self, devices: Vec<B::Device>) -> Result<Generated> {
         let args = &self.args;
         let device = &devices[0];
         let run = FinishedRun::open(&args.run)?;

@@ -1,7 +1,6 @@
 //! Autoregressive generation from a [`MemSinkLm`], next to the model as nanoGPT keeps its
 //! `generate`: greedy or sampled (temperature, top-k), with the MLPs in any mode.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::{MemSinkLm, MlpMode, SeqLayout};
@@ -36,7 +35,7 @@ pub struct Generation {
 
 /// Continues `prompt` as `how` says; every position uses sequence ID `seq_id` for the sink
 /// modes. `uniform` draws from `[0, 1)` (sampling only). Returns the new tokens.
-pub fn generate<B: Backend>(
+pub fn generate<B: crate::Kernels>(
     model: &MemSinkLm<B>,
     prompt: &[u32],
     seq_id: i64,

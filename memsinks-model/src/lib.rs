@@ -12,6 +12,7 @@ pub mod batch;
 pub mod config;
 pub mod generate;
 pub mod io;
+pub mod kernels;
 pub mod layout;
 pub mod loss;
 pub mod mask;
@@ -21,6 +22,7 @@ pub mod named;
 
 pub use batch::LmBatch;
 pub use config::{ModelConfig, PRESET_NAMES};
+pub use kernels::{AdamWStep, Kernels, TrainBackend};
 pub use layout::SeqLayout;
 pub use mask::{MaskScheme, SinkPool};
 pub use mlp::{mask_build_time, HiddenMask, MemSinkMlp, MlpMode, SinkLayout};

@@ -2,7 +2,6 @@
 
 use burn::module::Module;
 use burn::nn::{Initializer, Linear, LinearConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -10,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::kernels::{swiglu, Kernels};
 use crate::layout::SeqLayout;
 use crate::mask::SinkPool;
 
@@ -371,7 +371,9 @@ impl<B: Backend> MemSinkMlp<B> {
             down_proj: normal_linear(d_hidden, d_model, proj_std, device),
         }
     }
+}
 
+impl<B: Kernels> MemSinkMlp<B> {
     /// Applies the MLP to `[batch, seq, d_model]` with an optional hidden mask.
     ///
     /// With a gradient gate (gradient masking), gated-off units pass their value forward but
@@ -393,9 +395,9 @@ impl<B: Backend> MemSinkMlp<B> {
             let mask = mask.expect("a compact mask");
             return self.forward_compact(x, mask, active, hook);
         }
-        let h = silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x);
-        let Some(mask) = mask else { return self.down_proj.forward(hook(h)) };
-        let h = hook(h * mask.scale.clone());
+        let (gate, up) = (self.gate_proj.forward(x.clone()), self.up_proj.forward(x));
+        let Some(mask) = mask else { return self.down_proj.forward(hook(swiglu(gate, up, None))) };
+        let h = hook(swiglu(gate, up, Some(mask.scale.clone())));
         match &mask.grad_gate {
             None => self.down_proj.forward(h),
             Some(gate) => {
@@ -420,8 +422,7 @@ impl<B: Backend> MemSinkMlp<B> {
         let gate = self.gate_proj.weight.val().select(1, active.clone()).unsqueeze::<3>();
         let up = self.up_proj.weight.val().select(1, active.clone()).unsqueeze::<3>();
         let down = self.down_proj.weight.val().select(0, active);
-        let h = silu(x.clone().matmul(gate)) * x.matmul(up);
-        let h = hook(h * mask.scale.clone());
+        let h = hook(swiglu(x.clone().matmul(gate), x.matmul(up), Some(mask.scale.clone())));
         match &mask.grad_gate {
             None => h.matmul(down.unsqueeze()),
             Some(g) => {

@@ -6,11 +6,12 @@
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, RmsNorm, RmsNormConfig};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData};
+use std::sync::Arc;
+
+use burn::tensor::{FloatDType, Int, Tensor, TensorData};
 
 use crate::config::ModelConfig;
+use crate::kernels::Kernels;
 use crate::layout::SeqLayout;
 use crate::mask::SinkPool;
 use crate::mlp::{normal_linear, MemSinkMlp, MlpMode, SinkLayout};
@@ -52,17 +53,13 @@ impl<B: Backend> Rope<B> {
         let table = |v, rows| Tensor::from_data(TensorData::new(v, [rows, head_dim]), device);
         Self { cos: table(cos, max_seq_len), sin: table(sin, max_seq_len), rotate_half: table(rot, head_dim) }
     }
+}
 
+impl<B: Kernels> Rope<B> {
     /// Rotates `[batch, seq, heads, head_dim]` for positions `0..seq`, in `x`'s float type (the
     /// tables are kept in f32 and cast for a half-precision forward).
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [batch, seq, heads, head_dim] = x.dims();
-        let dtype = x.dtype();
-        let cos = self.cos.clone().narrow(0, 0, seq).reshape([1, seq, 1, head_dim]).cast(dtype);
-        let sin = self.sin.clone().narrow(0, 0, seq).reshape([1, seq, 1, head_dim]).cast(dtype);
-        let rotate_half = self.rotate_half.clone().cast(dtype);
-        let rotated = x.clone().reshape([batch * seq * heads, head_dim]).matmul(rotate_half);
-        x * cos + rotated.reshape([batch, seq, heads, head_dim]) * sin
+        crate::kernels::rope(x, self.cos.clone(), self.sin.clone(), self.rotate_half.clone())
     }
 }
 
@@ -94,30 +91,21 @@ impl<B: Backend> Attention<B> {
             n_kv_heads: cfg.n_kv_heads,
         }
     }
+}
 
-    /// `x`: `[batch, seq, d_model]`; `doc_mask`: `[batch, heads, seq, seq]`, true where a query
-    /// may not see a key of another document (applied on top of the causal mask).
-    pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope<B>, doc_mask: Option<Tensor<B, 4, Bool>>) -> Tensor<B, 3> {
+impl<B: Kernels> Attention<B> {
+    /// `x`: `[batch, seq, d_model]`; `segments`: the document of every token of packed rows
+    /// (`batch × seq`), whose queries see only their own document's keys (on top of the causal
+    /// mask). Each key/value head serves `n_heads / n_kv_heads` consecutive query heads.
+    pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope<B>, segments: Option<Arc<Vec<u32>>>) -> Tensor<B, 3> {
         let [batch, seq, d_model] = x.dims();
         let hd = d_model / self.n_heads;
         let split = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, hd]);
-        let q = rope.apply(split(self.q_proj.forward(x.clone()), self.n_heads)).swap_dims(1, 2);
-        let k = rope.apply(split(self.k_proj.forward(x.clone()), self.n_kv_heads)).swap_dims(1, 2);
-        let v = split(self.v_proj.forward(x), self.n_kv_heads).swap_dims(1, 2);
-        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: true };
-        let out = attention(q, k, v, doc_mask, None, options);
-        self.o_proj.forward(out.swap_dims(1, 2).reshape([batch, seq, d_model]))
-    }
-
-    /// Each key/value head serves `n_heads / n_kv_heads` consecutive query heads.
-    fn repeat_kv(&self, t: Tensor<B, 4>) -> Tensor<B, 4> {
-        let groups = self.n_heads / self.n_kv_heads;
-        if groups == 1 {
-            return t;
-        }
-        let [b, kv, s, hd] = t.dims();
-        t.unsqueeze_dim::<5>(2).expand([b, kv, groups, s, hd]).reshape([b, kv * groups, s, hd])
+        let q = rope.apply(split(self.q_proj.forward(x.clone()), self.n_heads));
+        let k = rope.apply(split(self.k_proj.forward(x.clone()), self.n_kv_heads));
+        let v = split(self.v_proj.forward(x), self.n_kv_heads);
+        let out = crate::kernels::attention(q, k, v, segments);
+        self.o_proj.forward(out.reshape([batch, seq, d_model]))
     }
 }
 
@@ -199,7 +187,7 @@ impl ModelConfig {
 /// A hook on the MLP hidden activations: `(layer, h) -> h'` (see [`MemSinkLm::forward_hooked`]).
 pub type HiddenHook<'a, B> = dyn FnMut(usize, Tensor<B, 3>) -> Tensor<B, 3> + 'a;
 
-impl<B: Backend> MemSinkLm<B> {
+impl<B: Kernels> MemSinkLm<B> {
     /// Logits `[batch, seq, vocab]` for `tokens` (`[batch, seq]`) with the MLPs in `mode`.
     ///
     /// # Panics
@@ -233,7 +221,8 @@ impl<B: Backend> MemSinkLm<B> {
         let [batch, seq] = tokens.dims();
         assert_eq!((layout.batch, layout.seq_len), (batch, seq), "SeqLayout does not match the token batch");
         let device = tokens.device();
-        let doc_mask = doc_attention_mask::<B>(layout, self.n_heads(), &device);
+        // Packed rows: queries see only their own document (segments, not IDs, decide).
+        let segments = layout.is_packed().then(|| layout.segments.clone().map(Arc::new)).flatten();
         let mut x = self.embed.forward(tokens);
         // Masks are built in f32 on the host and computed with in the activations' float type
         // (a half-precision forward of `cast_params`): burn's GPU kernels read a mismatched
@@ -253,20 +242,27 @@ impl<B: Backend> MemSinkLm<B> {
                 Some(shared) => shared.clone(),
                 None => mask_of(layer),
             };
-            x = x.clone() + block.attn.forward(block.attn_norm.forward(x), &self.rope, doc_mask.clone());
+            x = x.clone() + block.attn.forward(norm(&block.attn_norm, x), &self.rope, segments.clone());
             let hidden = |h| match hook.as_mut() {
                 Some(hook) => hook(layer, h),
                 None => h,
             };
-            x = x.clone() + block.mlp.forward_hooked(block.mlp_norm.forward(x), mask.as_ref(), hidden);
+            x = x.clone() + block.mlp.forward_hooked(norm(&block.mlp_norm, x), mask.as_ref(), hidden);
         }
-        let x = self.norm.forward(x);
+        let x = norm(&self.norm, x);
         match &self.head {
             Some(head) => head.forward(x),
             None => x.matmul(self.embed.weight.val().transpose().unsqueeze()),
         }
     }
+}
 
+/// burn's `RmsNorm` computed by the backend's fused kernel ([`crate::kernels::rms_norm`]).
+fn norm<B: Kernels>(norm: &RmsNorm<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    crate::kernels::rms_norm(x, norm.gamma.val(), norm.epsilon)
+}
+
+impl<B: Backend> MemSinkLm<B> {
     /// The model with every parameter cast to `dtype`, for a mixed-precision step: the casts are
     /// recorded by autodiff, so the gradients of a loss computed with the copy reach this model's
     /// (f32 master) parameters, under the same parameter IDs. Casting to the current type is
@@ -291,10 +287,6 @@ impl<B: Backend> MemSinkLm<B> {
     pub fn sink_pool(&self) -> &SinkPool {
         &self.sinks.pool
     }
-
-    fn n_heads(&self) -> usize {
-        self.blocks.first().map_or(1, |b| b.attn.n_heads)
-    }
 }
 
 /// Forces every lazily initialised parameter to draw its value.
@@ -304,22 +296,4 @@ impl<B: Backend> ModuleVisitor<B> for Materialize {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let _ = param.val();
     }
-}
-
-/// `[batch, heads, seq, seq]`, true where query and key lie in different documents of a packed
-/// row; `None` when no row is packed (the causal mask alone is then exact).
-fn doc_attention_mask<B: Backend>(layout: &SeqLayout, heads: usize, device: &B::Device) -> Option<Tensor<B, 4, Bool>> {
-    if !layout.is_packed() {
-        return None;
-    }
-    let segments = layout.segments.as_ref()?;
-    let (batch, seq) = (layout.batch, layout.seq_len);
-    let mut blocked = Vec::with_capacity(batch * seq * seq);
-    for row in segments.chunks(seq) {
-        for &q in row {
-            blocked.extend(row.iter().map(|&k| k != q));
-        }
-    }
-    let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(blocked, [batch, 1, seq, seq]), device);
-    Some(mask.expand([batch, heads, seq, seq]))
 }

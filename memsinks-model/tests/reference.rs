@@ -319,7 +319,7 @@ fn parameter_count_of_allocated_models_matches_the_config() {
     }
 }
 
-fn lm_loss<Bk: burn::tensor::backend::Backend>(model: &MemSinkLm<Bk>, rows: &[Vec<i64>], ids: &[i64]) -> Tensor<Bk, 1> {
+fn lm_loss<Bk: memsinks_model::Kernels>(model: &MemSinkLm<Bk>, rows: &[Vec<i64>], ids: &[i64]) -> Tensor<Bk, 1> {
     let t = rows[0].len() - 1;
     let inputs: Vec<Vec<i64>> = rows.iter().map(|r| r[..t].to_vec()).collect();
     let targets: Vec<i64> = rows.iter().flat_map(|r| r[1..].to_vec()).collect();

@@ -2,11 +2,12 @@
 //! clip, AdamW) of a preset on random tokens with random sequence IDs, reported with the same
 //! keys as the PyTorch reference (`experiments/bench/torch_reference.py`).
 
+use memsinks_model::TrainBackend;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use burn::optim::{GradientsParams, Optimizer};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::ElementConversion;
 use memsinks_data::rng::SplitMix64;
 use memsinks_model::loss::lm_loss;
@@ -99,12 +100,79 @@ pub struct TrainBenchResult {
     pub peak_rss_mb: f64,
     /// Mean loss of the timed steps (a sanity check: near ln(vocab) on random tokens).
     pub loss: f64,
+    /// Model FLOPs of one trained token: forward and backward (3×) of every matmul, the
+    /// attention products included (the convention of MFU figures; compact MLPs count as dense).
+    pub model_flops_per_token: f64,
+    /// Achieved model GFLOP/s: `model_flops_per_token × tokens_per_s`.
+    pub model_gflops: f64,
+}
+
+/// Training FLOPs per token of `cfg` at context `seq`: 3 × the forward's `2 × weights` of every
+/// projection and the head, plus the attention scores and values (`2 · 2 · seq · d` per layer,
+/// all positions computed).
+pub fn train_flops_per_token(cfg: &ModelConfig, seq: usize) -> f64 {
+    let (d, kv) = (cfg.d_model as f64, (cfg.n_kv_heads * cfg.head_dim()) as f64);
+    let per_layer = d * d * 2.0 + d * kv * 2.0 + 3.0 * d * cfg.d_hidden as f64;
+    let weights = cfg.n_layers as f64 * per_layer + d * cfg.vocab_size as f64;
+    let attention = cfg.n_layers as f64 * 4.0 * seq as f64 * d;
+    3.0 * (2.0 * weights + attention)
+}
+
+/// The matmul ceiling benchmark (`memsinks bench matmul`).
+#[derive(Clone, Debug)]
+pub struct MatmulBench {
+    /// Matrix size.
+    pub size: usize,
+    /// Timed products.
+    pub reps: usize,
+}
+
+/// Its JSON line.
+#[derive(Serialize, Debug)]
+pub struct MatmulBenchResult {
+    /// Backend name.
+    pub backend: String,
+    /// Worker threads.
+    pub threads: usize,
+    /// Matrix size.
+    pub size: usize,
+    /// Median GFLOP/s of the timed products.
+    pub gflops: f64,
+}
+
+impl BackendTask for MatmulBench {
+    type Output = MatmulBenchResult;
+
+    fn run<B: TrainBackend>(self, devices: Vec<B::Device>) -> Result<MatmulBenchResult> {
+        let device = devices.into_iter().next().expect("one device");
+        let n = self.size.max(1);
+        let x =
+            burn::tensor::Tensor::<B::InnerBackend, 2>::random([n, n], burn::tensor::Distribution::Default, &device);
+        let mut times = Vec::new();
+        for i in 0..=self.reps.max(1) {
+            let started = Instant::now();
+            let y = x.clone().matmul(x.clone());
+            B::InnerBackend::sync(&device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))?;
+            drop(y);
+            if i > 0 {
+                times.push(started.elapsed().as_secs_f64());
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let flops = 2.0 * (n as f64).powi(3);
+        Ok(MatmulBenchResult {
+            backend: String::new(),
+            threads: rayon::current_num_threads(),
+            size: n,
+            gflops: flops / times[times.len() / 2] / 1e9,
+        })
+    }
 }
 
 impl BackendTask for TrainBench {
     type Output = TrainBenchResult;
 
-    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<TrainBenchResult> {
+    fn run<B: TrainBackend>(self, devices: Vec<B::Device>) -> Result<TrainBenchResult> {
         let device = devices.into_iter().next().expect("one device");
         let mut cfg = ModelConfig::preset(&self.preset)?;
         let o = &self.sinks;
@@ -178,6 +246,8 @@ impl BackendTask for TrainBench {
             mask_share: timed_mask.as_secs_f64() / total_s,
             peak_rss_mb: peak_rss_mb(),
             loss: losses.iter().sum::<f64>() / losses.len() as f64,
+            model_flops_per_token: train_flops_per_token(&cfg, seq),
+            model_gflops: train_flops_per_token(&cfg, seq) * (self.steps * self.batch * seq) as f64 / total_s / 1e9,
         })
     }
 }

@@ -2,10 +2,10 @@
 //! closures, written as the run's `eval.json` (the [`EvalFile`] that `memsinks eval` writes,
 //! the study reads and the tests parse).
 
+use memsinks_model::TrainBackend;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use burn::tensor::backend::AutodiffBackend;
 use memsinks_model::io::write_atomic;
 use memsinks_model::MlpMode;
 use memsinks_train::run::FinishedRun;
@@ -120,7 +120,7 @@ pub struct EvalRequest {
 impl BackendTask for EvalRequest {
     type Output = EvalFile;
 
-    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<EvalFile> {
+    fn run<B: TrainBackend>(self, devices: Vec<B::Device>) -> Result<EvalFile> {
         let device = &devices[0];
         let run = FinishedRun::open(&self.run)?;
         let (model, _) = run.model::<B::InnerBackend>(device)?;

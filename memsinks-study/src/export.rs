@@ -4,10 +4,10 @@
 //! `tokenizer_config.json`), `generation_config.json`, and a model card (`README.md`) saying how
 //! the model was trained and which sinks were dropped.
 
+use memsinks_model::TrainBackend;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use burn::tensor::backend::AutodiffBackend;
 use memsinks_data::{PreparedCorpus, Split};
 use memsinks_model::io::{export_safetensors, write_atomic};
 use memsinks_model::ModelConfig;
@@ -45,7 +45,7 @@ pub struct Exported {
 impl BackendTask for ExportRequest {
     type Output = Exported;
 
-    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<Exported> {
+    fn run<B: TrainBackend>(self, devices: Vec<B::Device>) -> Result<Exported> {
         let device = &devices[0];
         let run = FinishedRun::open(&self.run)?;
         let (model, trained_cfg) = run.model::<B::InnerBackend>(device)?;

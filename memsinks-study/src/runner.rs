@@ -2,10 +2,10 @@
 //! burn's backend; the command line names the backends compiled into it and implements
 //! [`Runner`], and the study hands it [`BackendTask`]s.
 
+use memsinks_model::TrainBackend;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use burn::tensor::backend::AutodiffBackend;
 use memsinks_train::config::Precision;
 use memsinks_train::run::FinishedRun;
 use memsinks_train::{train, ExperimentConfig, TrainSummary};
@@ -17,7 +17,7 @@ pub trait BackendTask {
     type Output;
     /// Runs on backend `B` (autodiff over one of the compiled backends) with `devices` (one
     /// for the CPU backends; the first is the main device).
-    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<Self::Output>;
+    fn run<B: TrainBackend>(self, devices: Vec<B::Device>) -> Result<Self::Output>;
 }
 
 /// Devices a task runs on: `count` consecutive device indices from `first` (GPU backends; the
@@ -72,7 +72,7 @@ impl TrainTask {
 impl BackendTask for TrainTask {
     type Output = TrainSummary;
 
-    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<TrainSummary> {
+    fn run<B: TrainBackend>(self, devices: Vec<B::Device>) -> Result<TrainSummary> {
         Ok(train::<B>(&self.cfg, &self.run_dir, self.data.as_deref(), self.resume, devices)?)
     }
 }
@@ -103,7 +103,7 @@ impl MethodTask {
 impl BackendTask for MethodTask {
     type Output = MethodResult;
 
-    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<MethodResult> {
+    fn run<B: TrainBackend>(self, devices: Vec<B::Device>) -> Result<MethodResult> {
         let device = &devices[0];
         let run = FinishedRun::open(&self.run)?;
         let (model, _) = run.model::<B>(device)?;

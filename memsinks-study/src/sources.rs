@@ -70,6 +70,10 @@ fn cell(xs: &[f64]) -> String {
     Estimate::of(xs).map_or("—".into(), |e| e.format(3, 1.0))
 }
 
+fn percent_cell(xs: &[f64]) -> String {
+    Estimate::of(xs).map_or("—".into(), |e| e.format(1, 100.0))
+}
+
 /// The markdown section (empty when the study removed no source).
 pub fn section(results: &Results) -> String {
     let all = outcomes(results);
@@ -81,7 +85,7 @@ pub fn section(results: &Results) -> String {
     );
     let sources: Vec<String> = all.iter().map(|o| format!("{} (seed {})", o.source, o.seed)).collect();
     let _ = writeln!(s, "Removed: {}.\n", sources.join(", "));
-    s.push_str("| removal | ΔL removed source | ΔL retained sources | ΔL held-out sources | gap closure vs standard |\n| --- | --- | --- | --- | --- |\n");
+    s.push_str("| removal | ΔL removed source | ΔL retained sources | ΔL held-out sources | gap closure vs standard (%) |\n| --- | --- | --- | --- | --- |\n");
     let col = |f: &dyn Fn(&SourceOutcome) -> Option<f64>| -> Vec<f64> { all.iter().filter_map(f).collect() };
     let _ = writeln!(
         s,
@@ -89,7 +93,7 @@ pub fn section(results: &Results) -> String {
         cell(&col(&|o| Some(o.by_design.0))),
         cell(&col(&|o| o.by_design.1)),
         cell(&col(&|o| Some(o.by_design.2))),
-        cell(&col(&|o| o.closure_vs_standard)),
+        percent_cell(&col(&|o| o.closure_vs_standard)),
     );
     let mut names: Vec<String> = all.iter().flat_map(|o| o.posthoc.iter().map(|p| p.0.clone())).collect();
     names.sort();

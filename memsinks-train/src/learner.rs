@@ -2,6 +2,7 @@
 //! evaluation steps, their outputs, and the metrics shown on burn-train's dashboard. Both steps
 //! report to the run's [`RunLog`].
 
+use memsinks_model::{Kernels, TrainBackend};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -160,7 +161,7 @@ impl<B: Backend> TrainingLm<B> {
     }
 }
 
-impl<B: AutodiffBackend> TrainStep for TrainingLm<B> {
+impl<B: TrainBackend> TrainStep for TrainingLm<B> {
     type Input = LmBatch<B>;
     type Output = StepOutput;
 
@@ -210,7 +211,7 @@ impl<B: AutodiffBackend> TrainStep for TrainingLm<B> {
     }
 }
 
-impl<B: Backend> InferenceStep for TrainingLm<B> {
+impl<B: Kernels> InferenceStep for TrainingLm<B> {
     type Input = EvalBatch<B>;
     type Output = StepOutput;
 

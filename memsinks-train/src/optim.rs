@@ -4,9 +4,11 @@
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::lr_scheduler::LrScheduler;
-use burn::optim::{AdamW, AdamWConfig, AdamWState, GradientsParams, Optimizer, SimpleOptimizer};
+use burn::optim::{AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, GradientsParams, Optimizer, SimpleOptimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, TensorPrimitive};
 use burn::tensor::{Device, ElementConversion, Tensor};
+use memsinks_model::{AdamWStep, Kernels, TrainBackend};
 use serde::{Deserialize, Serialize};
 
 /// AdamW settings: the paper's by default (β 0.9/0.95, weight decay 0.1, clip 1.0).
@@ -33,25 +35,56 @@ impl Default for OptimConfig {
 
 impl OptimConfig {
     /// The optimiser for module `M` (AdamW; the clip is applied before it, see `clip_norm`).
-    pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(&self) -> OptimizerAdaptor<MatrixDecayAdamW, M, B> {
+    pub fn init<B: TrainBackend, M: AutodiffModule<B>>(&self) -> OptimizerAdaptor<MatrixDecayAdamW, M, B> {
         let base = AdamWConfig::new().with_beta_1(self.beta_1).with_beta_2(self.beta_2).with_epsilon(self.epsilon);
         MatrixDecayAdamW {
             decayed: base.clone().with_weight_decay(self.weight_decay).build(),
             plain: base.with_weight_decay(0.0).build(),
+            config: self.clone(),
         }
         .into()
     }
 }
 
 /// burn's AdamW, with decay on matrices and none on vectors (RMSNorm gains), as in the paper's
-/// setup (`weight decay 0.1 on matrices only`).
+/// setup (`weight decay 0.1 on matrices only`); on a backend with fused kernels each update is one
+/// pass ([`memsinks_model::Kernels::fused_adamw`], the same formula), keeping burn's state
+/// records (checkpoints read alike).
 #[derive(Clone)]
 pub struct MatrixDecayAdamW {
     decayed: AdamW,
     plain: AdamW,
+    config: OptimConfig,
 }
 
-impl<B: Backend> SimpleOptimizer<B> for MatrixDecayAdamW {
+impl MatrixDecayAdamW {
+    fn fused<B: Kernels, const D: usize>(
+        &self,
+        lr: f64,
+        tensor: Tensor<B, D>,
+        grad: Tensor<B, D>,
+        state: Option<AdamWState<B, D>>,
+    ) -> (Tensor<B, D>, Option<AdamWState<B, D>>) {
+        let c = &self.config;
+        let step = AdamWStep {
+            lr,
+            beta_1: c.beta_1,
+            beta_2: c.beta_2,
+            epsilon: c.epsilon,
+            weight_decay: if D >= 2 { c.weight_decay } else { 0.0 },
+        };
+        let float = |t: Tensor<B, D>| t.into_primitive().tensor();
+        let tensor_of = |p| Tensor::<B, D>::from_primitive(TensorPrimitive::Float(p));
+        let time = state.as_ref().map_or(1, |s| s.momentum.time + 1);
+        let moments = state.map(|s| (float(s.momentum.moment_1), float(s.momentum.moment_2)));
+        let (p, m, v) = B::fused_adamw(float(tensor), float(grad), moments, time, step);
+        let momentum =
+            AdaptiveMomentumState { time, moment_1: tensor_of(m), moment_2: tensor_of(v), max_moment_2: None };
+        (tensor_of(p), Some(AdamWState { momentum }))
+    }
+}
+
+impl<B: Kernels> SimpleOptimizer<B> for MatrixDecayAdamW {
     type State<const D: usize> = AdamWState<B, D>;
 
     fn step<const D: usize>(
@@ -61,6 +94,11 @@ impl<B: Backend> SimpleOptimizer<B> for MatrixDecayAdamW {
         grad: Tensor<B, D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<B, D>, Option<Self::State<D>>) {
+        let f32s = [&tensor, &grad].iter().all(|t| t.dtype() == DType::F32)
+            && state.as_ref().is_none_or(|s| s.momentum.moment_1.dtype() == DType::F32);
+        if B::FUSED && f32s {
+            return self.fused(lr, tensor, grad, state);
+        }
         if D >= 2 {
             SimpleOptimizer::<B>::step(&self.decayed, lr, tensor, grad, state)
         } else {
@@ -141,7 +179,7 @@ pub fn unscale_and_clip<B: AutodiffBackend, M: AutodiffModule<B>>(
 
 /// One optimiser update from a loss: backward, the global clip of `config`, AdamW. Used by the
 /// benchmark and the unlearning baselines; training goes through burn-train's learner.
-pub fn step<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
+pub fn step<B: TrainBackend, M: AutodiffModule<B>, O: Optimizer<M, B>>(
     optim: &mut O,
     model: M,
     loss: Tensor<B, 1>,

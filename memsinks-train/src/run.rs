@@ -2,11 +2,12 @@
 //! checkpoints, resume and the final model. The files of a run directory are named in
 //! [`crate::run_dir`].
 
+use memsinks_model::TrainBackend;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::train::metric::LearningRateMetric;
 use burn::train::{ExecutionStrategy, Interrupter, Learner, MultiDeviceOptim, SupervisedTraining};
 use memsinks_data::{Batcher, Consumed, Cursor, DocRows, Half, HostBatch, PreparedCorpus, Split};
@@ -187,7 +188,7 @@ fn starting_cursor(files: &RunDir, batcher: &Batcher, round: Option<usize>) -> R
 /// Trains `cfg` into `run_dir` on `devices` (the first is the main device). With `resume`, the
 /// run continues from its newest complete checkpoint. `data_dir` shares a prepared corpus
 /// between runs (default: `run_dir/data`).
-pub fn train<B: AutodiffBackend>(
+pub fn train<B: TrainBackend>(
     cfg: &ExperimentConfig,
     run_dir: &Path,
     data_dir: Option<&Path>,

@@ -2,6 +2,7 @@
 
 use burn::tensor::backend::Backend;
 use memsinks_data::{DocRows, Half, PreparedCorpus, Split};
+use memsinks_model::Kernels;
 use memsinks_model::{MemSinkLm, MlpMode};
 use serde::{Deserialize, Serialize};
 
@@ -155,7 +156,7 @@ impl ModeReport {
 }
 
 /// Evaluates `model` in `mode` on the first `max_docs` documents of each split.
-pub fn evaluate_mode<B: Backend>(
+pub fn evaluate_mode<B: Kernels>(
     model: &MemSinkLm<B>,
     corpus: &PreparedCorpus,
     mode: &MlpMode,
@@ -237,7 +238,7 @@ pub struct Specificity {
 
 /// For the first `targets` repeated documents: exclude each one's sinks (`ActivateSeq` with its
 /// ID excluded) and compare its loss change with the other repeated documents'.
-pub fn exclusion_specificity<B: Backend>(
+pub fn exclusion_specificity<B: Kernels>(
     model: &MemSinkLm<B>,
     corpus: &PreparedCorpus,
     opts: &EvalOptions,
@@ -312,7 +313,7 @@ impl SourceRemoval {
 ///
 /// # Errors
 /// When the corpus has no source keys, a key is unknown, or a source is held out.
-pub fn source_removal<B: Backend>(
+pub fn source_removal<B: Kernels>(
     model: &MemSinkLm<B>,
     corpus: &PreparedCorpus,
     keys: &[String],

@@ -4,10 +4,11 @@
 //! trade-off curve: forget-set loss against validation loss, evaluated every few steps.
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use memsinks_data::{Batcher, Cursor, DocRows, LmBatch, Split};
 use memsinks_model::loss::{lm_loss, token_nll};
+use memsinks_model::{Kernels, TrainBackend};
 use memsinks_model::{MemSinkLm, MlpMode};
 use memsinks_train::optim::step;
 use memsinks_train::OptimConfig;
@@ -65,7 +66,7 @@ impl Default for FinetuneConfig {
 }
 
 /// What a post-hoc method produced.
-pub struct Treated<B: AutodiffBackend> {
+pub struct Treated<B: TrainBackend> {
     /// The trade-off curve; its first point is the untreated model.
     pub curve: Vec<TradeoffPoint>,
     /// The model at the curve's last point.
@@ -75,7 +76,7 @@ pub struct Treated<B: AutodiffBackend> {
 }
 
 /// A model at one point of a curve.
-pub struct Matched<B: AutodiffBackend> {
+pub struct Matched<B: TrainBackend> {
     /// The point's index in the curve.
     pub index: usize,
     /// The model there.
@@ -108,7 +109,7 @@ impl Cycle {
 }
 
 /// Per-row summed log-likelihood `[batch]` of the targets.
-fn sequence_logp<B: Backend>(model: &MemSinkLm<B>, batch: &LmBatch<B>, mode: &MlpMode) -> Tensor<B, 1> {
+fn sequence_logp<B: Kernels>(model: &MemSinkLm<B>, batch: &LmBatch<B>, mode: &MlpMode) -> Tensor<B, 1> {
     let (nll, mask) = token_nll(model, batch, mode);
     (nll * mask).sum_dim(1).neg().squeeze_dim(1)
 }
@@ -119,7 +120,7 @@ fn sequence_logp<B: Backend>(model: &MemSinkLm<B>, batch: &LmBatch<B>, mode: &Ml
 ///
 /// # Errors
 /// When, for gradient difference, the retain set is empty.
-pub fn unlearn<B: AutodiffBackend>(
+pub fn unlearn<B: TrainBackend>(
     model: MemSinkLm<B>,
     probe: &Probe<'_>,
     cfg: &FinetuneConfig,

@@ -3,9 +3,10 @@
 //! validation loss as the fraction grows.
 
 use burn::module::{AutodiffModule, Param};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use memsinks_data::DocRows;
+use memsinks_model::TrainBackend;
 use memsinks_model::{MemSinkLm, MlpMode};
 use serde::{Deserialize, Serialize};
 
@@ -55,7 +56,7 @@ pub fn prune<B: Backend>(model: &MemSinkLm<B>, scores: &[Vec<f32>], fraction: f6
 /// Scores the units on the probe's forget set, prunes each fraction of `cfg` and measures.
 /// Returns the curve (first point: nothing pruned), the model pruned at the largest fraction and,
 /// with `keep_at`, the model pruned at the smallest fraction whose ΔL_forget reached it.
-pub fn prune_sweep<B: AutodiffBackend>(
+pub fn prune_sweep<B: TrainBackend>(
     model: &MemSinkLm<B>,
     probe: &Probe<'_>,
     cfg: &PruneConfig,

@@ -4,10 +4,10 @@
 //! measured.
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use memsinks_data::DocIds;
 use memsinks_data::{Batcher, Cursor, DocRows, TokenCache};
+use memsinks_model::Kernels;
 use memsinks_model::{MemSinkLm, MlpMode, SeqLayout};
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +38,7 @@ pub struct SetScore {
 }
 
 /// Scores documents one per row, each with its own sequence ID, with the MLPs in `mode`.
-pub fn score_docs<B: Backend>(
+pub fn score_docs<B: Kernels>(
     model: &MemSinkLm<B>,
     rows: &DocRows<'_>,
     mode: &MlpMode,
@@ -96,7 +96,7 @@ pub struct Extraction {
 /// Prompts each document with its first `k` tokens and greedy-decodes `m` more (documents
 /// shorter than `k + m` tokens are skipped), all documents in one batch, each row with its own
 /// sequence ID. Returns one result per document decoded.
-pub fn greedy_extraction<B: Backend>(
+pub fn greedy_extraction<B: Kernels>(
     model: &MemSinkLm<B>,
     cache: &TokenCache,
     ids: &DocIds,

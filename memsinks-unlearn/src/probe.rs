@@ -1,8 +1,8 @@
 //! What every post-hoc method is judged by while it runs: the loss on (a sample of) the forget
 //! set against the validation loss, as points of a trade-off curve.
 
-use burn::tensor::backend::Backend;
 use memsinks_data::{DocRows, PreparedCorpus, Split};
+use memsinks_model::Kernels;
 use memsinks_model::{MemSinkLm, MlpMode};
 use serde::{Deserialize, Serialize};
 
@@ -210,12 +210,12 @@ impl<'a> Probe<'a> {
     }
 
     /// Mean NLL of `docs` under `model` in `mode`.
-    pub fn nll<B: Backend>(&self, model: &MemSinkLm<B>, docs: &[usize], mode: &MlpMode, device: &B::Device) -> f64 {
+    pub fn nll<B: Kernels>(&self, model: &MemSinkLm<B>, docs: &[usize], mode: &MlpMode, device: &B::Device) -> f64 {
         score_docs(model, &DocRows::of(self.corpus, docs, self.context, self.batch_size), mode, device).nll
     }
 
     /// The forget, validation (and retained) losses of `model` in `mode`.
-    pub fn losses<B: Backend>(&self, model: &MemSinkLm<B>, mode: &MlpMode, device: &B::Device) -> Losses {
+    pub fn losses<B: Kernels>(&self, model: &MemSinkLm<B>, mode: &MlpMode, device: &B::Device) -> Losses {
         let retain = (!self.retain_docs.is_empty()).then(|| self.nll(model, &self.retain_docs, mode, device));
         Losses {
             forget: self.nll(model, &self.eval_forget, mode, device),

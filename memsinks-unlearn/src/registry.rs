@@ -3,11 +3,11 @@
 //! file holds a one-line description, the method's `spec` with all its hyperparameters, and
 //! optionally the relearning test to run on the treated model.
 
+use memsinks_model::TrainBackend;
 use std::path::Path;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use memsinks_data::overrides::apply_overrides;
 use memsinks_data::PreparedCorpus;
 use memsinks_model::{MemSinkLm, MlpMode};
@@ -189,7 +189,7 @@ pub fn load_method(name_or_path: &str, sets: &[String]) -> Result<(String, Metho
 ///
 /// # Errors
 /// Empty sets, or `DropSinks` on a model without sinks.
-pub fn run_method<B: AutodiffBackend>(
+pub fn run_method<B: TrainBackend>(
     name: &str,
     file: &MethodFile,
     model: MemSinkLm<B>,

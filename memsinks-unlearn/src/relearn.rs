@@ -15,9 +15,9 @@
 //! given amount (the study uses what dropping the sinks achieves).
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use memsinks_data::{DocRows, LmBatch, Split};
 use memsinks_model::loss::lm_loss;
+use memsinks_model::TrainBackend;
 use memsinks_model::{MemSinkLm, MlpMode};
 use memsinks_train::optim::step;
 use memsinks_train::OptimConfig;
@@ -122,7 +122,7 @@ impl std::fmt::Display for RelearnPoint {
 }
 
 /// A treated model and the modes the test compares it in.
-pub struct RelearnFrom<'m, B: AutodiffBackend> {
+pub struct RelearnFrom<'m, B: TrainBackend> {
     /// The untreated model.
     pub original: &'m MemSinkLm<B::InnerBackend>,
     /// The mode the untreated model memorized in.
@@ -136,7 +136,7 @@ pub struct RelearnFrom<'m, B: AutodiffBackend> {
 /// Runs the test: the first `n` forget documents are relearned, the documents after the largest
 /// `n` (up to the probe's evaluation count) are measured; the control fine-tunes on `n`
 /// validation documents after the probe's own. Sizes that leave no other document are skipped.
-pub fn relearn<B: AutodiffBackend>(
+pub fn relearn<B: TrainBackend>(
     from: &RelearnFrom<'_, B>,
     probe: &Probe<'_>,
     cfg: &RelearnConfig,

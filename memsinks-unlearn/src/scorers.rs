@@ -5,11 +5,12 @@
 
 use burn::module::Module;
 use burn::tensor::activation::sigmoid;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use memsinks_data::rng::SplitMix64;
 use memsinks_data::{Batcher, Cursor, DocRows, LmBatch};
 use memsinks_model::loss::token_nll_of_logits;
+use memsinks_model::{Kernels, TrainBackend};
 use memsinks_model::{MemSinkLm, MlpMode, SeqLayout};
 use serde::{Deserialize, Serialize};
 
@@ -92,7 +93,7 @@ pub enum SlimmingScore {
 }
 
 /// Scores `[layer][unit]` of `model` on the forget documents `rows`.
-pub fn score_units<B: AutodiffBackend>(
+pub fn score_units<B: TrainBackend>(
     scorer: &Scorer,
     model: &MemSinkLm<B>,
     rows: &DocRows<'_>,
@@ -158,7 +159,7 @@ pub fn doc_batches<B: Backend>(rows: &DocRows<'_>, device: &B::Device) -> Vec<Lm
 }
 
 /// Summed NLL over the kept targets of each row: `[rows]`.
-fn row_nll<B: Backend>(logits: Tensor<B, 3>, batch: &LmBatch<B>) -> Tensor<B, 1> {
+fn row_nll<B: Kernels>(logits: Tensor<B, 3>, batch: &LmBatch<B>) -> Tensor<B, 1> {
     let (nll, mask) = token_nll_of_logits(logits, batch);
     (nll * mask).sum_dim(1).squeeze_dim(1)
 }
@@ -178,7 +179,7 @@ pub enum Magnitude {
 
 /// The activation magnitude over the forget targets (in `mode`) times the unit's output-weight
 /// norm.
-pub fn activation_scores<B: Backend>(
+pub fn activation_scores<B: Kernels>(
     model: &MemSinkLm<B>,
     batches: &[LmBatch<B>],
     mode: &MlpMode,
@@ -212,7 +213,7 @@ pub fn activation_scores<B: Backend>(
 const ZERO_OUT_ROWS: usize = 64;
 
 /// Forget-loss increase (per target) when each unit alone is zeroed.
-pub fn zero_out_scores<B: Backend>(
+pub fn zero_out_scores<B: Kernels>(
     model: &MemSinkLm<B>,
     batches: &[LmBatch<B>],
     mode: &MlpMode,
@@ -275,7 +276,7 @@ fn tile<B: Backend>(batch: &LmBatch<B>, k: usize) -> LmBatch<B> {
 /// it the unit provides), for [`IgObjective::SummedNll`] the negated summed NLL (how much the loss
 /// would rise without it). One `α` scales every position of the layer at once; the knowledge
 /// neurons of Dai et al. scale one prediction position at a time, which costs a pass per position.
-pub fn integrated_gradient_scores<B: AutodiffBackend>(
+pub fn integrated_gradient_scores<B: TrainBackend>(
     model: &MemSinkLm<B>,
     batches: &[LmBatch<B>],
     mode: &MlpMode,
@@ -329,7 +330,7 @@ struct GateTraining {
 /// Trains one tensor of `[hidden]` parameters per layer (initially `training.init`) that
 /// multiply the hidden activations through `gate(params)`, minimising the mean forget loss plus
 /// the mean of `penalty(params)` over layers, with Adam. Returns the final parameters.
-fn train_gates<B: AutodiffBackend>(
+fn train_gates<B: TrainBackend>(
     model: &MemSinkLm<B>,
     batches: &mut Cycle,
     mode: &MlpMode,
