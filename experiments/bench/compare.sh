@@ -2,16 +2,18 @@
 # Side-by-side training-speed comparison: memsinks (each CPU backend) against the PyTorch
 # reference, run alternately in one session so machine noise hits both alike.
 #
-#   experiments/bench/compare.sh [--install] [--preset ts-cpu] [--steps 10] [--rounds 3] [--backends "flex ndarray"]
+#   experiments/bench/compare.sh [--install] [--preset ts-cpu] [--steps 10] [--rounds 3] [--backends "flex ndarray"] [--out FILE]
 #
 # --install creates a virtualenv with PyTorch from the package registry (large: ~5 GB with its CUDA
 # libraries). This is a benchmark step, never a CI step. Prints every run as a JSON line, then one
-# JSON line per (backend, method) with the ratio of median tokens/s, ours / PyTorch.
+# JSON line per (backend, method) with the ratio of median tokens/s, ours / PyTorch. --out FILE
+# also writes all of those lines to FILE (a new file: an existing one is not overwritten), the
+# results file RESULTS.md quotes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 venv="${MEMSINKS_BENCH_VENV:-$HOME/.cache/memsinks-bench-venv}"
-preset=ts-cpu steps=10 rounds=3 backends="flex ndarray" install=0 threads="$(nproc)"
+preset=ts-cpu steps=10 rounds=3 backends="flex ndarray" install=0 threads="$(nproc)" out=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --install) install=1 ;;
@@ -20,11 +22,16 @@ while [ $# -gt 0 ]; do
     --rounds) rounds="$2"; shift ;;
     --backends) backends="$2"; shift ;;
     --threads) threads="$2"; shift ;;
+    --out) out="$2"; shift ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
 done
 
+if [ -n "$out" ] && [ -e "$out" ]; then
+  echo "$out exists: choose a new file for --out" >&2
+  exit 2
+fi
 if [ "$install" = 1 ] && [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet torch
@@ -56,7 +63,8 @@ for round in $(seq "$rounds"); do
   done
 done
 
-"$venv/bin/python" - "$results" <<'PY'
+summary="$(mktemp)"
+"$venv/bin/python" - "$results" > "$summary" <<'PY'
 import json, statistics, sys
 lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 ceilings = [r["gflops"] for r in lines if "size" in r and "method" not in r]
@@ -80,4 +88,10 @@ for method in ("memsinks", "standard"):
             "share_of_ceiling": round(median(backend, method, "model_gflops") / ceiling, 3) if ceiling else None,
         }))
 PY
-rm -f "$results"
+cat "$summary"
+if [ -n "$out" ]; then
+  mkdir -p "$(dirname "$out")"
+  cat "$results" "$summary" > "$out.tmp.$$" && mv "$out.tmp.$$" "$out"
+  echo "wrote $out" >&2
+fi
+rm -f "$results" "$summary"

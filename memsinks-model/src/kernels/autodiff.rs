@@ -9,6 +9,7 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
 use burn::backend::Autodiff;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{DType, TensorMetadata};
@@ -17,6 +18,21 @@ use super::{decomposed, Kernels};
 
 fn all_f32<B: Kernels>(tensors: &[&FloatTensor<B>]) -> bool {
     tensors.iter().all(|t| t.dtype() == DType::F32)
+}
+
+/// Registers each parent's gradient (parents that need none get nothing); `id` reads a parent
+/// node's ID (burn-autodiff does not export the node type by name).
+fn register<B: Kernels, P, const N: usize>(
+    grads: &mut Gradients,
+    parents: [Option<P>; N],
+    values: [FloatTensor<B>; N],
+    id: impl Fn(&P) -> NodeId,
+) {
+    for (node, grad) in parents.into_iter().zip(values) {
+        if let Some(node) = node {
+            grads.register::<B>(id(&node), grad);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -40,14 +56,8 @@ impl<B: Kernels> Backward<B, 2> for RmsNorm {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (x, gamma, inv_rms) = ops.state;
         let grad = grads.consume::<B>(&ops.node);
-        let [x_node, gamma_node] = ops.parents;
         let (dx, dgamma) = B::fused_rms_norm_backward(x, gamma, inv_rms, grad);
-        if let Some(node) = x_node {
-            grads.register::<B>(node.id, dx);
-        }
-        if let Some(node) = gamma_node {
-            grads.register::<B>(node.id, dgamma);
-        }
+        register::<B, _, _>(grads, ops.parents, [dx, dgamma], |n| n.id);
     }
 }
 
@@ -60,14 +70,8 @@ impl<B: Kernels> Backward<B, 2> for SwiGlu {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (gate, up, mask) = ops.state;
         let grad = grads.consume::<B>(&ops.node);
-        let [gate_node, up_node] = ops.parents;
         let (dgate, dup) = B::fused_swiglu_backward(gate, up, mask, grad);
-        if let Some(node) = gate_node {
-            grads.register::<B>(node.id, dgate);
-        }
-        if let Some(node) = up_node {
-            grads.register::<B>(node.id, dup);
-        }
+        register::<B, _, _>(grads, ops.parents, [dgate, dup], |n| n.id);
     }
 }
 
@@ -104,11 +108,7 @@ impl<B: Kernels> Backward<B, 3> for Attention {
         let AttentionState { q, k, v, out, lse, segments } = ops.state;
         let grad = grads.consume::<B>(&ops.node);
         let (dq, dk, dv) = B::fused_attention_backward(q, k, v, out, lse, segments, grad);
-        for (node, g) in ops.parents.into_iter().zip([dq, dk, dv]) {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, g);
-            }
-        }
+        register::<B, _, _>(grads, ops.parents, [dq, dk, dv], |n| n.id);
     }
 }
 
