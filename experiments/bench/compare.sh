@@ -91,7 +91,9 @@ PY
 cat "$summary"
 if [ -n "$out" ]; then
   mkdir -p "$(dirname "$out")"
-  cat "$results" "$summary" > "$out.tmp.$$" && mv "$out.tmp.$$" "$out"
-  echo "wrote $out" >&2
+  # A hard link never replaces an existing file: a file made at --out since the check above stays.
+  cat "$results" "$summary" > "$out.tmp.$$"
+  if ln "$out.tmp.$$" "$out" 2>/dev/null; then echo "wrote $out" >&2; else echo "$out appeared meanwhile: results left in $out.tmp.$$" >&2; fi
+  [ -e "$out" ] && [ "$out" -ef "$out.tmp.$$" ] && rm -f "$out.tmp.$$"
 fi
 rm -f "$results" "$summary"
