@@ -8,10 +8,7 @@
 //! `schedule_dedup.bin` (little-endian `u32` document indices, one per training occurrence). The
 //! configuration types live in `data_config`, the directory rules in `corpus_dir`.
 //!
-//! Size (514 lines): over the 500-line guide by the source-table reader added for sources; the
-//! seam is the ID hashing (`sequence_id`, `source_id`, `hashed_id`) and `open_source`, which can
-//! move to an `ids.rs`/`sources.rs` pair; not split in the session that grew it, for lack of time
-//! to rebuild and retest the workspace.
+//! The sequence-ID hash lives in `ids.rs` (re-exported here).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,7 +19,7 @@ use sha2::Digest;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::TokenCache;
-use crate::rng::mix64;
+pub use crate::ids::{sequence_id, source_id};
 use crate::source::{read_json_array, shard_files, Document, InvalidUtf8, JsonlReader, TinyStoriesReader};
 use crate::synthetic::{author_key, StoryGenerator};
 use crate::tokenizer::TextTokenizer;
@@ -411,33 +408,6 @@ fn read_schedule(path: &Path) -> Result<Vec<u32>, DataError> {
         return Err(DataError::Format { path: path.into(), message: "truncated schedule; rerun prepare".into() });
     }
     Ok(bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
-}
-
-/// A deterministic 63-bit sequence ID of a token sequence: never 0, identical for identical
-/// sequences.
-pub fn sequence_id(tokens: &[u32]) -> i64 {
-    hashed_id(tokens.iter().flat_map(|t| t.to_le_bytes()))
-}
-
-/// The sequence ID of a source key: its UTF-8 bytes hashed as [`sequence_id`] hashes a
-/// sequence's (never 0).
-pub fn source_id(key: &str) -> i64 {
-    hashed_id(key.bytes())
-}
-
-/// FNV-1a over `bytes`, then a bijective mix so nearby inputs spread out; 63 bits, never 0.
-fn hashed_id(bytes: impl Iterator<Item = u8>) -> i64 {
-    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
-    for b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01B3);
-    }
-    let id = (mix64(h) >> 1) as i64;
-    if id == 0 {
-        1
-    } else {
-        id
-    }
 }
 
 /// Streams the documents of a source; with `key`, each carries its source key.

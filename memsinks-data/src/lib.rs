@@ -12,6 +12,7 @@ mod corpus_dir;
 pub mod data_config;
 pub mod download;
 pub mod fingerprint;
+mod ids;
 mod near_dup;
 pub mod overrides;
 mod prepare;

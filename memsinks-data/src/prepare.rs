@@ -3,10 +3,10 @@
 //! cache, and lay out the training schedules. The manifest is written last: its presence marks a
 //! complete corpus.
 //!
-//! Size (659 lines): the five steps share the `Streamed`/`CacheBuilder` state; the seams are the
-//! held-out selection (`select_held_out`, `split_by_source`, `DistinctReader`) and the schedules
-//! (`write_schedules`, `build_schedule`, the row-token counts), each a module of its own; not split
-//! yet, for lack of time to rebuild and retest the workspace in the session that grew it.
+//! Step 1 lives in `prepare/held_out.rs`, step 5 in `prepare/schedule.rs`.
+
+mod held_out;
+mod schedule;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -17,16 +17,17 @@ use sha2::{Digest, Sha256};
 use crate::cache::{CacheKey, CacheWriter, TokenCache};
 use crate::corpus::{
     open_source, progress_bar, sequence_id, source_id, source_name, DocEntry, DocIds, Manifest, PreparedCorpus,
-    SourceEntry, Split, MANIFEST_FILE, NO_SOURCE, SCHEDULE_DEDUP_FILE, SCHEDULE_FILE, SOURCES_FILE, TOKENIZER_FILE,
+    SourceEntry, Split, MANIFEST_FILE, NO_SOURCE, SOURCES_FILE, TOKENIZER_FILE,
 };
 use crate::corpus_dir::{inspect, remove_if_exists, remove_stale_temporaries, Existing, CORPUS_MARKER};
-use crate::data_config::{DataConfig, Ordering, SequenceIds, TokenizerConfig};
+use crate::data_config::{DataConfig, SequenceIds, TokenizerConfig};
 use crate::fingerprint::source_fingerprint;
-use crate::near_dup::NearDuplicateFilter;
 use crate::rng::SplitMix64;
 use crate::source::Document;
 use crate::tokenizer::TextTokenizer;
 use crate::DataError;
+use held_out::{select_held_out, DistinctReader};
+use schedule::{removed_row_tokens, row_tokens, write_schedules};
 
 /// Unique documents buffered to train a tokenizer on (with the repeated ones).
 const TOKENIZER_TRAINING_DOCS: usize = 50_000;
@@ -163,200 +164,6 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
     let source_of = sources.map(|t| std::sync::Arc::new(t.of_doc));
     let ids = DocIds::of(&manifest, source_of.as_ref());
     Ok(PreparedCorpus { manifest, cache, tokenizer, dir: out.to_path_buf(), source_of, ids })
-}
-
-/// Reads distinct documents: the texts of the repeated and validation sets are remembered so no
-/// later document repeats them; unique documents are only checked, so memory stays flat however
-/// many stream past.
-#[derive(Default)]
-struct DistinctReader {
-    main: Option<DocStream>,
-    seen: HashSet<u64>,
-    duplicates: u64,
-    /// The validation set's n-grams, once it is drawn (with `data.near_duplicates`).
-    near: Option<NearDuplicateFilter>,
-    near_duplicates: u64,
-    /// Sources held out whole (`data.held_out_sources`): their later documents are skipped.
-    held_out: HashSet<String>,
-    held_out_skipped: u64,
-}
-
-impl DistinctReader {
-    /// Up to `n` non-empty documents of `stream` (the main source when `None`) whose text was not
-    /// seen; with `remember`, their texts join the seen set.
-    fn take(&mut self, stream: Option<&mut DocStream>, n: usize, remember: bool) -> Result<Vec<Document>, DataError> {
-        let iter = match stream {
-            Some(s) => s,
-            None => self.main.as_mut().expect("the main source is open"),
-        };
-        let mut out = Vec::with_capacity(n.min(1 << 16));
-        while out.len() < n {
-            let Some(doc) = iter.next() else { break };
-            let doc = doc?;
-            if doc.text.is_empty() {
-                continue;
-            }
-            let hash = text_hash(&doc.text);
-            let fresh = if remember { self.seen.insert(hash) } else { !self.seen.contains(&hash) };
-            if !fresh {
-                self.duplicates += 1;
-                continue;
-            }
-            if self.near.as_ref().is_some_and(|f| f.hits(&doc.text)) {
-                self.near_duplicates += 1;
-                continue;
-            }
-            if doc.source.as_ref().is_some_and(|s| self.held_out.contains(s)) {
-                self.held_out_skipped += 1;
-                continue;
-            }
-            out.push(doc);
-        }
-        Ok(out)
-    }
-}
-
-/// Step 1: the repeated and validation documents, drawn at random from the first
-/// `repeated + validation` distinct documents of their source (unique documents are the next ones
-/// in stream order, so a huge source is never held in memory at once). With held-out sources the
-/// pool is wider ([`SOURCE_POOL_FACTOR`]), validation documents come from the held-out sources
-/// only, and the pool's other documents of trained sources are returned to be unique documents.
-fn select_held_out(
-    cfg: &DataConfig,
-    reader: &mut DistinctReader,
-    rng: &mut SplitMix64,
-) -> Result<(Vec<Document>, Vec<Document>, Vec<Document>), DataError> {
-    let need = cfg.repeated.docs + cfg.validation;
-    // With the near-duplicate filter some repeated candidates may be dropped: draw spares.
-    let spare = if cfg.near_duplicates.is_some() { cfg.repeated.docs / 2 + 8 } else { 0 };
-    let wanted = if cfg.held_out_sources > 0 { need * SOURCE_POOL_FACTOR + spare } else { need + spare };
-    let mut pool = match &cfg.repeated_source {
-        Some(rep) => {
-            let mut stream = open_source(rep, cfg.invalid_utf8, cfg.source_key.as_ref())?;
-            reader.take(Some(&mut stream), wanted, true)?
-        }
-        None => reader.take(None, wanted, true)?,
-    };
-    let pool_source = cfg.repeated_source.as_ref().unwrap_or(&cfg.source);
-    if pool.len() < need {
-        return Err(DataError::Empty {
-            path: PathBuf::from(source_name(pool_source)),
-            what: format!(
-                "too few distinct documents: need {} repeated + {} validation = {need}, found {}; lower the counts or use a larger source",
-                cfg.repeated.docs,
-                cfg.validation,
-                pool.len()
-            ),
-        });
-    }
-    rng.shuffle(&mut pool);
-    let (mut pool, validation, mut left_over) = if cfg.held_out_sources > 0 {
-        split_by_source(cfg, pool, reader, rng, pool_source)?
-    } else {
-        let validation = if cfg.near_duplicates.is_some() {
-            pool.split_off(pool.len() - cfg.validation)
-        } else {
-            pool.split_off(cfg.repeated.docs)
-        };
-        (pool, validation, Vec::new())
-    };
-    let Some(nd) = &cfg.near_duplicates else {
-        left_over.extend(pool.split_off(cfg.repeated.docs.min(pool.len())));
-        return Ok((pool, validation, left_over));
-    };
-    // Validation first; then the repeated documents among the rest that do not overlap it.
-    let filter = NearDuplicateFilter::new(nd, &validation);
-    let before = pool.len();
-    pool.retain(|d| !filter.hits(&d.text));
-    left_over.retain(|d| !filter.hits(&d.text));
-    reader.near_duplicates += (before - pool.len()) as u64;
-    if pool.len() < cfg.repeated.docs {
-        return Err(DataError::Config(format!(
-            "only {} of {before} candidate repeated documents are not near-duplicates of the validation set (data.near_duplicates threshold {}); raise the threshold or use a larger source",
-            pool.len(),
-            nd.threshold
-        )));
-    }
-    if cfg.held_out_sources > 0 {
-        left_over.extend(pool.split_off(cfg.repeated.docs));
-    } else {
-        pool.truncate(cfg.repeated.docs);
-    }
-    reader.near = Some(filter);
-    Ok((pool, validation, left_over))
-}
-
-/// With held-out sources, the selection pool is this many times `repeated + validation`
-/// documents, so that the held-out sources hold enough validation documents.
-const SOURCE_POOL_FACTOR: usize = 4;
-/// Documents read at a time while the held-out sources' validation documents are still too few.
-const VALIDATION_CHUNK: usize = 256;
-
-/// Holds out `data.held_out_sources` sources (drawn among those of the shuffled `pool`): the
-/// validation documents are theirs, the candidate repeated documents the others'. Returns the
-/// candidates, the validation documents and the trained sources' documents read beyond the pool;
-/// the held-out sources' other documents are skipped from now on.
-#[allow(clippy::type_complexity)]
-fn split_by_source(
-    cfg: &DataConfig,
-    pool: Vec<Document>,
-    reader: &mut DistinctReader,
-    rng: &mut SplitMix64,
-    pool_source: &crate::data_config::SourceConfig,
-) -> Result<(Vec<Document>, Vec<Document>, Vec<Document>), DataError> {
-    let mut keys: Vec<String> = Vec::new();
-    for doc in &pool {
-        let key = doc.source.clone().expect("documents carry keys with data.source_key");
-        if !keys.contains(&key) {
-            keys.push(key);
-        }
-    }
-    keys.sort();
-    rng.shuffle(&mut keys);
-    if keys.len() <= cfg.held_out_sources {
-        return Err(DataError::Config(format!(
-            "data.held_out_sources {} leaves no source to train on: the first {} documents of {} come from {} sources",
-            cfg.held_out_sources,
-            pool.len(),
-            source_name(pool_source),
-            keys.len()
-        )));
-    }
-    let held_out: HashSet<String> = keys.into_iter().take(cfg.held_out_sources).collect();
-    let of_held_out = |d: &Document| d.source.as_ref().is_some_and(|s| held_out.contains(s));
-    let (mut validation, trained): (Vec<Document>, Vec<Document>) = pool.into_iter().partition(of_held_out);
-    // Read on until the held-out sources hold enough validation documents; the trained sources'
-    // documents read meanwhile become unique documents.
-    let mut later = Vec::new();
-    while validation.len() < cfg.validation {
-        let chunk = match &cfg.repeated_source {
-            Some(_) => Vec::new(),
-            None => reader.take(None, VALIDATION_CHUNK, true)?,
-        };
-        if chunk.is_empty() {
-            return Err(DataError::Config(format!(
-                "the {} held-out sources of {} hold {} documents, fewer than data.validation {}: lower it or hold out more sources",
-                cfg.held_out_sources,
-                source_name(pool_source),
-                validation.len(),
-                cfg.validation
-            )));
-        }
-        let (v, t): (Vec<Document>, Vec<Document>) = chunk.into_iter().partition(of_held_out);
-        validation.extend(v);
-        later.extend(t);
-    }
-    reader.held_out_skipped += (validation.len() - cfg.validation) as u64;
-    validation.truncate(cfg.validation);
-    if trained.len() < cfg.repeated.docs {
-        return Err(DataError::Config(format!(
-            "the trained sources hold {} of the first documents read, fewer than data.repeated.docs {}",
-            trained.len(),
-            cfg.repeated.docs
-        )));
-    }
-    reader.held_out = held_out;
-    Ok((trained, validation, later))
 }
 
 /// Step 2: the tokenizer, trained on training text only (never on validation documents), or
@@ -521,23 +328,6 @@ impl CacheBuilder {
     }
 }
 
-/// The real (non-padding) target tokens a document of `len` tokens gives training: one row of at
-/// most `context` targets each, or, packed, its tokens and end-of-text.
-fn row_tokens(len: usize, (context, packing): (usize, bool)) -> u64 {
-    if packing {
-        len as u64 + 1
-    } else {
-        len.min(context) as u64
-    }
-}
-
-/// Real tokens of the repetitions beyond the first of every repeated and canary document: what the
-/// deduplicated schedule leaves out.
-fn removed_row_tokens(cfg: &DataConfig, documents: &[DocEntry]) -> u64 {
-    let rows = (cfg.context, cfg.packing);
-    documents.iter().map(|d| row_tokens(d.tokens as usize, rows) * u64::from(d.repetitions.saturating_sub(1))).sum()
-}
-
 /// Step 4, streamed documents: read from the main source in chunks, tokenized and written.
 struct Streamed<'a> {
     reader: &'a mut DistinctReader,
@@ -599,58 +389,6 @@ impl Streamed<'_> {
         }
         Ok((count, buffer))
     }
-}
-
-/// Step 5: the full and deduplicated schedules (the latter with the dedup fill), written to their
-/// files; each listed document records its positions in the full one. Returns both lengths.
-fn write_schedules(
-    cfg: &DataConfig,
-    out: &Path,
-    documents: &mut [DocEntry],
-    (unique_count, fill_count): (usize, usize),
-    rng: &mut SplitMix64,
-) -> Result<(usize, usize), DataError> {
-    let unique = documents.len()..documents.len() + unique_count;
-    let with_fill = documents.len()..documents.len() + unique_count + fill_count;
-    let schedule = build_schedule(documents, unique, cfg.ordering, rng, false);
-    let dedup = build_schedule(documents, with_fill, cfg.ordering, rng, true);
-    for (pos, &doc) in schedule.iter().enumerate() {
-        if let Some(entry) = documents.get_mut(doc as usize) {
-            entry.positions.push(pos as u64);
-        }
-    }
-    let as_bytes = |s: &[u32]| s.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
-    write_atomic(&out.join(SCHEDULE_FILE), &as_bytes(&schedule))?;
-    write_atomic(&out.join(SCHEDULE_DEDUP_FILE), &as_bytes(&dedup))?;
-    Ok((schedule.len(), dedup.len()))
-}
-
-/// Every training occurrence gets a sort key: shuffled keys are uniform, spaced keys put
-/// repetition k of a document at (k + phase) / R.
-fn build_schedule(
-    docs: &[DocEntry],
-    unique: std::ops::Range<usize>,
-    ordering: Ordering,
-    rng: &mut SplitMix64,
-    dedup: bool,
-) -> Vec<u32> {
-    let mut keyed: Vec<(f64, u32)> = Vec::with_capacity(unique.len());
-    let listed = docs.iter().map(|d| d.repetitions);
-    for (i, repetitions) in listed.chain(unique.map(|_| 1)).enumerate() {
-        let reps = if dedup { repetitions.min(1) } else { repetitions };
-        let phase = rng.unit();
-        for k in 0..reps {
-            let key = match ordering {
-                Ordering::Shuffled => rng.unit(),
-                Ordering::Spaced => (k as f64 + phase) / reps as f64,
-            };
-            keyed.push((key, i as u32));
-        }
-    }
-    // Ties (spaced keys of equal value) are broken by a random permutation first.
-    rng.shuffle(&mut keyed);
-    keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
-    keyed.into_iter().map(|(_, i)| i).collect()
 }
 
 /// The token IDs of each document.

@@ -8,13 +8,14 @@ use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, RmsNorm, RmsNorm
 use burn::tensor::backend::Backend;
 use std::sync::Arc;
 
-use burn::tensor::{FloatDType, Int, Tensor, TensorData};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, DType, FloatDType, Int, Tensor, TensorData};
 
 use crate::config::ModelConfig;
 use crate::kernels::Kernels;
 use crate::layout::SeqLayout;
 use crate::mask::SinkPool;
-use crate::mlp::{normal_linear, MemSinkMlp, MlpMode, SinkLayout};
+use crate::mlp::{normal_linear, HiddenMask, MemSinkMlp, MlpMode, SinkLayout};
 use crate::ModelError;
 
 /// Rotary position embedding in the Llama ("rotate half") convention, so exported q/k weights
@@ -106,6 +107,57 @@ impl<B: Kernels> Attention<B> {
         let v = split(self.v_proj.forward(x), self.n_kv_heads);
         let out = crate::kernels::attention(q, k, v, segments);
         self.o_proj.forward(out.reshape([batch, seq, d_model]))
+    }
+}
+
+impl<B: Kernels> Attention<B> {
+    /// The attention of [`MemSinkLm::forward_position_isolated`]: queries from `x`, each
+    /// attending to the keys/values of `context` at the earlier positions (of its own document)
+    /// and to its own key/value from `x`. Written with burn's ops (attribution only: `[b, h, t, t]`
+    /// scores are materialised).
+    fn forward_isolated(
+        &self,
+        x: Tensor<B, 3>,
+        context: Tensor<B, 3>,
+        rope: &Rope<B>,
+        segments: Option<Arc<Vec<u32>>>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq, d_model] = x.dims();
+        let hd = d_model / self.n_heads;
+        let groups = self.n_heads / self.n_kv_heads;
+        // [b, t, n, hd] → [b, heads, t, hd], key/value heads repeated for their query heads.
+        let heads = |t: Tensor<B, 3>, n: usize, rotate: bool| {
+            let t = t.reshape([batch, seq, n, hd]);
+            let t = if rotate { rope.apply(t) } else { t };
+            crate::kernels::repeat_kv(t.swap_dims(1, 2), groups)
+        };
+        let q = rope.apply(self.q_proj.forward(x.clone()).reshape([batch, seq, self.n_heads, hd])).swap_dims(1, 2);
+        let (k_own, v_own) = (
+            heads(self.k_proj.forward(x.clone()), self.n_kv_heads, true),
+            heads(self.v_proj.forward(x), self.n_kv_heads, false),
+        );
+        let (k_ctx, v_ctx) = (
+            heads(self.k_proj.forward(context.clone()), self.n_kv_heads, true),
+            heads(self.v_proj.forward(context), self.n_kv_heads, false),
+        );
+        let inv_sqrt = 1.0 / (hd as f64).sqrt();
+        // Earlier positions of the same document only: the diagonal comes from `x`.
+        let mut blocked = Vec::with_capacity(batch * seq * seq);
+        for row in 0..batch {
+            let doc = |i: usize| segments.as_ref().map_or(0, |s| s[row * seq + i]);
+            for query in 0..seq {
+                blocked.extend((0..seq).map(|key| key >= query || doc(key) != doc(query)));
+            }
+        }
+        let blocked = Tensor::<B, 4, Bool>::from_data(TensorData::new(blocked, [batch, 1, seq, seq]), &q.device())
+            .expand([batch, self.n_heads, seq, seq]);
+        let earlier =
+            q.clone().matmul(k_ctx.swap_dims(2, 3)).mul_scalar(inv_sqrt).mask_fill(blocked, f32::NEG_INFINITY);
+        let own = (q * k_own).sum_dim(3).mul_scalar(inv_sqrt);
+        let p = softmax(Tensor::cat(vec![earlier, own], 3), 3);
+        let (p_earlier, p_own) = (p.clone().narrow(3, 0, seq), p.narrow(3, seq, 1));
+        let out = p_earlier.matmul(v_ctx) + p_own * v_own;
+        self.o_proj.forward(out.swap_dims(1, 2).reshape([batch, seq, d_model]))
     }
 }
 
@@ -224,24 +276,8 @@ impl<B: Kernels> MemSinkLm<B> {
         // Packed rows: queries see only their own document (segments, not IDs, decide).
         let segments = layout.is_packed().then(|| layout.segments.clone().map(Arc::new)).flatten();
         let mut x = self.embed.forward(tokens);
-        // Masks are built in f32 on the host and computed with in the activations' float type
-        // (a half-precision forward of `cast_params`): burn's GPU kernels read a mismatched
-        // operand as the other type's bits, without an error.
-        let dtype = x.dtype();
-        let compact = hook.is_none();
-        let mask_of = |layer| {
-            let mask = match compact {
-                true => self.sinks.compact_hidden_mask::<B>(mode, layout, layer, &device),
-                false => self.sinks.hidden_mask::<B>(mode, layout, layer, &device),
-            };
-            mask.map(|m| m.cast(dtype))
-        };
-        let shared_mask = (!self.sinks.pool.scheme().is_layer_dependent()).then(|| mask_of(0));
-        for (layer, block) in self.blocks.iter().enumerate() {
-            let mask = match &shared_mask {
-                Some(shared) => shared.clone(),
-                None => mask_of(layer),
-            };
+        let masks = self.layer_masks(mode, layout, hook.is_none(), x.dtype(), &device);
+        for ((layer, block), mask) in self.blocks.iter().enumerate().zip(masks) {
             x = x.clone() + block.attn.forward(norm(&block.attn_norm, x), &self.rope, segments.clone());
             let hidden = |h| match hook.as_mut() {
                 Some(hook) => hook(layer, h),
@@ -249,11 +285,95 @@ impl<B: Kernels> MemSinkLm<B> {
             };
             x = x.clone() + block.mlp.forward_hooked(norm(&block.mlp_norm, x), mask.as_ref(), hidden);
         }
+        self.logits(x)
+    }
+
+    /// The hidden mask of every block for `mode` (`compact`: gather the active units alone, see
+    /// [`SinkLayout::compact_hidden_mask`]). Masks are built in f32 on the host and computed with
+    /// in the activations' float type `dtype` (a half-precision forward of `cast_params`): burn's
+    /// GPU kernels read a mismatched operand as the other type's bits, without an error.
+    fn layer_masks(
+        &self,
+        mode: &MlpMode,
+        layout: &SeqLayout,
+        compact: bool,
+        dtype: DType,
+        device: &B::Device,
+    ) -> Vec<Option<HiddenMask<B>>> {
+        let mask_of = |layer| {
+            let mask = match compact {
+                true => self.sinks.compact_hidden_mask::<B>(mode, layout, layer, device),
+                false => self.sinks.hidden_mask::<B>(mode, layout, layer, device),
+            };
+            mask.map(|m| m.cast(dtype))
+        };
+        match self.sinks.pool.scheme().is_layer_dependent() {
+            true => (0..self.blocks.len()).map(mask_of).collect(),
+            false => vec![mask_of(0); self.blocks.len()],
+        }
+    }
+
+    /// Final norm and LM head.
+    fn logits(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = norm(&self.norm, x);
         match &self.head {
             Some(head) => head.forward(x),
             None => x.matmul(self.embed.weight.val().transpose().unsqueeze()),
         }
+    }
+
+    /// Logits `[batch, seq, vocab]` with the MLP hidden activations of block `layer` multiplied
+    /// by `scale` (`[batch, seq, hidden]`) *one position at a time*: the logits at position `i`
+    /// are those of the sequence cut after `i` with only position `i`'s activations scaled and
+    /// every earlier position's intact. That is the attribution of knowledge neurons (Dai et al.
+    /// 2022) and MemPi's integrated gradients, which run one prefix per position; one pass does
+    /// every position here. A clean stream carries the unscaled model; in the blocks above
+    /// `layer` each query of the scaled stream attends to the clean keys and values of the
+    /// earlier positions and to its own scaled ones (causality keeps a position's scaling out of
+    /// every earlier position, so nothing else differs from the prefix run).
+    ///
+    /// # Panics
+    /// If `layout` does not describe `tokens`, `layer` is not a block or `scale` has another shape.
+    pub fn forward_position_isolated(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        layout: &SeqLayout,
+        mode: &MlpMode,
+        layer: usize,
+        scale: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq] = tokens.dims();
+        assert_eq!((layout.batch, layout.seq_len), (batch, seq), "SeqLayout does not match the token batch");
+        assert!(layer < self.blocks.len(), "layer {layer} of {} blocks", self.blocks.len());
+        assert_eq!(scale.dims(), [batch, seq, self.sinks.hidden()], "one scale per position and unit");
+        let device = tokens.device();
+        let segments = layout.is_packed().then(|| layout.segments.clone().map(Arc::new)).flatten();
+        let mut clean = self.embed.forward(tokens);
+        let masks = self.layer_masks(mode, layout, false, clean.dtype(), &device);
+        let mut scaled = None;
+        for ((l, block), mask) in self.blocks.iter().enumerate().zip(masks) {
+            let mlp = |x: Tensor<B, 3>, hook: &dyn Fn(Tensor<B, 3>) -> Tensor<B, 3>| {
+                x.clone() + block.mlp.forward_hooked(norm(&block.mlp_norm, x), mask.as_ref(), hook)
+            };
+            scaled = scaled.map(|s: Tensor<B, 3>| {
+                let context = norm(&block.attn_norm, clean.clone());
+                let own = block.attn.forward_isolated(
+                    norm(&block.attn_norm, s.clone()),
+                    context,
+                    &self.rope,
+                    segments.clone(),
+                );
+                mlp(s + own, &|h| h)
+            });
+            // The clean stream needs no gradient: the scale never reaches it.
+            clean = (clean.clone() + block.attn.forward(norm(&block.attn_norm, clean), &self.rope, segments.clone()))
+                .detach();
+            if l == layer {
+                scaled = Some(mlp(clean.clone(), &|h| h * scale.clone()));
+            }
+            clean = mlp(clean, &|h| h).detach();
+        }
+        self.logits(scaled.expect("layer is a block"))
     }
 }
 

@@ -219,6 +219,62 @@ fn p_gen_one_is_a_plain_swiglu_model_in_every_mode() {
     }
 }
 
+/// The one-pass, one-position-at-a-time scaling of integrated gradients against its definition:
+/// for each position `i`, a run on the sequence cut after `i` whose hook scales position `i`'s
+/// activations alone. Arbitrary scales everywhere else must not leak into position `i`.
+#[test]
+fn position_isolated_forward_matches_one_prefix_run_per_position() {
+    let cfg = ModelConfig::new(64, 32, 3, 4, 2, 64, 64).with_init_std(0.2);
+    let model: MemSinkLm<B> = cfg.init(&device()).unwrap();
+    let (seq, hidden, v) = (10, model.sinks().hidden(), cfg.vocab_size);
+    let rows: Vec<Vec<i64>> = (0..2).map(|r| (0..seq as i64).map(|i| (i * 7 + 3 + 11 * r) % 64).collect()).collect();
+    let per_row = |t: usize| SeqLayout::per_row(&[11, 4242], t);
+    let packed_ids: Vec<i64> = [11i64; 4].into_iter().chain([4242i64; 6]).collect();
+    let packed_segments: Vec<u32> = [0u32; 4].into_iter().chain([1u32; 6]).collect();
+    let packed = |t: usize| SeqLayout::packed(1, t, packed_ids[..t].to_vec(), packed_segments[..t].to_vec());
+    type Layout<'a> = Box<dyn Fn(usize) -> SeqLayout + 'a>;
+    let cases: Vec<(Vec<Vec<i64>>, Layout)> =
+        vec![(rows.clone(), Box::new(per_row)), (rows[..1].to_vec(), Box::new(packed))];
+    for (rows, layout_of) in cases {
+        let b = rows.len();
+        // Scales spread over [0.25, 1.5], different for every row, position and unit.
+        let scale_values: Vec<f32> = (0..b * seq * hidden).map(|k| 0.25 + ((k * 37) % 101) as f32 / 80.0).collect();
+        let scale = Tensor::<B, 3>::from_data(TensorData::new(scale_values.clone(), [b, seq, hidden]), &device());
+        let mode = MlpMode::Train;
+        for layer in 0..cfg.n_layers {
+            let isolated =
+                values(model.forward_position_isolated(tokens(&rows), &layout_of(seq), &mode, layer, scale.clone()));
+            for i in [0, 3, 4, seq - 1] {
+                let prefix: Vec<Vec<i64>> = rows.iter().map(|r| r[..=i].to_vec()).collect();
+                let mut last_only = vec![1.0f32; b * (i + 1) * hidden];
+                for r in 0..b {
+                    let (to, from) = ((r * (i + 1) + i) * hidden, (r * seq + i) * hidden);
+                    last_only[to..to + hidden].copy_from_slice(&scale_values[from..from + hidden]);
+                }
+                let last_only = Tensor::<B, 3>::from_data(TensorData::new(last_only, [b, i + 1, hidden]), &device());
+                let hook = &mut |l, h: Tensor<B, 3>| if l == layer { h * last_only.clone() } else { h };
+                let want = values(model.forward_hooked(tokens(&prefix), &layout_of(i + 1), &mode, hook));
+                for r in 0..b {
+                    let got = &isolated[(r * seq + i) * v..(r * seq + i + 1) * v];
+                    let want = &want[(r * (i + 1) + i) * v..(r * (i + 1) + i + 1) * v];
+                    assert_close(got, want, 1e-4, &format!("rows {b}, layer {layer}, position {i}, row {r}"));
+                }
+            }
+        }
+        // The scaling matters: with every scale 1 the isolated forward is the plain one, not with these.
+        let plain = values(model.forward(tokens(&rows), &layout_of(seq), &mode));
+        let ones = Tensor::<B, 3>::ones([b, seq, hidden], &device());
+        assert_close(
+            &values(model.forward_position_isolated(tokens(&rows), &layout_of(seq), &mode, 1, ones)),
+            &plain,
+            1e-4,
+            "scale 1",
+        );
+        let scaled = values(model.forward_position_isolated(tokens(&rows), &layout_of(seq), &mode, 1, scale.clone()));
+        assert!(scaled.iter().zip(&plain).any(|(a, b)| (a - b).abs() > 1e-2), "the scale changed nothing");
+    }
+}
+
 #[test]
 fn packed_rows_never_see_other_documents_or_the_future() {
     let cfg = tiny();

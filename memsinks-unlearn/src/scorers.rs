@@ -28,15 +28,18 @@ pub enum Scorer {
     /// Increase of the forget loss when the unit alone is zeroed (exact: one ablation per unit,
     /// batched).
     ZeroOut,
-    /// Integrated gradients of the forget loss along a scaling of each layer's activations from
-    /// zero (the baseline) to their value, with `steps` midpoint steps; the score is the loss
-    /// increase the attribution assigns to removing the unit.
+    /// Integrated gradients along a scaling of each layer's activations from zero (the
+    /// baseline) to their value, with `steps` midpoint steps; the score is what the attribution
+    /// assigns to the unit (MemPi: of each target token's probability, one position at a time).
     IntegratedGradients {
         /// Riemann steps of the path integral (the paper uses 20).
         steps: usize,
         /// What is attributed (MemPi: the target tokens' probabilities).
         #[serde(default)]
         objective: IgObjective,
+        /// Which positions one scaling reaches (MemPi: one at a time).
+        #[serde(default)]
+        positions: IgPositions,
     },
     /// Network slimming: a coefficient per unit (initially 1) trained to keep the forget loss low
     /// under an L1 penalty; units that keep a high coefficient are the ones the forget set needs.
@@ -82,6 +85,19 @@ pub enum IgObjective {
     SummedNll,
 }
 
+/// Which positions a scaling of integrated gradients reaches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IgPositions {
+    /// One position at a time (MemPi, after the knowledge neurons of Dai et al. 2022): the target
+    /// at position `i` is attributed to position `i`'s activations scaled alone, every earlier
+    /// position intact ([`MemSinkLm::forward_position_isolated`], all positions in one pass).
+    #[default]
+    OneAtATime,
+    /// Every position of the layer by one α (this toolkit's earlier variant): the target at `i`
+    /// also sees the earlier positions scaled.
+    AllAtOnce,
+}
+
 /// How slimming turns a trained coefficient into a score.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SlimmingScore {
@@ -107,9 +123,10 @@ pub fn score_units<B: TrainBackend>(
         Scorer::Activations => activation_scores(&inner(), &inner_batches(), mode, Magnitude::OfMean, device),
         Scorer::MeanAbsActivations => activation_scores(&inner(), &inner_batches(), mode, Magnitude::MeanOfAbs, device),
         Scorer::ZeroOut => zero_out_scores(&inner(), &inner_batches(), mode, device),
-        Scorer::IntegratedGradients { steps, objective } => {
+        Scorer::IntegratedGradients { steps, objective, positions } => {
             let batches = doc_batches::<B>(rows, device);
-            integrated_gradient_scores(model, &batches, mode, *steps, *objective, device)
+            let path = IgPath { steps: *steps, objective: *objective, positions: *positions };
+            integrated_gradient_scores(model, &batches, mode, path, device)
         }
         Scorer::Slimming { steps, lr, l1, score } => {
             let mut cycle = Cycle::new(rows);
@@ -269,39 +286,57 @@ fn tile<B: Backend>(batch: &LmBatch<B>, k: usize) -> LmBatch<B> {
     }
 }
 
+/// The path integral of integrated gradients: steps, what is attributed, and which positions a
+/// scaling reaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IgPath {
+    /// Midpoint steps of α from 0 to 1.
+    pub steps: usize,
+    /// What is attributed.
+    pub objective: IgObjective,
+    /// Which positions one scaling reaches.
+    pub positions: IgPositions,
+}
+
 /// Integrated gradients per layer: the activations of one layer are scaled by `α` from 0 to 1
-/// (midpoints of `steps` intervals) while the others stay intact; the attribution of a unit is
-/// the mean gradient of the objective with respect to its scale, per target: for
-/// [`IgObjective::TargetProbability`] the summed probability of the target tokens (how much of
-/// it the unit provides), for [`IgObjective::SummedNll`] the negated summed NLL (how much the loss
-/// would rise without it). One `α` scales every position of the layer at once; the knowledge
-/// neurons of Dai et al. scale one prediction position at a time, which costs a pass per position.
+/// (midpoints of `path.steps` intervals) while the other layers stay intact; the attribution of
+/// a unit is the mean gradient of the objective with respect to its scale, per target: for
+/// [`IgObjective::TargetProbability`] the probability of each target token (how much of it the
+/// unit provides), for [`IgObjective::SummedNll`] the negated NLL (how much the loss would rise
+/// without it). With [`IgPositions::OneAtATime`] each target sees only its own position scaled
+/// (MemPi's prefix runs, in one pass per step); with [`IgPositions::AllAtOnce`] every position.
+/// Either way the attributions of a layer add up, over the units, to the objective's change
+/// when that layer's activations are zeroed (at the positions the scaling reaches).
 pub fn integrated_gradient_scores<B: TrainBackend>(
     model: &MemSinkLm<B>,
     batches: &[LmBatch<B>],
     mode: &MlpMode,
-    steps: usize,
-    objective: IgObjective,
+    path: IgPath,
     device: &B::Device,
 ) -> Vec<Vec<f32>> {
     let (layers, hidden) = (model.blocks.len(), model.sinks().hidden());
     let frozen = model.clone().no_grad();
-    let steps = steps.max(1);
+    let steps = path.steps.max(1);
     let mut scores = Vec::with_capacity(layers);
     for layer in 0..layers {
         let mut total = Tensor::<B::InnerBackend, 1>::zeros([hidden], device);
         for s in 0..steps {
             let alpha = (s as f64 + 0.5) / steps as f64;
             for batch in batches {
-                let scale = Tensor::<B, 1>::full([hidden], alpha, device).require_grad();
-                let logits = frozen.forward_hooked(batch.inputs.clone(), &batch.layout, mode, &mut |l, h| {
-                    if l == layer {
-                        h * scale.clone().reshape([1, 1, hidden])
-                    } else {
-                        h
+                let (inputs, layout) = (batch.inputs.clone(), &batch.layout);
+                let (logits, scale) = match path.positions {
+                    IgPositions::OneAtATime => {
+                        let scale = Tensor::<B, 3>::full([layout.batch, layout.seq_len, hidden], alpha, device);
+                        let scale = scale.require_grad();
+                        (frozen.forward_position_isolated(inputs, layout, mode, layer, scale.clone()), scale)
                     }
-                });
-                let attributed = match objective {
+                    IgPositions::AllAtOnce => {
+                        let scale = Tensor::<B, 3>::full([1, 1, hidden], alpha, device).require_grad();
+                        let hook = &mut |l, h: Tensor<B, 3>| if l == layer { h * scale.clone() } else { h };
+                        (frozen.forward_hooked(inputs, layout, mode, hook), scale)
+                    }
+                };
+                let attributed = match path.objective {
                     IgObjective::TargetProbability => {
                         let (nll, mask) = token_nll_of_logits(logits, batch);
                         (nll.neg().exp() * mask).sum()
@@ -309,7 +344,8 @@ pub fn integrated_gradient_scores<B: TrainBackend>(
                     IgObjective::SummedNll => row_nll(logits, batch).sum().neg(),
                 };
                 let grads = attributed.backward();
-                total = total + scale.grad(&grads).expect("the scale is tracked");
+                let grad = scale.grad(&grads).expect("the scale is tracked");
+                total = total + grad.sum_dim(0).sum_dim(1).reshape([hidden]);
             }
         }
         scores.push(to_vec(total.div_scalar(steps as f64 * f64::from(targets_in(batches)))));

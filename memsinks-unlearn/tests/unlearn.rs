@@ -239,7 +239,7 @@ fn doc_batches<B: burn::tensor::backend::Backend>(
 /// (completeness: per layer they sum to the loss change of zeroing the whole layer's MLP).
 #[test]
 fn zero_out_is_exact_and_integrated_gradients_are_complete() {
-    use memsinks_unlearn::scorers::{integrated_gradient_scores, zero_out_scores, IgObjective};
+    use memsinks_unlearn::scorers::{integrated_gradient_scores, zero_out_scores, IgObjective, IgPath, IgPositions};
     let dir = tempfile::tempdir().unwrap();
     let (exp, corpus, model_cfg) = smoke_corpus(dir.path());
     let model = with_dead_unit(model_cfg.clone().with_init_std(0.1).init(&Default::default()).unwrap(), 3);
@@ -269,40 +269,51 @@ fn zero_out_is_exact_and_integrated_gradients_are_complete() {
     let ad_model: MemSinkLm<AD> = AutodiffModule::from_inner(model.clone());
     let ad_batches = doc_batches::<AD>(&corpus, &docs, exp.data.context);
     let all_units: Vec<usize> = (0..model_cfg.d_hidden).collect();
-    // Completeness for the summed NLL: per layer the attributions add up to the loss increase.
-    let ig = integrated_gradient_scores(&ad_model, &ad_batches, &mode, 20, IgObjective::SummedNll, &Default::default());
-    assert!(ig[0][3].abs() < 1e-6);
-    for (layer, scores) in ig.iter().enumerate() {
+    let ig = |objective, positions| {
+        let path = IgPath { steps: 20, objective, positions };
+        integrated_gradient_scores(&ad_model, &ad_batches, &mode, path, &Default::default())
+    };
+    // Completeness for the summed NLL, every position scaled at once: per layer the
+    // attributions add up to the loss increase of zeroing the layer.
+    let scores = ig(IgObjective::SummedNll, IgPositions::AllAtOnce);
+    assert!(scores[0][3].abs() < 1e-6);
+    for (layer, scores) in scores.iter().enumerate() {
         let want = loss(&silence(model.clone(), layer, &all_units)) - base;
         let got: f64 = scores.iter().map(|&s| s as f64).sum();
         assert!((want - got).abs() < 0.05 * want.abs().max(0.05), "layer {layer}: IG sum {got} vs zeroed layer {want}");
     }
-    // And for the target probability (MemPi): they add up to the mean probability the layer provides.
-    let probability = |m: &MemSinkLm<Flex>| {
+    // The target probability (MemPi): the attributions add up to the mean probability the layer
+    // provides, all positions at once against zeroing the layer, one position at a time against
+    // zeroing the layer at each target's own position alone (every earlier position intact).
+    let mean_probability = |logits_of: &dyn Fn(&LmBatch<Flex>) -> Tensor<Flex, 3>| {
         let (mut sum, mut targets) = (0.0f64, 0.0f64);
         for batch in &batches {
-            let (nll, mask) = memsinks_model::loss::token_nll(m, batch, &mode);
+            let (nll, mask) = memsinks_model::loss::token_nll_of_logits(logits_of(batch), batch);
             sum += f64::from((nll.neg().exp() * mask.clone()).sum().into_scalar());
             targets += f64::from(mask.sum().into_scalar());
         }
         sum / targets
     };
-    let ig = integrated_gradient_scores(
-        &ad_model,
-        &ad_batches,
-        &mode,
-        20,
-        IgObjective::TargetProbability,
-        &Default::default(),
-    );
-    assert!(ig[0][3].abs() < 1e-6);
-    for (layer, scores) in ig.iter().enumerate() {
-        let want = probability(&model) - probability(&silence(model.clone(), layer, &all_units));
-        let got: f64 = scores.iter().map(|&s| s as f64).sum();
-        assert!(
-            (want - got).abs() < 0.05 * want.abs().max(0.002),
-            "layer {layer}: IG sum {got} vs layer's probability {want}"
-        );
+    let full = mean_probability(&|b| model.forward(b.inputs.clone(), &b.layout, &mode));
+    let one_at_a_time = ig(IgObjective::TargetProbability, IgPositions::OneAtATime);
+    let all_at_once = ig(IgObjective::TargetProbability, IgPositions::AllAtOnce);
+    assert_ne!(one_at_a_time, all_at_once, "the two scalings must attribute differently");
+    assert!(one_at_a_time[0][3].abs() < 1e-6 && all_at_once[0][3].abs() < 1e-6, "dead unit attributed");
+    for (layer, (isolated, shared)) in one_at_a_time.iter().zip(&all_at_once).enumerate() {
+        let zeroed = silence(model.clone(), layer, &all_units);
+        let want_shared = full - mean_probability(&|b| zeroed.forward(b.inputs.clone(), &b.layout, &mode));
+        let want_isolated = full
+            - mean_probability(&|b| {
+                let zero = Tensor::zeros([b.layout.batch, b.layout.seq_len, model_cfg.d_hidden], &Default::default());
+                model.forward_position_isolated(b.inputs.clone(), &b.layout, &mode, layer, zero)
+            });
+        for (what, scores, want) in [("one at a time", isolated, want_isolated), ("all at once", shared, want_shared)] {
+            let got: f64 = scores.iter().map(|&s| s as f64).sum();
+            assert!(
+                (want - got).abs() < 0.05 * want.abs().max(0.002),
+                "layer {layer}, {what}: IG sum {got} vs the layer's probability {want}"
+            );
+        }
     }
 }
 

@@ -71,14 +71,7 @@ pub(super) fn attention<B: Backend>(
     let (q, k, v): (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) = (tensor(q), tensor(k), tensor(v));
     let [batch, seq, heads, head_dim] = q.dims();
     let kv_heads = k.dims()[2];
-    let repeat = |t: Tensor<B, 4>| {
-        let groups = heads / kv_heads;
-        if groups == 1 {
-            return t;
-        }
-        let [b, kv, s, hd] = t.dims();
-        t.unsqueeze_dim::<5>(2).expand([b, kv, groups, s, hd]).reshape([b, kv * groups, s, hd])
-    };
+    let repeat = |t: Tensor<B, 4>| super::repeat_kv(t, heads / kv_heads);
     let (q, k, v) = (q.swap_dims(1, 2), repeat(k.swap_dims(1, 2)), repeat(v.swap_dims(1, 2)));
     let mask = segments.map(|segments| {
         let mut blocked = Vec::with_capacity(batch * seq * seq);

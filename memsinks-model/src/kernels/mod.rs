@@ -28,6 +28,7 @@
 mod autodiff;
 mod decomposed;
 mod flex;
+mod flex_attention;
 
 use std::sync::Arc;
 
@@ -277,6 +278,16 @@ pub fn attention<B: Kernels>(
     segments: Option<Arc<Vec<u32>>>,
 ) -> Tensor<B, 4> {
     tensor(B::doc_attention(float(q), float(k), float(v), segments))
+}
+
+/// `[batch, kv_heads, seq, head_dim]` with each key/value head repeated for the `groups`
+/// consecutive query heads it serves: `[batch, kv_heads * groups, seq, head_dim]`.
+pub(crate) fn repeat_kv<B: Backend>(t: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
+    if groups == 1 {
+        return t;
+    }
+    let [b, kv, s, hd] = t.dims();
+    t.unsqueeze_dim::<5>(2).expand([b, kv, groups, s, hd]).reshape([b, kv * groups, s, hd])
 }
 
 /// A backend the toolkit trains on: autodiff over a backend with kernels, itself with kernels
