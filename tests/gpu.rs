@@ -30,6 +30,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
 
 mod support;
 
@@ -57,9 +58,23 @@ const GPU: &str = if cfg!(feature = "cuda") { "cuda" } else { "wgpu" };
 
 /// One GPU test at a time: they share one (possibly software) adapter and two CPU cores, and the
 /// kill test times its kill from a whole run measured in the same test.
-fn serial() -> MutexGuard<'static, ()> {
+fn serial() -> Serial {
     static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+    Serial { _lock: SERIAL.lock().unwrap_or_else(|p| p.into_inner()), started: Instant::now() }
+}
+
+/// The lock of [`serial`]; when the test ends it prints how long the test took (libtest names the
+/// thread after the test), for the CI log: these tests are most of CI's test time on lavapipe.
+struct Serial {
+    _lock: MutexGuard<'static, ()>,
+    started: Instant,
+}
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        let name = std::thread::current().name().unwrap_or("a GPU test").to_string();
+        report(&format!("{name}: {:.0} s", self.started.elapsed().as_secs_f64()));
+    }
 }
 
 /// Prints a measured deviation past libtest's output capture, so that it lands in the CI log.

@@ -355,19 +355,20 @@ impl<B: Kernels> MemSinkLm<B> {
             let mlp = |x: Tensor<B, 3>, hook: &dyn Fn(Tensor<B, 3>) -> Tensor<B, 3>| {
                 x.clone() + block.mlp.forward_hooked(norm(&block.mlp_norm, x), mask.as_ref(), hook)
             };
+            // Normalised once: the clean stream's attention input is also the scaled stream's
+            // context (the earlier positions' keys and values).
+            let clean_normed = norm(&block.attn_norm, clean.clone());
             scaled = scaled.map(|s: Tensor<B, 3>| {
-                let context = norm(&block.attn_norm, clean.clone());
                 let own = block.attn.forward_isolated(
                     norm(&block.attn_norm, s.clone()),
-                    context,
+                    clean_normed.clone(),
                     &self.rope,
                     segments.clone(),
                 );
                 mlp(s + own, &|h| h)
             });
             // The clean stream needs no gradient: the scale never reaches it.
-            clean = (clean.clone() + block.attn.forward(norm(&block.attn_norm, clean), &self.rope, segments.clone()))
-                .detach();
+            clean = (clean + block.attn.forward(clean_normed, &self.rope, segments.clone())).detach();
             if l == layer {
                 scaled = Some(mlp(clean.clone(), &|h| h * scale.clone()));
             }
