@@ -22,7 +22,7 @@
 //! - f16 mixed precision vs f32 training of the smoke run: every evaluation loss within
 //!   [`F16_TOLERANCE`] nats (half-precision rounding of activations and gradients over 25 steps).
 //!
-//! One file of about 500 lines on purpose: the test binary is the unit `experiments/gpu/check.sh`
+//! One file of just over 500 lines on purpose: the test binary is the unit `experiments/gpu/check.sh`
 //! copies to a GPU machine, and its two halves (tensor parity, the binary on the GPU) share the
 //! adapter check, the serialising lock and the tolerances stated above.
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
@@ -63,8 +63,9 @@ fn serial() -> Serial {
     Serial { _lock: SERIAL.lock().unwrap_or_else(|p| p.into_inner()), started: Instant::now() }
 }
 
-/// The lock of [`serial`]; when the test ends it prints how long the test took (libtest names the
-/// thread after the test), for the CI log: these tests are most of CI's test time on lavapipe.
+/// The lock of [`serial`]; when a test that found an adapter ends, it prints how long the test
+/// took (libtest names the thread after the test), for the CI log: these tests are most of CI's
+/// test time on lavapipe. Without an adapter the one `skipped:` line stays the only output.
 struct Serial {
     _lock: MutexGuard<'static, ()>,
     started: Instant,
@@ -72,8 +73,14 @@ struct Serial {
 
 impl Drop for Serial {
     fn drop(&mut self) {
-        let name = std::thread::current().name().unwrap_or("a GPU test").to_string();
-        report(&format!("{name}: {:.0} s", self.started.elapsed().as_secs_f64()));
+        if GPU_AVAILABLE.get() == Some(&true) {
+            let thread = std::thread::current();
+            report(&format!(
+                "{}: {:.0} s",
+                thread.name().unwrap_or("a GPU test"),
+                self.started.elapsed().as_secs_f64()
+            ));
+        }
     }
 }
 
@@ -83,11 +90,13 @@ fn report(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
+/// The answer of [`gpu_available`], once asked.
+static GPU_AVAILABLE: OnceLock<bool> = OnceLock::new();
+
 /// Whether a GPU adapter answers. Without one: one line and `false` locally, a failure in CI.
 fn gpu_available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    let available = *AVAILABLE.get_or_init(|| {
+    let available = *GPU_AVAILABLE.get_or_init(|| {
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
         let ok = std::panic::catch_unwind(|| {
