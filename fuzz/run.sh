@@ -11,7 +11,7 @@
 # fuzz/seeds/TARGET/). Every crash found becomes a regression test.
 set -euo pipefail
 cd "$(dirname "$0")"
-targets=(config tinystories jsonl tokenizer run_files)
+targets=(config tinystories jsonl tokenizer run_files corpus_files)
 if [ $# -ge 1 ] && [ "$1" != all ]; then targets=("$1"); fi
 seconds="${2:-60}"
 export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/memsinks-target}/fuzz}"

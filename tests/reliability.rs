@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+mod hostile;
 mod support;
 
 use support::kill_when_exists;

@@ -1,5 +1,6 @@
 //! The run-directory and corpus readers: `train.json`, `corpus.json`, a data cursor driving the
-//! batcher over a small corpus, and `manifest.json` (the first byte chooses).
+//! batcher over a small corpus, `manifest.json`, and a study's cached stage file holding a
+//! removal method's result (the first byte chooses; 0xf0 and up: the stage file).
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -27,8 +28,24 @@ fn cache() -> &'static TokenCache {
         .1
 }
 
+/// The layout of a study's cached stage file (`memsinks_study::stages`).
+#[derive(serde::Deserialize)]
+struct Cached<T> {
+    #[allow(dead_code)]
+    key: String,
+    value: T,
+    #[allow(dead_code)]
+    seconds: f64,
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&choice, body)) = data.split_first() else { return };
+    if choice >= 0xf0 {
+        if let Ok(stage) = serde_json::from_slice::<Cached<memsinks_unlearn::MethodResult>>(body) {
+            let _ = stage.value.check_finite();
+        }
+        return;
+    }
     match choice % 4 {
         0 => {
             let _ = serde_json::from_slice::<TrainSummary>(body);

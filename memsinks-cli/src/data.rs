@@ -144,7 +144,7 @@ pub fn run(args: &DataArgs, out: &mut impl std::io::Write) -> Result<()> {
 fn write_jsonl_stories(count: usize, seed: u64, path: &std::path::Path) -> Result<()> {
     use std::io::Write;
     let tmp = temporary_sibling(path, "");
-    let file = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let file = memsinks_model::io::create_new_file(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut sink: Box<dyn Write> = if path.extension().is_some_and(|e| e == "zst") {
         Box::new(zstd::stream::write::Encoder::new(file, 3)?.auto_finish())
     } else {

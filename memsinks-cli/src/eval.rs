@@ -59,6 +59,20 @@ pub fn run_eval(args: &EvalArgs, out: &mut impl std::io::Write) -> Result<()> {
     // Not a finished run: say so before creating anything in it.
     memsinks_train::run::load_summary(&args.run)?;
     let reference = args.reference.as_deref().map(load_eval).transpose()?;
+    if let Some(r) = &reference {
+        let own = memsinks_train::run::load_summary(&args.run)?;
+        if r.run_id == own.run_id {
+            bail!("--reference is this run itself: give a run trained without sinks (standard or dedup)");
+        }
+        if r.method.has_sinks() {
+            bail!(
+                "--reference {} is a {} run: gap closure is measured against a model trained without sinks \
+                 (standard or dedup)",
+                args.reference.as_deref().unwrap_or(std::path::Path::new("")).display(),
+                r.method.name()
+            );
+        }
+    }
     let _lock = DirLock::acquire(&args.run, "eval")?;
     if target.exists() && !args.force {
         bail!("{} exists: pass --force to replace it", target.display());
@@ -175,14 +189,27 @@ pub fn run_export(args: &ExportArgs, out: &mut impl std::io::Write) -> Result<()
             args.out.display()
         );
     }
-    let _lock = DirLock::acquire(&args.out, "export")?;
+    let lock_file = args.out.join(memsinks_model::io::LOCK_FILE);
+    let lock_was_there = lock_file.exists();
+    let lock = DirLock::acquire(&args.out, "export")?;
+    remove_stale_export_files(&args.out);
     let request = ExportRequest {
         run: args.run.clone(),
         out: args.out.clone(),
         drop_sinks: args.drop_sinks,
         rescale: !args.plain,
     };
-    let exported = BackendChoice::chosen(None).run(Precision::F32, DeviceRange::ONE, request)?;
+    let exported = match BackendChoice::chosen(None).run(Precision::F32, DeviceRange::ONE, request) {
+        Ok(exported) => exported,
+        Err(e) => {
+            // A failed export leaves the user's directory as it found it: no lock file of ours.
+            drop(lock);
+            if !lock_was_there {
+                let _ = std::fs::remove_file(&lock_file);
+            }
+            return Err(e);
+        }
+    };
     writeln!(
         out,
         "wrote {} ({} parameters) with its tokenizer, generation config and model card",
@@ -190,4 +217,29 @@ pub fn run_export(args: &ExportArgs, out: &mut impl std::io::Write) -> Result<()
         exported.params
     )?;
     Ok(())
+}
+
+/// The files `memsinks export` writes (through temporary names of [`temporary_sibling`]).
+const EXPORTED_FILES: [&str; 6] = [
+    "model.safetensors",
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "README.md",
+];
+
+/// Removes what a killed export left in `out`: temporary files of the exported names, and only
+/// those (called under `out`'s lock, so no live writer owns them).
+///
+/// [`temporary_sibling`]: memsinks_model::io::temporary_sibling
+fn remove_stale_export_files(out: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(out) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = EXPORTED_FILES.iter().any(|f| name.starts_with(&format!(".{f}.tmp-")));
+        if ours && entry.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }

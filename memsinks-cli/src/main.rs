@@ -63,6 +63,21 @@ fn keep_freed_memory() {
     }
 }
 
+/// Paths are recorded in run files (config, corpus and summary records) as text, so a path that
+/// is not UTF-8 is refused before anything is written, instead of failing half-way.
+fn refuse_non_utf8_arguments() {
+    for (i, arg) in std::env::args_os().enumerate().skip(1) {
+        if arg.to_str().is_none() {
+            eprintln!(
+                "error: argument {i} ({}) is not valid UTF-8: memsinks records the paths it reads and writes \
+                 as text; rename the path (nothing was written)",
+                arg.to_string_lossy()
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
 fn main() {
     keep_freed_memory();
     tracing_subscriber::fmt()
@@ -75,6 +90,7 @@ fn main() {
         // Colour codes only on a terminal: redirected to a log file, stderr stays plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    refuse_non_utf8_arguments();
     let cli = Cli::parse();
     // Not locked for the whole command: burn-train's renderer prints from worker threads.
     let mut stdout = std::io::stdout();

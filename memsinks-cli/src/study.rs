@@ -33,6 +33,10 @@ pub struct ReproduceArgs {
     /// Continue interrupted training runs from their newest checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Delete the runs in --out whose configuration changed (or cannot be read) and train them
+    /// again; without it such runs are refused, naming the keys that differ.
+    #[arg(long)]
+    force: bool,
     /// Backend.
     #[arg(long)]
     backend: Option<String>,
@@ -73,7 +77,7 @@ pub fn run_reproduce(args: &ReproduceArgs, out: &mut impl std::io::Write) -> Res
         }
         None => ReproduceRequest::default_experiment(&args.sets, default_out("ts-quick"))?,
     };
-    request.resume = args.resume;
+    request.rerun = memsinks_study::Rerun { resume: args.resume, force: args.force };
     if let Some(dir) = &args.out {
         request.out = dir.clone();
     }

@@ -67,7 +67,7 @@ impl CacheWriter {
     fn open_shard(&mut self) -> Result<(), DataError> {
         let name = format!("tokens-{:05}.bin", self.shards.len() + usize::from(self.current.is_some()));
         let path = self.tmp.join(&name);
-        let file = File::create(&path).map_err(|e| DataError::io(&path, e))?;
+        let file = memsinks_model::io::create_new_file(&path).map_err(|e| DataError::io(&path, e))?;
         let meta = ShardMeta { file: name, first_doc: self.offsets.len() as u64, docs: 0, tokens: 0 };
         if let Some((mut w, m)) = self.current.replace((BufWriter::with_capacity(1 << 20, file), meta)) {
             w.flush().map_err(|e| DataError::io(&self.tmp.join(&m.file), e))?;
@@ -188,6 +188,13 @@ impl TokenCache {
             return Err(truncated(&index_path, meta.docs * 8, index.len() as u64, dir));
         }
         let offsets: Vec<u64> = index.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8"))).collect();
+        let corrupt = |path: &Path, what: String| DataError::Format {
+            path: path.to_path_buf(),
+            message: format!("corrupt cache: {what}; delete {} and rerun `memsinks data prepare`", dir.display()),
+        };
+        if !matches!(meta.bytes_per_token, 2 | 4) {
+            return Err(corrupt(&meta_path, format!("{} bytes per token (2 or 4)", meta.bytes_per_token)));
+        }
         let mut maps = Vec::with_capacity(meta.shards.len());
         let mut docs = Vec::with_capacity(meta.docs as usize);
         for (s, shard) in meta.shards.iter().enumerate() {
@@ -205,13 +212,29 @@ impl TokenCache {
             } else {
                 Some(unsafe { Mmap::map(&file) }.map_err(|e| DataError::io(&path, e))?)
             };
+            // Every range is checked against the data before anything is sliced by it.
+            if shard.first_doc != docs.len() as u64 || shard.first_doc.saturating_add(shard.docs) > meta.docs {
+                return Err(corrupt(
+                    &meta_path,
+                    format!("shard {} lists documents {}+{} of {}", shard.file, shard.first_doc, shard.docs, meta.docs),
+                ));
+            }
             for d in 0..shard.docs {
                 let i = (shard.first_doc + d) as usize;
                 let start = offsets[i];
                 let end = if d + 1 < shard.docs { offsets[i + 1] } else { shard.tokens };
+                if start > end || end > shard.tokens || end - start > u64::from(u32::MAX) {
+                    return Err(corrupt(
+                        &index_path,
+                        format!("document {i} spans tokens {start}..{end} of a shard of {}", shard.tokens),
+                    ));
+                }
                 docs.push((s as u32, start, (end - start) as u32));
             }
             maps.push(map);
+        }
+        if docs.len() as u64 != meta.docs {
+            return Err(corrupt(&meta_path, format!("its shards list {} of {} documents", docs.len(), meta.docs)));
         }
         Ok(Self { meta: Arc::new(meta), maps: Arc::new(maps), docs: Arc::new(docs) })
     }
@@ -293,6 +316,30 @@ mod tests {
             let err = TokenCache::open(&path).err().unwrap().to_string();
             assert!(err.contains("tokens-00000.bin") && err.contains("truncated"), "{err}");
         }
+    }
+
+    /// Index entries that point outside their shard (one byte set to 0xff, as a damaged disk or
+    /// an edit would) are refused when the cache opens, never sliced by.
+    #[test]
+    fn an_index_entry_out_of_range_is_refused_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache");
+        let mut w = TokenCache::writer(&path, 300, key()).unwrap();
+        for d in [vec![1u32, 2, 3], vec![4, 5], vec![6], vec![7, 8]] {
+            w.push(&d).unwrap();
+        }
+        w.finish().unwrap();
+        let index = path.join(INDEX_FILE);
+        let clean = std::fs::read(&index).unwrap();
+        for offset in [9usize, 17, 23] {
+            let mut bytes = clean.clone();
+            bytes[offset] = 0xff;
+            std::fs::write(&index, &bytes).unwrap();
+            let err = TokenCache::open(&path).err().expect("a damaged index opened").to_string();
+            assert!(err.contains(INDEX_FILE) && err.contains("corrupt cache"), "{err}");
+        }
+        std::fs::write(&index, &clean).unwrap();
+        TokenCache::open(&path).unwrap();
     }
 
     #[test]

@@ -373,8 +373,11 @@ impl PreparedCorpus {
     }
 
     /// The training schedule (document index per occurrence), full or deduplicated.
+    ///
+    /// # Errors
+    /// When the file is unreadable, truncated, or names a document the cache does not hold.
     pub fn schedule(&self, dedup: bool) -> Result<Vec<u32>, DataError> {
-        read_schedule(&self.dir.join(if dedup { SCHEDULE_DEDUP_FILE } else { SCHEDULE_FILE }))
+        read_schedule(&self.dir.join(if dedup { SCHEDULE_DEDUP_FILE } else { SCHEDULE_FILE }), self.cache.num_docs())
     }
 }
 
@@ -402,12 +405,21 @@ fn read_source_table(dir: &Path, manifest: &Manifest) -> Result<Option<Arc<Vec<u
     Ok(Some(Arc::new(table)))
 }
 
-fn read_schedule(path: &Path) -> Result<Vec<u32>, DataError> {
+fn read_schedule(path: &Path, docs: usize) -> Result<Vec<u32>, DataError> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let damaged = |message: String| Err(DataError::Format { path: path.into(), message });
     if bytes.len() % 4 != 0 {
-        return Err(DataError::Format { path: path.into(), message: "truncated schedule; rerun prepare".into() });
+        return damaged("truncated schedule; rerun prepare".into());
     }
-    Ok(bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
+    let schedule: Vec<u32> =
+        bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+    match schedule.iter().enumerate().find(|(_, &d)| d as usize >= docs) {
+        Some((at, doc)) => damaged(format!(
+            "entry {at} names document {doc}, the corpus holds {docs}: the file is damaged; rerun `memsinks data \
+             prepare` into a new directory"
+        )),
+        None => Ok(schedule),
+    }
 }
 
 /// Streams the documents of a source; with `key`, each carries its source key.

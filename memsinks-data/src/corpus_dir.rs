@@ -45,6 +45,15 @@ pub(crate) fn inspect(
     let manifest: Option<Manifest> =
         std::fs::read_to_string(&manifest_path).ok().and_then(|t| serde_json::from_str(&t).ok());
     if manifest.is_none() && !out.join(CORPUS_MARKER).exists() {
+        // A writer that has just locked the directory writes its marker through a temporary
+        // file: name it as in use, not as a user's directory.
+        if out.join(memsinks_model::io::LOCK_FILE).exists() {
+            if let Err(e @ memsinks_model::ModelError::Locked { .. }) =
+                memsinks_model::io::DirLock::acquire(out, "data prepare (checking)")
+            {
+                return Err(e.into());
+            }
+        }
         return Err(DataError::Config(format!(
             "{} is not empty and holds no memsinks corpus: choose a new or empty directory for the corpus",
             out.display()
@@ -82,18 +91,9 @@ pub(crate) fn inspect(
     }
 }
 
-/// The first top-level keys whose values differ between two data configurations.
+/// The keys whose values differ between two data configurations.
 fn describe_config_change(old: &DataConfig, new: &DataConfig) -> String {
-    let as_map = |c: &DataConfig| serde_json::to_value(c).unwrap_or_default();
-    let (a, b) = (as_map(old), as_map(new));
-    // A set: a key present on both sides would otherwise be named twice.
-    let keys: std::collections::BTreeSet<String> = match (a.as_object(), b.as_object()) {
-        (Some(a), Some(b)) => {
-            a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).map(|k| format!("data.{k}")).collect()
-        }
-        _ => Default::default(),
-    };
-    let keys: Vec<String> = keys.into_iter().collect();
+    let keys = crate::overrides::changed_keys(old, new, "data");
     if keys.is_empty() {
         "its configuration hash differs".into()
     } else {

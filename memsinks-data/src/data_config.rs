@@ -248,6 +248,11 @@ impl DataConfig {
                 self.canary.length, self.context
             ));
         }
+        if self.validation == 0 {
+            return bad("data.validation must be at least 1: every loss gap and closure is measured against held-out \
+                 validation documents"
+                .into());
+        }
         if self.repeated.docs + self.unique + self.canary.docs == 0 {
             return bad("the corpus has no training documents: set repeated.docs, canary.docs or unique".into());
         }

@@ -5,7 +5,6 @@
 //! (`NAME.sha256`), so a later run detects a file damaged since (trust on first use); an existing
 //! target is accepted only when it matches its pin or its recorded digest.
 
-use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -99,13 +98,13 @@ pub fn download_file(
             bar.set_length(total);
         }
         bar.set_position(start);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .append(start > 0)
-            .truncate(start == 0)
-            .open(&part)
-            .map_err(|e| DataError::io(&part, e))?;
+        // Never through a link planted under the partial file's name.
+        let file = if start > 0 {
+            memsinks_model::io::open_in_place(&part, true)
+        } else {
+            memsinks_model::io::create_new_file(&part)
+        };
+        let mut file = file.map_err(|e| DataError::io(&part, e))?;
         let mut reader = response.body_mut().as_reader();
         let mut buf = vec![0u8; 1 << 16];
         let mut written = start;

@@ -26,6 +26,66 @@ pub struct CorpusFingerprint {
     pub tokenizer_sha256: String,
     /// SHA-256 of `cache/cache.json`.
     pub cache_sha256: String,
+    /// Every file of the corpus a run reads (token shards, index, schedules, sources, and the
+    /// three above), with its size, modification time and SHA-256. Empty in records written before
+    /// it existed (then only the three files above are checked).
+    #[serde(default)]
+    pub files: Vec<FileStamp>,
+}
+
+/// One file of a corpus as a run recorded it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStamp {
+    /// Its path inside the corpus directory, `/`-separated.
+    pub name: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Its modification time (nanoseconds since the epoch), for the fast check.
+    pub mtime_ns: Option<u128>,
+    /// SHA-256 of its bytes.
+    pub sha256: String,
+}
+
+/// How thoroughly [`CorpusFingerprint::check`] looks at the corpus's files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verify {
+    /// A file whose size and modification time are as recorded is taken as unchanged; any other
+    /// is hashed. Cheap enough for every command that opens a run.
+    Fast,
+    /// Every file is hashed (resuming training, where a change would silently mix corpora).
+    Full,
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> Option<u128> {
+    meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_nanos())
+}
+
+/// The files of the corpus in `dir` a run reads: everything but the lock file, the marker and
+/// temporary files of writers, sorted by name.
+fn corpus_files(dir: &Path) -> Result<Vec<String>, DataError> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((at, prefix)) = stack.pop() {
+        for entry in std::fs::read_dir(&at).map_err(|e| DataError::io(&at, e))? {
+            let entry = entry.map_err(|e| DataError::io(&at, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let skip = name == memsinks_model::io::LOCK_FILE
+                || name == crate::corpus_dir::CORPUS_MARKER
+                || memsinks_model::io::is_temporary_name(&name);
+            let kind = entry.file_type().map_err(|e| DataError::io(&entry.path(), e))?;
+            if skip {
+                continue;
+            }
+            let rel = format!("{prefix}{name}");
+            if kind.is_dir() {
+                stack.push((entry.path(), format!("{rel}/")));
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 impl CorpusFingerprint {
@@ -35,12 +95,45 @@ impl CorpusFingerprint {
     /// When one of its files cannot be read.
     pub fn of_dir(dir: &Path, config_hash: &str) -> Result<Self, DataError> {
         let sha = |p: &Path| -> Result<String, DataError> { Ok(memsinks_model::io::file_sha256(p)?) };
+        let mut files = Vec::new();
+        for name in corpus_files(dir)? {
+            let path = dir.join(&name);
+            let meta = std::fs::metadata(&path).map_err(|e| DataError::io(&path, e))?;
+            files.push(FileStamp { bytes: meta.len(), mtime_ns: mtime_ns(&meta), sha256: sha(&path)?, name });
+        }
+        let recorded = |name: &str| files.iter().find(|f| f.name == name).map(|f| f.sha256.clone());
+        let named = |name: &str| recorded(name).map_or_else(|| sha(&dir.join(name)), Ok);
         Ok(Self {
             config_hash: config_hash.to_string(),
-            manifest_sha256: sha(&dir.join(MANIFEST_FILE))?,
-            tokenizer_sha256: sha(&dir.join(TOKENIZER_FILE))?,
-            cache_sha256: sha(&dir.join("cache").join("cache.json"))?,
+            manifest_sha256: named(MANIFEST_FILE)?,
+            tokenizer_sha256: named(TOKENIZER_FILE)?,
+            cache_sha256: named("cache/cache.json")?,
+            files,
         })
+    }
+
+    /// The recorded files that differ in `dir` (missing, another size, or other bytes), by name.
+    fn changed_files(&self, dir: &Path, verify: Verify) -> Result<Vec<String>, DataError> {
+        let mut changed = Vec::new();
+        for stamp in &self.files {
+            let path = dir.join(&stamp.name);
+            let Ok(meta) = std::fs::metadata(&path) else {
+                changed.push(format!("{} (missing)", stamp.name));
+                continue;
+            };
+            if meta.len() != stamp.bytes {
+                changed.push(stamp.name.clone());
+                continue;
+            }
+            let unchanged_stamp = stamp.mtime_ns.is_some() && mtime_ns(&meta) == stamp.mtime_ns;
+            if verify == Verify::Fast && unchanged_stamp {
+                continue;
+            }
+            if memsinks_model::io::file_sha256(&path)? != stamp.sha256 {
+                changed.push(stamp.name.clone());
+            }
+        }
+        Ok(changed)
     }
 
     /// Checks that `corpus` is the corpus this fingerprint was taken of; the error names each
@@ -48,20 +141,25 @@ impl CorpusFingerprint {
     ///
     /// # Errors
     /// When any digest differs.
-    pub fn check(&self, corpus: &PreparedCorpus, user: &str) -> Result<(), DataError> {
-        let found = Self::of_dir(&corpus.dir, &corpus.manifest.config_hash)?;
+    pub fn check(&self, corpus: &PreparedCorpus, user: &str, verify: Verify) -> Result<(), DataError> {
+        let sha = |name: &str| memsinks_model::io::file_sha256(&corpus.dir.join(name));
         let mut changed = Vec::new();
-        if found.config_hash != self.config_hash {
-            changed.push("its data configuration");
+        if corpus.manifest.config_hash != self.config_hash {
+            changed.push("its data configuration".to_string());
         }
-        if found.manifest_sha256 != self.manifest_sha256 {
-            changed.push(MANIFEST_FILE);
-        }
-        if found.tokenizer_sha256 != self.tokenizer_sha256 {
-            changed.push(TOKENIZER_FILE);
-        }
-        if found.cache_sha256 != self.cache_sha256 {
-            changed.push("cache/cache.json");
+        if self.files.is_empty() {
+            // A record written before every file was stamped: the three defining files.
+            for (name, recorded) in [
+                (MANIFEST_FILE, &self.manifest_sha256),
+                (TOKENIZER_FILE, &self.tokenizer_sha256),
+                ("cache/cache.json", &self.cache_sha256),
+            ] {
+                if &sha(name)? != recorded {
+                    changed.push(name.to_string());
+                }
+            }
+        } else {
+            changed.extend(self.changed_files(&corpus.dir, verify)?);
         }
         if changed.is_empty() {
             return Ok(());

@@ -27,7 +27,7 @@ pub use batcher::{pass_order, Batcher, Consumed, Cursor, DocRows, HostBatch};
 pub use cache::TokenCache;
 pub use corpus::{prepare, DataConfig, DocIds, Half, Manifest, PreparedCorpus, Split};
 pub use corpus_dir::holds_corpus;
-pub use fingerprint::CorpusFingerprint;
+pub use fingerprint::{CorpusFingerprint, Verify};
 /// The batch type lives beside the model it feeds.
 pub use memsinks_model::LmBatch;
 pub use tokenizer::TextTokenizer;

@@ -90,6 +90,37 @@ pub fn apply_overrides<T: Serialize + DeserializeOwned + Clone>(config: &T, sets
     serde_json::from_value(value).map_err(|e| DataError::Config(e.to_string()))
 }
 
+/// The dotted keys (under `prefix`, e.g. `data`) whose values differ between two configurations,
+/// down to the leaves: what a user changed, named the way `--set` names it. Every field is
+/// compared, also those [`omitted`] at their default in the written form.
+pub fn changed_keys<T: Serialize>(old: &T, new: &T, prefix: &str) -> Vec<String> {
+    WRITE_ALL.with(|w| w.set(true));
+    let (a, b) = (serde_json::to_value(old), serde_json::to_value(new));
+    WRITE_ALL.with(|w| w.set(false));
+    let mut out = Vec::new();
+    if let (Ok(a), Ok(b)) = (a, b) {
+        diff_values(&a, &b, prefix, &mut out);
+    }
+    out
+}
+
+fn diff_values(a: &Value, b: &Value, at: &str, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for key in keys {
+                let path = if at.is_empty() { key.clone() } else { format!("{at}.{key}") };
+                match (x.get(key), y.get(key)) {
+                    (Some(u), Some(v)) => diff_values(u, v, &path, out),
+                    _ => out.push(path),
+                }
+            }
+        }
+        _ if a != b => out.push(at.to_string()),
+        _ => {}
+    }
+}
+
 fn locate<'a>(mut node: &'a mut Value, key: &str) -> Result<&'a mut Value, DataError> {
     let mut walked = String::new();
     for part in key.split('.') {
@@ -180,6 +211,18 @@ mod tests {
         assert_eq!(set, Grown { n: 1, later: Some(Inner { lr: 0.5 }), count: 3 });
         assert_eq!(ron::to_string(&set).unwrap(), "(n:1,later:Some((lr:0.5)),count:3)");
         assert_eq!(ron::to_string(&old).unwrap(), "(n:1)", "the written form is back to normal after overrides");
+    }
+
+    #[test]
+    fn changed_keys_names_each_leaf_that_differs() {
+        let a = Cfg { n: 1, source: SourceConfig::TinyStories { path: "a.txt".into() }, inner: Inner { lr: 0.1 } };
+        let mut b = a.clone();
+        assert!(changed_keys(&a, &b, "x").is_empty());
+        b.inner.lr = 0.2;
+        b.source = SourceConfig::TinyStories { path: "b.txt".into() };
+        assert_eq!(changed_keys(&a, &b, "x"), ["x.inner.lr", "x.source.TinyStories.path"]);
+        b.source = SourceConfig::Synthetic { stories: 5, seed: 2, authors: 0 };
+        assert_eq!(changed_keys(&a, &b, ""), ["inner.lr", "source.Synthetic", "source.TinyStories"]);
     }
 
     #[test]

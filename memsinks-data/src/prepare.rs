@@ -76,8 +76,8 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
     let left_over = if cfg.repeated_source.is_some() { Vec::new() } else { left_over };
     let (tokenizer, unique_buffer) = make_tokenizer(cfg, &mut reader, &repeated_docs, left_over)?;
     tokenizer.save(&out.join(TOKENIZER_FILE))?;
-    let canaries = draw_canaries(cfg.canary.docs, cfg.canary.length, &tokenizer, &mut rng);
-    let held_out_canaries = draw_canaries(cfg.canary.held_out_docs(), cfg.canary.length, &tokenizer, &mut rng);
+    let canaries = draw_canaries(cfg.canary.docs, cfg.canary.length, &tokenizer, &mut rng)?;
+    let held_out_canaries = draw_canaries(cfg.canary.held_out_docs(), cfg.canary.length, &tokenizer, &mut rng)?;
 
     // Tokenize into the cache: repeated, canary, validation, then unique documents streamed in
     // chunks.
@@ -188,8 +188,20 @@ fn make_tokenizer(
 }
 
 /// Step 3: `count` canaries of `length` uniform random token IDs, never the end-of-text token.
-fn draw_canaries(count: usize, length: usize, tokenizer: &TextTokenizer, rng: &mut SplitMix64) -> Vec<Vec<u32>> {
-    (0..count)
+fn draw_canaries(
+    count: usize,
+    length: usize,
+    tokenizer: &TextTokenizer,
+    rng: &mut SplitMix64,
+) -> Result<Vec<Vec<u32>>, DataError> {
+    if count * length > 0 && tokenizer.vocab_size() < 2 {
+        return Err(DataError::Config(format!(
+            "the tokenizer has {} token(s), none but the end-of-text token: canaries are drawn from the other \
+             tokens; use a tokenizer with a vocabulary, or data.canary.docs = 0",
+            tokenizer.vocab_size()
+        )));
+    }
+    Ok((0..count)
         .map(|_| {
             (0..length)
                 .map(|_| loop {
@@ -200,7 +212,7 @@ fn draw_canaries(count: usize, length: usize, tokenizer: &TextTokenizer, rng: &m
                 })
                 .collect()
         })
-        .collect()
+        .collect())
 }
 
 /// Step 4: documents written to the token cache, the listed ones (repeated, canary, validation)

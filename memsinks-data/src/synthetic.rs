@@ -286,7 +286,7 @@ fn story(rng: &mut SplitMix64, style: Option<&AuthorStyle>) -> String {
     }
     let (mut kind, fkind) = (*rng.pick(KINDS), *rng.pick(KINDS));
     let (mut tr, ftr) = (*rng.pick(TRAITS), *rng.pick(TRAITS));
-    let mut place: &str = *rng.pick(PLACES);
+    let mut place = *rng.pick(PLACES);
     let (mut color, mut object) = (*rng.pick(COLORS), *rng.pick(OBJECTS));
     if let Some(st) = style {
         if rng.below(5) > 0 {

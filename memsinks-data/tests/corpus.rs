@@ -263,6 +263,18 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
     // Preparing again repairs it.
     prepare(&good, &out, false).unwrap();
     assert!(PreparedCorpus::open(&out).is_ok());
+    // A schedule entry naming a document the cache does not hold is an error, never an index.
+    let schedule = out.join(SCHEDULE_FILE);
+    let mut bytes = std::fs::read(&schedule).unwrap();
+    bytes[4..8].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+    std::fs::write(&schedule, &bytes).unwrap();
+    let corpus = PreparedCorpus::open(&out).unwrap();
+    let err = corpus.schedule(false).err().unwrap().to_string();
+    assert!(err.contains("schedule.bin") && err.contains("entry 1") && err.contains("2147483647"), "{err}");
+    // Zero validation documents: every loss gap is measured against them.
+    let mut none = config(synthetic());
+    none.validation = 0;
+    assert!(prepare(&none, &dir.path().join("none"), false).err().unwrap().to_string().contains("data.validation"));
 }
 
 fn shared_sample() -> Option<PathBuf> {

@@ -130,6 +130,20 @@ impl ModelConfig {
         if !(self.p_gen > 0.0 && self.p_gen <= 1.0) {
             return bad(format!("p_gen {} must be in (0, 1]", self.p_gen));
         }
+        if self.num_general() == 0 {
+            return bad(format!(
+                "p_gen {} of d_hidden {} leaves no general neuron (floor(d_hidden * p_gen) = 0): the model \
+                 would have no MLP once its sinks are dropped; raise p_gen or d_hidden",
+                self.p_gen, self.d_hidden
+            ));
+        }
+        if self.p_gen < 1.0 && self.num_sink() == 0 {
+            return bad(format!(
+                "p_gen {} of d_hidden {} leaves no sink neuron: use p_gen 1 for a model without sinks, or a \
+                 smaller p_gen",
+                self.p_gen, self.d_hidden
+            ));
+        }
         if !(0.0..=1.0).contains(&self.p_mem) {
             return bad(format!("p_mem {} must be in [0, 1]", self.p_mem));
         }
@@ -222,6 +236,11 @@ mod tests {
         let err = ModelConfig::from_ron(&bad).unwrap_err().to_string();
         assert!(err.contains("n_heads"), "{err}");
         assert!(ModelConfig::from_ron("(vocab_size: 3").is_err());
+        // floor(64 * 0.01) = 0 general neurons; floor(1 * 0.7) = 0 too.
+        let err = ModelConfig::new(10, 8, 1, 2, 2, 64, 4).with_p_gen(0.01).validate().unwrap_err().to_string();
+        assert!(err.contains("no general neuron"), "{err}");
+        assert!(ModelConfig::new(10, 8, 1, 2, 2, 1, 4).validate().is_err());
+        ModelConfig::new(10, 8, 1, 2, 2, 2, 4).validate().unwrap();
         assert!(ModelConfig::preset("nope").unwrap_err().to_string().contains("ts-cpu"));
     }
 }

@@ -27,7 +27,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     fs::create_dir_all(dir).map_err(io_err)?;
     let tmp = temporary_sibling(path, "");
     let result = (|| {
-        let mut file = fs::File::create(&tmp)?;
+        let mut file = create_new_file(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, path)
@@ -36,6 +36,51 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(io_err)
+}
+
+/// Creates `path` for writing as a new regular file, never through a link: whatever stands at
+/// `path` (a file a killed writer of this process's PID left, or a symlink someone planted) is
+/// removed first (`remove_file` removes a link, not its target), then the file is created with
+/// `O_CREAT | O_EXCL`, which fails rather than follow a link created in between.
+///
+/// # Errors
+/// When the name cannot be cleared or the file cannot be created.
+pub fn create_new_file(path: &Path) -> std::io::Result<fs::File> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    fs::OpenOptions::new().write(true).create_new(true).open(path)
+}
+
+/// Opens `path` for reading and writing in place (created when missing) without following a
+/// symlink, and refuses anything that is not a regular file: a directory someone hands over could
+/// otherwise point a lock or log file at any file the user can write.
+///
+/// # Errors
+/// When `path` is a symlink, a directory, a device or a pipe, or cannot be opened.
+pub fn open_in_place(path: &Path, append: bool) -> std::io::Result<fs::File> {
+    let mut options = fs::OpenOptions::new();
+    options.read(!append).write(true).create(true).append(append);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // O_NONBLOCK: opening a FIFO planted under the name must not wait for a writer.
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(|e| {
+        // ELOOP is what O_NOFOLLOW answers for a symlink.
+        let is_link = fs::symlink_metadata(path).map(|m| m.file_type().is_symlink()).unwrap_or(false);
+        if is_link {
+            std::io::Error::other("a symbolic link: memsinks never writes through one (remove the link)")
+        } else {
+            e
+        }
+    })?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file: memsinks writes only regular files there (remove it)"));
+    }
+    Ok(file)
 }
 
 /// The lock file of a directory held by [`DirLock`].
@@ -62,8 +107,7 @@ impl DirLock {
         let path = dir.join(LOCK_FILE);
         let io_err = |cause| ModelError::Io { path: path.clone(), cause };
         fs::create_dir_all(dir).map_err(io_err)?;
-        let mut file =
-            fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io_err)?;
+        let mut file = open_in_place(&path, false).map_err(io_err)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
@@ -138,6 +182,19 @@ pub fn write_checksum(path: &Path, digest: &str) -> Result<(), ModelError> {
     write_atomic(&checksum_path(path), digest.as_bytes())
 }
 
+/// Writes `bytes` to `path` atomically ([`write_atomic`]) and then its checksum beside it
+/// ([`write_checksum`]): a file whose checksum is missing or differs was cut short or edited.
+pub fn write_atomic_checked(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    write_atomic(path, bytes)?;
+    write_checksum(path, &sha256_hex(bytes))
+}
+
+/// SHA-256 of `bytes`, as lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("{:x}", Sha256::digest(bytes))
+}
+
 /// What a file's checksum says about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChecksumCheck {
@@ -181,7 +238,7 @@ pub fn save_model<B: Backend>(model: &MemSinkLm<B>, cfg: &ModelConfig, dir: &Pat
     let bytes = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
         .record(model.clone().into_record(), ())
         .map_err(|e| ModelError::Weights { path: dir.join(WEIGHTS_FILE), message: e.to_string() })?;
-    write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
+    write_atomic_checked(&dir.join(WEIGHTS_FILE), &bytes)?;
     write_atomic(&dir.join(CONFIG_FILE), cfg.to_ron().as_bytes())
 }
 
@@ -193,7 +250,19 @@ pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<(MemSink
     let cfg =
         ModelConfig::from_ron(&text).map_err(|e| ModelError::Weights { path: cfg_path, message: e.to_string() })?;
     let weights = dir.join(WEIGHTS_FILE);
+    // The record's bytes and the model built from them are both in host memory for a moment.
+    let needed = 2 * cfg.num_params() as u64 * 4;
+    crate::memory::check_host_memory(needed, "loading this model", "use a machine with more memory")?;
     let bytes = fs::read(&weights).map_err(|source| ModelError::Io { path: weights.clone(), cause: source })?;
+    // Weights saved with a checksum must still match it (models saved before checksums have none).
+    if let Ok(recorded) = fs::read_to_string(checksum_path(&weights)) {
+        if sha256_hex(&bytes) != recorded.trim() {
+            return Err(ModelError::Weights {
+                path: weights,
+                message: "does not match its checksum (model.mpk.sha256): damaged or edited; retrain".into(),
+            });
+        }
+    }
     let model = load_weights(cfg.init::<B>(device)?, bytes, &weights, device)?;
     Ok((model, cfg))
 }

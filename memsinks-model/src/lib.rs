@@ -16,6 +16,7 @@ pub mod kernels;
 pub mod layout;
 pub mod loss;
 pub mod mask;
+pub mod memory;
 pub mod mlp;
 pub mod model;
 pub mod named;

@@ -154,7 +154,7 @@ impl HostMask {
         Self { table, ..self }
     }
 
-    fn to_device<B: Backend>(self, width: usize, layout: &SeqLayout, device: &B::Device) -> Tensor<B, 3> {
+    fn into_device<B: Backend>(self, width: usize, layout: &SeqLayout, device: &B::Device) -> Tensor<B, 3> {
         match &self.index {
             Some(index) => gather_rows(self.table, width, self.rows, index, layout, device),
             None => Tensor::from_data(TensorData::new(self.table, [1, 1, width]), device),
@@ -279,8 +279,8 @@ impl SinkLayout {
             Tensor::from_data(TensorData::new(cols, [width]), device)
         });
         HiddenMask {
-            scale: scale.to_device(width, layout, device),
-            grad_gate: gate.map(|g| g.to_device(width, layout, device)),
+            scale: scale.into_device(width, layout, device),
+            grad_gate: gate.map(|g| g.into_device(width, layout, device)),
             active,
         }
     }

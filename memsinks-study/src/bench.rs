@@ -107,6 +107,9 @@ pub struct TrainBenchResult {
     pub model_gflops: f64,
 }
 
+/// The largest `bench matmul --size`: three 8192² f32 matrices are 805 MB.
+pub const MAX_MATMUL_SIZE: usize = 8192;
+
 /// Training FLOPs per token of `cfg` at context `seq`: 3 × the forward's `2 × weights` of every
 /// projection and the head, plus the attention scores and values (`2 · 2 · seq · d` per layer,
 /// all positions computed).
@@ -145,7 +148,12 @@ impl BackendTask for MatmulBench {
 
     fn run<B: TrainBackend>(self, devices: Vec<B::Device>) -> Result<MatmulBenchResult> {
         let device = devices.into_iter().next().expect("one device");
-        let n = self.size.max(1);
+        // Three n x n f32 matrices; far beyond the caches from n = 2048 on, so nothing is learnt
+        // from sizes that only risk the machine's memory.
+        if !(1..=MAX_MATMUL_SIZE).contains(&self.size) || self.reps == 0 {
+            bail!("--size must be in 1..={MAX_MATMUL_SIZE} and --reps positive (got {} and {})", self.size, self.reps);
+        }
+        let n = self.size;
         let x =
             burn::tensor::Tensor::<B::InnerBackend, 2>::random([n, n], burn::tensor::Distribution::Default, &device);
         let mut times = Vec::new();
@@ -187,13 +195,21 @@ impl BackendTask for TrainBench {
             other => bail!("the benchmark times memsinks or standard steps, not {}", other.name()),
         }
         cfg.validate()?;
-        let ids_per_batch = self.ids_per_batch.unwrap_or(self.batch).clamp(1, self.batch);
         if self.steps == 0 || self.batch == 0 {
-            bail!("steps and batch must be positive");
+            bail!("--steps and --batch must be positive");
         }
+        let ids_per_batch = self.ids_per_batch.unwrap_or(self.batch).clamp(1, self.batch);
         let seq = self.seq.unwrap_or(cfg.max_seq_len);
-        if seq > cfg.max_seq_len {
-            bail!("--seq {seq} exceeds the preset's context {}", cfg.max_seq_len);
+        if seq == 0 || seq > cfg.max_seq_len {
+            bail!("--seq {seq} must be in 1..={} (the preset's context)", cfg.max_seq_len);
+        }
+        if memsinks_model::memory::computes_on_host::<B>() {
+            let needed = cfg.training_memory(self.batch, seq).total();
+            memsinks_model::memory::check_host_memory(
+                needed,
+                "this benchmark",
+                "use a smaller preset, --batch or --seq",
+            )?;
         }
         B::seed(&device, self.seed);
         let mut model = cfg.init::<B>(&device)?;

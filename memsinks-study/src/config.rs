@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use memsinks_data::overrides::{apply_overrides, omitted, parse_ron};
 use memsinks_data::DataConfig;
 use memsinks_train::config::{ModelSection, TrainConfig};
@@ -138,6 +138,23 @@ impl StudyConfig {
                 self.extract_continuation,
                 experiment.data.context
             );
+        }
+        let mut distinct = self.seeds.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() != self.seeds.len() {
+            bail!(
+                "study.seeds {:?} lists a seed twice: a repeated seed is the same model trained again, and \
+                 would make an interval look tighter than it is; list each seed once",
+                self.seeds
+            );
+        }
+        // Every post-hoc entry is loaded now, so a typo fails before hours of training, not after.
+        for entry in self.posthoc.iter().chain(&self.source_posthoc) {
+            let mut words = entry.split_whitespace();
+            let method = words.next().context("an empty study.posthoc entry")?;
+            let sets: Vec<String> = words.map(String::from).collect();
+            memsinks_unlearn::load_method(method, &sets).with_context(|| format!("study.posthoc `{entry}`"))?;
         }
         if !self.methods.contains(&Method::Standard) {
             bail!("study.methods must include Standard: every comparison is made against it");

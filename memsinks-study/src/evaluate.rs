@@ -125,6 +125,23 @@ impl BackendTask for EvalRequest {
         let run = FinishedRun::open(&self.run)?;
         let (model, _) = run.model::<B::InnerBackend>(device)?;
         let FinishedRun { config: cfg, summary, corpus, .. } = run;
+        if !self.exclude.is_empty() {
+            // An ID that names no document would switch off sinks no document uses: a silent no-op.
+            let mut unknown: std::collections::BTreeSet<i64> = self.exclude.iter().copied().collect();
+            for d in 0..corpus.cache.num_docs() {
+                if unknown.is_empty() {
+                    break;
+                }
+                unknown.remove(&corpus.ids.id(d, &corpus.cache.doc(d)));
+            }
+            if !unknown.is_empty() {
+                anyhow::bail!(
+                    "--exclude: no document of the run's corpus has sequence ID {}; `memsinks mask` and \
+                     eval.json's exclusion_specificity list the IDs in use",
+                    unknown.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
         let mut exclude = self.exclude.clone();
         if !self.exclude_sources.is_empty() {
             exclude.extend(SourceDocs::of(&corpus, &self.exclude_sources, 0)?.ids);

@@ -32,4 +32,5 @@ pub use export::{ExportRequest, Exported};
 pub use reproduce::{reproduce, reproduce_any, ReproduceRequest, Reproduced, DEFAULT_EXPERIMENT};
 pub use results::Results;
 pub use runner::{BackendTask, DeviceRange, MethodTask, Runner, TrainTask};
+pub use stages::Rerun;
 pub use study_dir::StudyDir;

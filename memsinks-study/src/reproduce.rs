@@ -19,7 +19,7 @@ use crate::config::{load_experiment, StudyConfig};
 use crate::report;
 use crate::results::{Results, SourceRemovalRun, Timing};
 use crate::runner::{MethodTask, Runner};
-use crate::stages::{Stages, Trained};
+use crate::stages::{Rerun, Stages, Trained};
 use crate::study_dir::StudyDir;
 use crate::sweep::{reproduce_sweep, SweepResults};
 
@@ -37,8 +37,8 @@ pub struct ReproduceRequest {
     pub study: StudyConfig,
     /// The output directory.
     pub out: PathBuf,
-    /// Continue interrupted training runs from their newest checkpoint.
-    pub resume: bool,
+    /// What to do with the runs found in the output directory (`--resume`, `--force`).
+    pub rerun: Rerun,
 }
 
 impl ReproduceRequest {
@@ -49,7 +49,7 @@ impl ReproduceRequest {
     /// When the file or an override is invalid.
     pub fn from_text(name: &str, text: &str, origin: &Path, sets: &[String], out: PathBuf) -> Result<Self> {
         let (config, study) = load_experiment(text, origin, sets)?;
-        Ok(Self { name: name.to_string(), config, study, out, resume: false })
+        Ok(Self { name: name.to_string(), config, study, out, rerun: Rerun::default() })
     }
 
     /// The embedded default experiment (`ts-quick`) with overrides `sets`, into `out`.
@@ -142,7 +142,7 @@ pub fn reproduce(request: &ReproduceRequest, runner: &impl Runner) -> Result<Res
             run_cfg.train.method = method;
             run_cfg.train.seed = *seed;
             let run_dir = dir.run(method, *seed);
-            let summary = stages.train(&run_cfg, &run_dir, data_dir, request.resume, runner)?;
+            let summary = stages.train(&run_cfg, &run_dir, data_dir, request.rerun, runner)?;
             let eval = stages.evaluate(&dir, &run_cfg, study, &run_dir, runner)?;
             trained.push(Trained { method, seed: *seed, dir: run_dir, summary, eval });
         }

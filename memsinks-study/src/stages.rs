@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use memsinks_model::io::write_atomic;
+use memsinks_model::io::{check_checksum, write_atomic_checked, ChecksumCheck};
 use memsinks_train::config::Precision;
 use memsinks_train::run::{load_run_config, load_summary};
 use memsinks_train::{ExperimentConfig, Method, RunDir, TrainSummary};
@@ -26,6 +26,15 @@ struct Cached<T> {
     key: String,
     value: T,
     seconds: f64,
+}
+
+/// What a reproduction may do with the training runs it finds in its directory.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rerun {
+    /// Continue interrupted runs of the same configuration from their newest checkpoint.
+    pub resume: bool,
+    /// Delete runs of another configuration (or an unreadable one) and train them again.
+    pub force: bool,
 }
 
 /// The stages run so far, with their wall times.
@@ -53,6 +62,9 @@ pub struct Trained {
 impl Stages {
     /// Returns the value cached at `path` when its key is `key`, else computes, stores and
     /// returns it. A cache file that does not parse is recomputed.
+    ///
+    /// The file carries a checksum: one that was edited or damaged is recomputed (with a warning),
+    /// never read as a result.
     pub fn cached<T: Serialize + for<'de> Deserialize<'de>>(
         &mut self,
         path: &Path,
@@ -61,10 +73,17 @@ impl Stages {
         compute: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
         if let Ok(text) = std::fs::read_to_string(path) {
-            if let Ok(c) = serde_json::from_str::<Cached<T>>(&text) {
-                if c.key == key {
-                    self.timings.push(Timing { stage, seconds: c.seconds, cached: true });
-                    return Ok(c.value);
+            match check_checksum(path, None) {
+                Ok(ChecksumCheck::Matches) => {
+                    if let Ok(c) = serde_json::from_str::<Cached<T>>(&text) {
+                        if c.key == key {
+                            self.timings.push(Timing { stage, seconds: c.seconds, cached: true });
+                            return Ok(c.value);
+                        }
+                    }
+                }
+                _ => {
+                    tracing::warn!("{} does not match its checksum (edited or damaged): recomputing it", path.display())
                 }
             }
         }
@@ -73,46 +92,70 @@ impl Stages {
         let value = compute()?;
         let seconds = started.elapsed().as_secs_f64();
         let entry = Cached { key: key.to_string(), value, seconds };
-        write_atomic(path, &serde_json::to_vec_pretty(&entry)?)?;
+        write_atomic_checked(path, &serde_json::to_vec_pretty(&entry)?)?;
         self.timings.push(Timing { stage, seconds, cached: false });
         Ok(entry.value)
     }
 
     /// Trains (or reuses) the run of `cfg` in `dir` on the corpus in `data`. A run directory
-    /// holding another config is retrained; an interrupted one of this config needs `resume`.
+    /// holding another config, or one whose config cannot be read, is never deleted unless
+    /// `rerun.force` says so: it is refused, naming the keys that differ and the way forward. An
+    /// interrupted run of this config needs `rerun.resume`.
     ///
     /// # Errors
-    /// When training fails, or an interrupted run is found without `resume`.
+    /// When training fails, the directory holds another run (without `force`), or an interrupted
+    /// run is found without `resume`.
     pub fn train(
         &mut self,
         cfg: &ExperimentConfig,
         dir: &RunDir,
         data: &Path,
-        resume: bool,
+        rerun: Rerun,
         runner: &impl Runner,
     ) -> Result<TrainSummary> {
         let stage = format!("train {} seed {}", cfg.train.method.name(), cfg.train.seed);
         let path = dir.path();
         if path.exists() {
-            let same = load_run_config(path).map(|c| c.run_id() == cfg.run_id()).unwrap_or(false);
+            let recorded = load_run_config(path);
+            let same = recorded.as_ref().is_ok_and(|c| c.run_id() == cfg.run_id());
             if same {
                 if let Ok(summary) = load_summary(path) {
+                    trained_inputs(dir).with_context(|| {
+                        format!(
+                            "{} is finished but its model cannot be used; rerun with --force to train it again",
+                            path.display()
+                        )
+                    })?;
                     self.timings.push(Timing { stage, seconds: summary.wall_s, cached: true });
                     return Ok(summary);
                 }
-                if !resume {
+                if !rerun.resume {
                     bail!(
                         "{} holds an interrupted run of this config: rerun with --resume to continue it",
                         path.display()
                     );
                 }
-            } else {
-                tracing::info!("{} was trained with another config: training it again", path.display());
+            } else if rerun.force {
+                tracing::info!("{} holds another run: --force, so it is deleted and trained again", path.display());
                 std::fs::remove_dir_all(path).with_context(|| format!("cannot clear {}", path.display()))?;
+            } else {
+                let why = match &recorded {
+                    Ok(old) => {
+                        let keys = memsinks_data::overrides::changed_keys(old, cfg, "");
+                        let keys = if keys.is_empty() { "its run ID".to_string() } else { keys.join(", ") };
+                        format!("was trained with another configuration (it differs in {keys})")
+                    }
+                    Err(e) => format!("holds a run whose configuration cannot be read ({e})"),
+                };
+                bail!(
+                    "{} {why}; nothing was deleted. Keep it and use a new --out, or rerun with --force to \
+                     delete the runs whose configuration changed and train them again",
+                    path.display()
+                );
             }
         }
         tracing::info!("{stage}");
-        let resume = resume && dir.checkpoints().exists();
+        let resume = rerun.resume && dir.checkpoints().exists();
         let task = TrainTask { cfg: cfg.clone(), run_dir: path.to_path_buf(), data: Some(data.to_path_buf()), resume };
         let summary = task.run_on(runner, 0)?;
         self.timings.push(Timing { stage, seconds: summary.wall_s, cached: false });
@@ -132,7 +175,8 @@ impl Stages {
         dir: &RunDir,
         runner: &impl Runner,
     ) -> Result<EvalFile> {
-        let key = format!("{} {} {} {}", cfg.run_id(), s.eval_docs, s.extract_prompt, s.extract_continuation);
+        let inputs = trained_inputs(dir)?;
+        let key = format!("{} {} {} {} {inputs}", cfg.run_id(), s.eval_docs, s.extract_prompt, s.extract_continuation);
         let stage = format!("eval {} seed {}", cfg.train.method.name(), cfg.train.seed);
         let request = EvalRequest {
             run: dir.path().to_path_buf(),
@@ -166,9 +210,28 @@ impl Stages {
         runner: &impl Runner,
     ) -> Result<MethodResult> {
         let forget = task.forget.clone();
-        let key = format!("{} {} {}", on.summary.run_id, ron::to_string(&task.file)?, forget.name());
+        let inputs = trained_inputs(&on.dir)?;
+        let key = format!("{} {} {} {inputs}", on.summary.run_id, ron::to_string(&task.file)?, forget.name());
         let stage = format!("{} on {} ({})", task.name, on.method.name(), forget.name());
         let path = study.posthoc(&task.name, on.method, per_seed.then_some(on.seed), &forget);
         self.cached(&path, &key, stage, || runner.run(Precision::F32, DeviceRange::ONE, task))
     }
+}
+
+/// The identity of what a trained run hands to the stages after it: the digests of its
+/// `train.json` and final weights. Part of every later stage's key, so a stage whose model or
+/// summary changed is recomputed.
+///
+/// # Errors
+/// When the final weights are missing or do not match their checksum.
+fn trained_inputs(dir: &RunDir) -> Result<String> {
+    let weights = dir.final_model().join(memsinks_model::io::WEIGHTS_FILE);
+    if !weights.exists() {
+        bail!("{} is missing", weights.display());
+    }
+    if let ChecksumCheck::Differs { .. } = check_checksum(&weights, None)? {
+        bail!("{} does not match its checksum (damaged or edited)", weights.display());
+    }
+    let digest = |p: &Path| memsinks_model::io::file_sha256(p);
+    Ok(format!("{}+{}", digest(&dir.summary())?, digest(&weights)?))
 }

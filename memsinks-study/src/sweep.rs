@@ -86,7 +86,7 @@ pub fn reproduce_sweep(request: &ReproduceRequest, runner: &impl Runner) -> Resu
             config,
             study,
             out: variant_dir(out, name),
-            resume: request.resume,
+            rerun: request.rerun,
         };
         tracing::info!("variant {name}");
         let results = reproduce(&sub, runner).with_context(|| format!("variant `{name}`"))?;

@@ -36,9 +36,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
 use burn::record::{
-    BurnRecord, FileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder, RecorderError,
+    BurnRecord, FileRecorder, FullPrecisionSettings, NamedMpkBytesRecorder, NamedMpkFileRecorder, Record, Recorder,
+    RecorderError,
 };
 use burn::tensor::backend::Backend;
+use burn::train::Interrupter;
 use serde::Serialize;
 
 use memsinks_model::io::{check_checksum, is_temporary_name, temporary_sibling, write_checksum, ChecksumCheck};
@@ -48,14 +50,48 @@ use crate::run_dir::RunDir;
 /// Records burn-train writes for every round: model, optimizer, scheduler.
 pub const RECORDS_PER_ROUND: usize = 3;
 
-/// Counts the checkpoint records that are finished, so the training thread can wait for them.
-#[derive(Debug, Default)]
+/// Counts the checkpoint records that are finished, so the training thread can wait for them,
+/// and keeps the first record that could not be written: burn-train's checkpointer thread panics
+/// on a recorder's error, so a failed write (a full disk) stops training through the interrupter
+/// instead, and the run ends with that error.
+#[derive(Default)]
 pub struct CheckpointBarrier {
     finished: Mutex<usize>,
     changed: Condvar,
+    failure: Mutex<Option<String>>,
+    interrupter: Option<Interrupter>,
+}
+
+impl std::fmt::Debug for CheckpointBarrier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointBarrier")
+            .field("finished", &self.finished())
+            .field("failure", &self.failure())
+            .finish()
+    }
 }
 
 impl CheckpointBarrier {
+    /// A barrier that stops training through `interrupter` when a record cannot be written.
+    pub fn stopping(interrupter: Interrupter) -> Self {
+        Self { interrupter: Some(interrupter), ..Self::default() }
+    }
+
+    /// The first record that could not be written, and why.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn fail(&self, message: String) {
+        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if failure.is_none() {
+            if let Some(interrupter) = &self.interrupter {
+                interrupter.stop(Some(&message));
+            }
+            *failure = Some(message);
+        }
+    }
+
     /// Blocks until the records of `rounds` saved rounds are finished (written or failed).
     pub fn wait_for_rounds(&self, rounds: usize) {
         let wanted = rounds * RECORDS_PER_ROUND;
@@ -115,23 +151,38 @@ impl<B: Backend> Recorder<B> for AtomicFileRecorder {
     fn record<R: Record<B>>(&self, record: R, file: PathBuf) -> Result<(), RecorderError> {
         let _finished = Finished(self.barrier.as_deref());
         let item = record.into_item::<Self::Settings>();
-        Recorder::<B>::save_item(self, BurnRecord::<_, B>::new::<Self>(item), file)
+        let saved = Recorder::<B>::save_item(self, BurnRecord::<_, B>::new::<Self>(item), file);
+        match (saved, &self.barrier) {
+            // Reported to the run instead of burn-train's checkpointer thread, which would panic;
+            // the round stays incomplete (no checksum), so resume falls back past it.
+            (Err(e), Some(barrier)) => {
+                barrier.fail(format!("a checkpoint could not be written ({e}); the last complete round is kept"));
+                Ok(())
+            }
+            (saved, _) => saved,
+        }
     }
 
     fn save_item<I: Serialize>(&self, item: I, mut file: PathBuf) -> Result<(), RecorderError> {
         file.set_extension(<Self as FileRecorder<B>>::file_extension());
-        // The inner recorder sets the extension itself: keep `.mpk` last on the temporary name.
+        // Encoded in memory, then written by this crate: burn's file recorder writes through a
+        // buffered writer whose last flush error is lost when it is dropped, which left a
+        // truncated record under its final name on a full disk.
+        let bytes = Recorder::<B>::save_item(&NamedMpkBytesRecorder::<FullPrecisionSettings>::new(), item, ())?;
         let tmp = temporary_sibling(&file, ".mpk");
-        Recorder::<B>::save_item(&self.inner, item, tmp.clone())?;
-        let fail = |e: String| {
+        let fail = |e: std::io::Error| {
             let _ = std::fs::remove_file(&tmp);
             RecorderError::Unknown(format!("{}: {e}", file.display()))
         };
-        // The digest is taken of the synced temporary file and written after the rename: a
-        // record without a matching digest is incomplete (see `latest_complete_checkpoint`).
-        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| fail(e.to_string()))?;
-        let digest = memsinks_model::io::file_sha256(&tmp).map_err(|e| fail(e.to_string()))?;
-        std::fs::rename(&tmp, &file).map_err(|e| fail(e.to_string()))?;
+        let written = memsinks_model::io::create_new_file(&tmp).and_then(|mut f| {
+            std::io::Write::write_all(&mut f, &bytes)?;
+            f.sync_all()
+        });
+        written.map_err(fail)?;
+        // The digest is written after the rename: a record without a matching digest is
+        // incomplete (see `latest_complete_checkpoint`).
+        let digest = memsinks_model::io::sha256_hex(&bytes);
+        std::fs::rename(&tmp, &file).map_err(fail)?;
         write_checksum(&file, &digest).map_err(|e| RecorderError::Unknown(e.to_string()))
     }
 
@@ -156,13 +207,32 @@ fn record_problem(path: &Path) -> Option<String> {
         return Some("missing".into());
     }
     match check_checksum(path, None) {
-        Ok(ChecksumCheck::Matches) => None,
+        Ok(ChecksumCheck::Matches) => decode_problem(path),
         Ok(ChecksumCheck::NoChecksum) => Some("no checksum (its write did not finish)".into()),
         Ok(ChecksumCheck::Differs { .. }) => {
             Some("its content does not match its checksum (truncated or damaged)".into())
         }
         Err(e) => Some(e.to_string()),
     }
+}
+
+/// The outline of every burn record: its metadata and its item, each decoded to the end but kept
+/// nowhere. A record that matches its checksum can still fail to decode (written empty, or its
+/// digest rewritten); burn-train would panic on it while resuming.
+#[derive(serde::Deserialize)]
+struct RecordOutline {
+    #[allow(dead_code)]
+    metadata: serde::de::IgnoredAny,
+    #[allow(dead_code)]
+    item: serde::de::IgnoredAny,
+}
+
+fn decode_problem(path: &Path) -> Option<String> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) => return Some(e.to_string()),
+    };
+    rmp_serde::from_slice::<RecordOutline>(&bytes).err().map(|e| format!("it does not decode as a burn record ({e})"))
 }
 
 /// The rounds with a model record in `checkpoint/`, newest first.
@@ -193,9 +263,14 @@ pub fn latest_complete_checkpoint(run_dir: &Path) -> Option<usize> {
             })
             .collect();
         let cursor = RunDir::new(run_dir).cursor(round);
-        let parsed = std::fs::read_to_string(&cursor)
-            .map_err(|e| e.to_string())
-            .and_then(|t| serde_json::from_str::<memsinks_data::Cursor>(&t).map_err(|e| e.to_string()));
+        let parsed = match check_checksum(&cursor, None) {
+            Ok(ChecksumCheck::Matches) => std::fs::read_to_string(&cursor)
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_json::from_str::<memsinks_data::Cursor>(&t).map_err(|e| e.to_string())),
+            Ok(ChecksumCheck::NoChecksum) => Err("no checksum (its write did not finish)".to_string()),
+            Ok(ChecksumCheck::Differs { .. }) => Err("its content does not match its checksum (edited)".to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         if let Err(e) = parsed {
             problems.push(format!("{}: {e}", cursor.display()));
         }
@@ -225,6 +300,7 @@ pub fn remove_stale_checkpoint_files(run_dir: &Path) {
         let name = entry.file_name().to_string_lossy().into_owned();
         let temporary = is_temporary_name(&name);
         let orphan = round_of(&name, "cursor-", ".json")
+            .or_else(|| round_of(&name, "cursor-", ".json.sha256"))
             .or_else(|| RECORD_KINDS.iter().find_map(|k| round_of(&name, &format!("{k}-"), ".mpk.sha256")))
             .is_some_and(|r| !kept.contains(&r));
         if temporary || orphan {
@@ -237,10 +313,15 @@ pub fn remove_stale_checkpoint_files(run_dir: &Path) {
 /// other threads: with `n = 1` a kill can leave no complete round. This keeps `n` complete rounds
 /// whatever the moment of a kill: round `e - n - 1` is deleted only when round `e` is saved, so
 /// rounds `e - n .. e - 1` stay complete while `e` is written (`n + 1` rounds on disk at most).
-#[derive(Clone, Copy, Debug)]
+///
+/// burn-train deletes only its own records: the checksums and cursor of a round it deleted one
+/// save ago are removed here, so `checkpoint/` does not grow with the run.
+#[derive(Clone, Debug)]
 pub struct KeepCompleteRounds {
     /// Complete rounds always kept.
     pub keep: usize,
+    /// The run directory whose `checkpoint/` companions are pruned (`None`: records only).
+    pub run_dir: Option<PathBuf>,
 }
 
 impl KeepCompleteRounds {
@@ -261,6 +342,21 @@ impl burn::train::checkpoint::CheckpointingStrategy for KeepCompleteRounds {
         epoch: usize,
         _collector: &burn::train::metric::store::EventStoreClient,
     ) -> Vec<burn::train::checkpoint::CheckpointingAction> {
+        // Round `epoch - keep - 2` was deleted when round `epoch - 1` was saved, and its
+        // checkpointer threads finished before round `epoch` trained (the barrier), so nothing
+        // writes its companions any more.
+        if let (Some(dir), Some(gone)) = (&self.run_dir, epoch.checked_sub(self.keep + 2).filter(|&e| e > 0)) {
+            let files = RunDir::new(dir);
+            let cursor = files.cursor(gone);
+            let mut companions = vec![memsinks_model::io::checksum_path(&cursor), cursor];
+            for kind in RECORD_KINDS {
+                companions
+                    .push(memsinks_model::io::checksum_path(&files.checkpoints().join(format!("{kind}-{gone}.mpk"))));
+            }
+            for path in companions {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         self.actions(epoch)
     }
 }
@@ -291,7 +387,7 @@ mod tests {
     fn pruning_keeps_n_complete_rounds_while_the_next_is_written() {
         use burn::train::checkpoint::CheckpointingAction;
         let deleted = |keep: usize, epoch: usize| {
-            KeepCompleteRounds { keep }.actions(epoch).into_iter().find_map(|a| match a {
+            KeepCompleteRounds { keep, run_dir: None }.actions(epoch).into_iter().find_map(|a| match a {
                 CheckpointingAction::Delete(e) => Some(e),
                 CheckpointingAction::Save => None,
             })
@@ -304,26 +400,44 @@ mod tests {
 
     #[test]
     fn a_damaged_record_or_cursor_makes_resume_fall_back() {
+        use memsinks_model::io::{checksum_path, write_atomic_checked};
         let run = tempfile::tempdir().unwrap();
         let dir = RunDir::new(run.path()).checkpoints();
+        let cursor = |round| RunDir::new(run.path()).cursor(round);
         std::fs::create_dir_all(&dir).unwrap();
-        for round in [1, 2] {
-            for kind in RECORD_KINDS {
-                let path = dir.join(format!("{kind}-{round}.mpk"));
-                std::fs::write(&path, format!("{kind} {round}")).unwrap();
-                let digest = memsinks_model::io::file_sha256(&path).unwrap();
-                memsinks_model::io::write_checksum(&path, &digest).unwrap();
-            }
-            std::fs::write(RunDir::new(run.path()).cursor(round), r#"{"epoch":0,"position":3,"offset":0}"#).unwrap();
+        #[derive(serde::Serialize)]
+        struct Fake {
+            metadata: &'static str,
+            item: String,
         }
+        for round in [1, 2, 3] {
+            for kind in RECORD_KINDS {
+                let bytes = rmp_serde::to_vec_named(&Fake { metadata: "m", item: format!("{kind} {round}") }).unwrap();
+                write_atomic_checked(&dir.join(format!("{kind}-{round}.mpk")), &bytes).unwrap();
+            }
+            write_atomic_checked(&cursor(round), br#"{"epoch":0,"position":3,"offset":0}"#).unwrap();
+        }
+        assert_eq!(latest_complete_checkpoint(run.path()), Some(3));
+        // A record that matches its checksum but does not decode (emptied, digest rewritten).
+        let scheduler = dir.join("scheduler-3.mpk");
+        std::fs::write(&scheduler, b"").unwrap();
+        write_checksum(&scheduler, &memsinks_model::io::sha256_hex(b"")).unwrap();
         assert_eq!(latest_complete_checkpoint(run.path()), Some(2));
+        // A record that no longer matches its checksum.
         std::fs::write(dir.join("optim-2.mpk"), "optim 2 but damaged").unwrap();
         assert_eq!(latest_complete_checkpoint(run.path()), Some(1));
-        std::fs::write(RunDir::new(run.path()).cursor(1), "{").unwrap();
+        // An edited cursor (same length, other position), then one without its checksum.
+        std::fs::write(cursor(1), br#"{"epoch":0,"position":0,"offset":0}"#).unwrap();
         assert_eq!(latest_complete_checkpoint(run.path()), None);
-        // Stale files: a pruned round's cursor and checksum, a dead writer's temporary record.
-        std::fs::remove_file(dir.join("model-1.mpk")).unwrap();
-        std::fs::write(dir.join(".model-3.mpk.tmp-123.mpk"), "partial").unwrap();
+        write_atomic_checked(&cursor(1), br#"{"epoch":0,"position":3,"offset":0}"#).unwrap();
+        assert_eq!(latest_complete_checkpoint(run.path()), Some(1));
+        std::fs::remove_file(checksum_path(&cursor(1))).unwrap();
+        assert_eq!(latest_complete_checkpoint(run.path()), None);
+        // Stale files: pruned rounds' cursors and checksums, a dead writer's temporary record.
+        for round in [1, 3] {
+            std::fs::remove_file(dir.join(format!("model-{round}.mpk"))).unwrap();
+        }
+        std::fs::write(dir.join(".model-4.mpk.tmp-123.mpk"), "partial").unwrap();
         remove_stale_checkpoint_files(run.path());
         let mut left: Vec<String> =
             std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -332,14 +446,17 @@ mod tests {
             left,
             [
                 "cursor-2.json",
+                "cursor-2.json.sha256",
                 "model-2.mpk",
                 "model-2.mpk.sha256",
                 "optim-1.mpk",
                 "optim-2.mpk",
                 "optim-2.mpk.sha256",
+                "optim-3.mpk",
                 "scheduler-1.mpk",
                 "scheduler-2.mpk",
-                "scheduler-2.mpk.sha256"
+                "scheduler-2.mpk.sha256",
+                "scheduler-3.mpk",
             ]
         );
     }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use memsinks_data::{prepare, CorpusFingerprint, PreparedCorpus};
+use memsinks_data::{prepare, CorpusFingerprint, PreparedCorpus, Verify};
 use memsinks_model::io::{is_empty_dir, write_atomic, DirLock};
 use memsinks_model::ModelConfig;
 use serde::{Deserialize, Serialize};
@@ -18,7 +18,8 @@ use crate::TrainError;
 /// The corpus of a run, as recorded in `corpus.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RunCorpus {
-    /// The prepared corpus directory (absolute).
+    /// The prepared corpus directory: relative to the run directory when it lies inside it (the
+    /// default `RUN/data`, so a moved or copied run reads its own corpus), else absolute.
     pub dir: PathBuf,
     /// Its fingerprint when training started.
     pub fingerprint: CorpusFingerprint,
@@ -29,18 +30,31 @@ impl RunCorpus {
     pub(crate) fn load(run_dir: &Path) -> Result<Option<Self>, TrainError> {
         let path = RunDir::new(run_dir).corpus_record();
         match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| TrainError::Config(format!("{}: corrupt: {e}", path.display()))),
+            Ok(text) => {
+                let mut record: Self = serde_json::from_str(&text)
+                    .map_err(|e| TrainError::Config(format!("{}: corrupt: {e}", path.display())))?;
+                if record.dir.is_relative() {
+                    record.dir = run_dir.join(&record.dir);
+                }
+                Ok(Some(record))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(TrainError::io(&path, e)),
         }
     }
 
-    /// Opens the recorded corpus and checks it is unchanged.
-    pub(crate) fn open(&self, run_dir: &Path) -> Result<PreparedCorpus, TrainError> {
+    /// Opens the recorded corpus and checks it is unchanged, as thoroughly as `verify` says.
+    pub(crate) fn open(&self, run_dir: &Path, verify: Verify) -> Result<PreparedCorpus, TrainError> {
+        if !self.dir.is_dir() {
+            return Err(TrainError::Config(format!(
+                "the run in {} trained on the corpus in {}, which is not there (moved or deleted): put it \
+                 back, or train a new run",
+                run_dir.display(),
+                self.dir.display()
+            )));
+        }
         let corpus = PreparedCorpus::open(&self.dir)?;
-        self.fingerprint.check(&corpus, &format!("the run in {}", run_dir.display()))?;
+        self.fingerprint.check(&corpus, &format!("the run in {}", run_dir.display()), verify)?;
         Ok(corpus)
     }
 }
@@ -122,7 +136,8 @@ fn open_run_corpus(
     if from_checkpoint {
         if let Some(recorded) = RunCorpus::load(run_dir)? {
             let wanted = std::path::absolute(wanted).unwrap_or(wanted.to_path_buf());
-            if data_dir.is_some() && wanted != recorded.dir {
+            let recorded_dir = std::path::absolute(&recorded.dir).unwrap_or(recorded.dir.clone());
+            if data_dir.is_some() && wanted != recorded_dir {
                 return Err(TrainError::Config(format!(
                     "{} trained on the corpus in {}, not {}: resume without --data",
                     run_dir.display(),
@@ -130,12 +145,14 @@ fn open_run_corpus(
                     wanted.display()
                 )));
             }
-            return recorded.open(run_dir);
+            return recorded.open(run_dir, Verify::Full);
         }
     }
     let corpus = prepare(&cfg.data, wanted, std::io::IsTerminal::is_terminal(&std::io::stderr()))?;
     let dir = std::path::absolute(&corpus.dir).map_err(|e| TrainError::io(&corpus.dir, e))?;
-    let record = RunCorpus { fingerprint: corpus.fingerprint()?, dir: dir.clone() };
+    let run_abs = std::path::absolute(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
+    let recorded_dir = dir.strip_prefix(&run_abs).map_or_else(|_| dir.clone(), Path::to_path_buf);
+    let record = RunCorpus { fingerprint: corpus.fingerprint()?, dir: recorded_dir };
     write_atomic(&RunDir::new(run_dir).corpus_record(), &serde_json::to_vec_pretty(&record).expect("serialises"))?;
     Ok(PreparedCorpus { dir, ..corpus })
 }

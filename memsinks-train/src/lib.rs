@@ -47,6 +47,10 @@ pub enum TrainError {
     /// The loss became NaN or infinite.
     #[error("{0}")]
     NonFinite(String),
+    /// Training stopped because a file of the run (a checkpoint, the metric log) could not be
+    /// written; what is on disk is what the last complete round left.
+    #[error("training stopped: {0}")]
+    Stopped(String),
 }
 
 impl TrainError {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::tensor::backend::Backend;
 use memsinks_data::{Batcher, Cursor, HostBatch, Split};
-use memsinks_model::io::write_atomic;
+use memsinks_model::io::write_atomic_checked;
 
 use crate::learner::EvalBatch;
 use crate::run_dir::RunDir;
@@ -109,7 +109,7 @@ impl<B: Backend> Iterator for TrainIter<'_, B> {
                 state.round += 1;
                 state.cursor = self.cursor;
                 let json = serde_json::to_vec(&self.cursor).expect("cursor serialises");
-                if let Err(e) = write_atomic(&RunDir::new(&self.loader.run_dir).cursor(state.round), &json) {
+                if let Err(e) = write_atomic_checked(&RunDir::new(&self.loader.run_dir).cursor(state.round), &json) {
                     tracing::error!("cannot save the data cursor: {e}");
                 }
             }

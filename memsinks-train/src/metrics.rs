@@ -196,6 +196,35 @@ pub(crate) fn truncate_metrics(path: &Path, max_step: u64, max_round: u64) -> Re
     Ok(memsinks_model::io::write_atomic(path, kept.as_bytes())?)
 }
 
+/// burn-train's metric logger slot, filled with one that keeps nothing: the run's metrics are
+/// written by [`crate::run_log::RunLog`] (`metrics.jsonl`), and burn-train's file logger panics
+/// when a write fails. Nothing of burn-train reads metrics back here (no metric-based
+/// checkpointing or early stopping).
+pub struct DiscardMetrics;
+
+impl burn::train::logger::MetricLogger for DiscardMetrics {
+    fn log(
+        &mut self,
+        _update: burn::train::metric::store::MetricsUpdate,
+        _epoch: usize,
+        _split: &burn::train::metric::store::Split,
+    ) {
+    }
+
+    fn read_numeric(
+        &mut self,
+        _name: &str,
+        _epoch: usize,
+        _split: &burn::train::metric::store::Split,
+    ) -> Result<Vec<burn::train::metric::NumericEntry>, String> {
+        Ok(Vec::new())
+    }
+
+    fn log_metric_definition(&mut self, _definition: burn::train::metric::MetricDefinition) {}
+
+    fn log_epoch_summary(&mut self, _summary: burn::train::metric::store::EpochSummary) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

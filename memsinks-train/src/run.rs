@@ -11,7 +11,7 @@ use burn::tensor::backend::Backend;
 use burn::train::metric::LearningRateMetric;
 use burn::train::{ExecutionStrategy, Interrupter, Learner, MultiDeviceOptim, SupervisedTraining};
 use memsinks_data::{Batcher, Consumed, Cursor, DocRows, Half, HostBatch, PreparedCorpus, Split};
-use memsinks_model::io::write_atomic;
+use memsinks_model::io::write_atomic_checked;
 use memsinks_model::io::{load_model, save_model};
 use memsinks_model::{MemSinkLm, ModelConfig};
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,7 @@ use crate::claim::{set_up_run_dir, RunCorpus};
 use crate::config::{DedupBudget, ExperimentConfig, Method, TrainConfig};
 use crate::learner::{EvalDocs, NamedLoss, QuietRenderer, TrainingLm};
 use crate::loader::{EvalLoader, TrainLoader};
-use crate::metrics::{truncate_metrics, EVAL_KEYS, TRACKED_DOCS};
+use crate::metrics::{truncate_metrics, DiscardMetrics, EVAL_KEYS, TRACKED_DOCS};
 use crate::optim::WarmupCosine;
 use crate::run_dir::RunDir;
 use crate::run_log::{Progress, RunLog, StepCounting};
@@ -120,7 +120,19 @@ impl Budget {
         let standard_cfg =
             ExperimentConfig { train: TrainConfig { method: Method::Standard, ..t.clone() }, ..cfg.clone() };
         let standard = training_batcher(&standard_cfg, corpus)?;
-        let standard_steps = steps_for(pass(&standard).batches);
+        let standard_pass = pass(&standard).batches;
+        if t.steps.is_none() && micro_per_step > t.epochs as u64 * standard_pass {
+            return Err(TrainError::Config(format!(
+                "one optimizer step takes {micro_per_step} batches (train.grad_accumulation {} x {devices} \
+                 device(s)), more than train.epochs {} pass(es) of the schedule hold ({} batches): the run \
+                 would train on far more passes than asked; lower grad_accumulation or batch_size, or set \
+                 train.steps",
+                t.grad_accumulation,
+                t.epochs,
+                t.epochs as u64 * standard_pass
+            )));
+        }
+        let standard_steps = steps_for(standard_pass);
         let (total_steps, rule) = match (t.method, t.dedup_budget) {
             (Method::Dedup, DedupBudget::SameEpochs) => {
                 (steps_for(pass(&own).batches), "dedup: same passes over its own schedule")
@@ -226,7 +238,7 @@ pub fn train<B: TrainBackend>(
     let micro_per_round = t.eval_every as u64 * micro_per_step;
     // The train step waits for the checkpointer threads of the rounds saved so far (see
     // `checkpoint`: the fusion backends abort otherwise).
-    let checkpoints = Arc::new(CheckpointBarrier::default());
+    let checkpoints = Arc::new(CheckpointBarrier::stopping(interrupter.clone()));
     let counting = StepCounting {
         micro_per_step,
         iterations_per_step: accum as u64,
@@ -249,6 +261,14 @@ pub fn train<B: TrainBackend>(
     );
     let eval_loader = EvalLoader::<B::InnerBackend>::new(eval_batches(&corpus, cfg), log.clone(), device.clone());
 
+    if memsinks_model::memory::computes_on_host::<B>() {
+        let needed = model_cfg.training_memory(t.batch_size, cfg.data.context).total();
+        memsinks_model::memory::check_host_memory(
+            needed,
+            "training this model",
+            "use a smaller model, train.batch_size (grad_accumulation keeps the effective batch) or data.context",
+        )?;
+    }
     B::seed(&device, t.seed);
     let lm = model_cfg.init::<B>(&device)?;
     let optim_cfg = t.optim();
@@ -262,9 +282,15 @@ pub fn train<B: TrainBackend>(
     let optim = optim_cfg.init::<B, TrainingLm<B>>();
 
     let mut training = SupervisedTraining::new(run_dir, Arc::new(train_loader), Arc::new(eval_loader))
-        .with_file_checkpointer(AtomicFileRecorder::counting(checkpoints))
-        .with_checkpointing_strategy(KeepCompleteRounds { keep: t.keep_checkpoints })
+        .with_file_checkpointer(AtomicFileRecorder::counting(checkpoints.clone()))
+        .with_checkpointing_strategy(KeepCompleteRounds {
+            keep: t.keep_checkpoints,
+            run_dir: Some(run_dir.to_path_buf()),
+        })
         .with_application_logger(None)
+        // metrics.jsonl is the run's metric log; burn-train's own file logger panics on a write
+        // error (a full disk), so it is replaced by one that keeps nothing.
+        .with_metric_logger(DiscardMetrics)
         .with_interrupter(interrupter)
         .num_epochs(rounds)
         .metric_train_numeric(NamedLoss::new("loss"))
@@ -289,6 +315,9 @@ pub fn train<B: TrainBackend>(
     if let Some(failure) = log.failure() {
         return Err(TrainError::NonFinite(failure));
     }
+    if let Some(failure) = checkpoints.failure().or_else(|| log.write_failure()) {
+        return Err(TrainError::Stopped(failure));
+    }
     save_model(&result.model.lm, &model_cfg, &files.final_model())?;
     remove_stale_checkpoint_files(run_dir);
     let rows = budget.consumed.rows;
@@ -308,7 +337,7 @@ pub fn train<B: TrainBackend>(
         skipped_steps: t.precision.scales_loss().then(|| log.skipped_steps()),
         data_dir: corpus.dir.clone(),
     };
-    write_atomic(&files.summary(), &serde_json::to_vec_pretty(&summary).expect("serialises"))?;
+    write_atomic_checked(&files.summary(), &serde_json::to_vec_pretty(&summary).expect("serialises"))?;
     Ok(summary)
 }
 
@@ -316,6 +345,14 @@ pub fn train<B: TrainBackend>(
 pub fn load_summary(run_dir: &Path) -> Result<TrainSummary, TrainError> {
     let path = RunDir::new(run_dir).summary();
     let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    // A summary written with a checksum must still match it (older runs have none).
+    if let memsinks_model::io::ChecksumCheck::Differs { .. } = memsinks_model::io::check_checksum(&path, None)? {
+        return Err(TrainError::Config(format!(
+            "{} does not match its checksum (train.json.sha256): it was edited or damaged, so what it says \
+             about the run cannot be trusted; retrain the run",
+            path.display()
+        )));
+    }
     serde_json::from_str(&text)
         .map_err(|e| TrainError::Config(format!("{}: {e}; the run did not finish", path.display())))
 }
@@ -341,7 +378,7 @@ impl FinishedRun {
     pub fn open(dir: &Path) -> Result<Self, TrainError> {
         let summary = load_summary(dir)?;
         let corpus = match RunCorpus::load(dir)? {
-            Some(recorded) => recorded.open(dir)?,
+            Some(recorded) => recorded.open(dir, memsinks_data::Verify::Fast)?,
             None => {
                 tracing::warn!(
                     "{} records no corpus fingerprint (trained by an older memsinks): its corpus is not checked",

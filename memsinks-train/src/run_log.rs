@@ -3,7 +3,6 @@
 //! the writer of `metrics.jsonl`.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +30,8 @@ pub struct RunLog {
     window: Mutex<LogWindow>,
     eval: Mutex<EvalAccumulator>,
     failure: Mutex<Option<String>>,
+    /// The first metric line that could not be written (training stops then).
+    write_failure: Mutex<Option<String>>,
     /// Steps skipped because f16 gradients overflowed ([`crate::amp`]), this process.
     skipped: AtomicU64,
     interrupter: Interrupter,
@@ -109,6 +110,7 @@ impl RunLog {
             window: Mutex::new(LogWindow::new()),
             eval: Mutex::new(EvalAccumulator { rounds: start.rounds_done, ..Default::default() }),
             failure: Mutex::new(None),
+            write_failure: Mutex::new(None),
             skipped: AtomicU64::new(0),
             interrupter,
             echo: !std::io::IsTerminal::is_terminal(&std::io::stdout()),
@@ -139,10 +141,11 @@ impl RunLog {
         if self.echo {
             eprintln!("{line}");
         }
-        let written =
-            OpenOptions::new().create(true).append(true).open(&self.path).and_then(|mut f| writeln!(f, "{line}"));
+        let written = memsinks_model::io::open_in_place(&self.path, true).and_then(|mut f| writeln!(f, "{line}"));
         if let Err(e) = written {
-            tracing::warn!("cannot write {}: {e}", self.path.display());
+            let message = format!("{}: {e}", self.path.display());
+            self.interrupter.stop(Some(&message));
+            self.write_failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(message);
         }
     }
 
@@ -206,6 +209,11 @@ impl RunLog {
     /// Steps skipped by f16 loss scaling in this process.
     pub fn skipped_steps(&self) -> u64 {
         self.skipped.load(Ordering::SeqCst)
+    }
+
+    /// Why `metrics.jsonl` could not be written, if it could not.
+    pub fn write_failure(&self) -> Option<String> {
+        self.write_failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn fail(&self, msg: String) {

@@ -186,8 +186,7 @@ pub fn evaluate_mode<B: Kernels>(
             &corpus.ids,
             docs,
             mode,
-            opts.extract_prompt,
-            opts.extract_continuation,
+            (opts.extract_prompt, opts.extract_continuation),
             device,
         ))
     };
@@ -336,8 +335,7 @@ pub fn source_removal<B: Kernels>(
                 &corpus.ids,
                 set,
                 mode,
-                opts.extract_prompt,
-                opts.extract_continuation,
+                (opts.extract_prompt, opts.extract_continuation),
                 device,
             );
             summarize(ex).match_rate

@@ -93,7 +93,7 @@ pub struct Extraction {
     pub verbatim_len: usize,
 }
 
-/// Prompts each document with its first `k` tokens and greedy-decodes `m` more (documents
+/// Prompts each document with its first `k` tokens (`(k, m)`: prompt and continuation lengths) and greedy-decodes `m` more (documents
 /// shorter than `k + m` tokens are skipped), all documents in one batch, each row with its own
 /// sequence ID. Returns one result per document decoded.
 pub fn greedy_extraction<B: Kernels>(
@@ -102,8 +102,7 @@ pub fn greedy_extraction<B: Kernels>(
     ids: &DocIds,
     docs: &[usize],
     mode: &MlpMode,
-    k: usize,
-    m: usize,
+    (k, m): (usize, usize),
     device: &B::Device,
 ) -> Vec<Extraction> {
     let rows: Vec<(usize, Vec<u32>)> =

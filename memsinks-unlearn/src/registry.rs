@@ -267,7 +267,7 @@ pub fn run_method<B: TrainBackend>(
         }
         None => (Vec::new(), None),
     };
-    Ok(MethodResult {
+    let result = MethodResult {
         method: name.to_string(),
         file: file.clone(),
         forget: forgotten,
@@ -276,7 +276,41 @@ pub fn run_method<B: TrainBackend>(
         relearn: relearned,
         relearn_start,
         wall_s: started.elapsed().as_secs_f64(),
-    })
+    };
+    result.check_finite()?;
+    Ok(result)
+}
+
+impl MethodResult {
+    /// A method whose losses are not finite (it diverged) is a failed run, never a result: JSON
+    /// has no NaN, so it would be written as `null`, cached, and break every reader after it.
+    ///
+    /// # Errors
+    /// Naming the first non-finite loss and what to change.
+    pub fn check_finite(&self) -> Result<(), UnlearnError> {
+        let fail = |what: String| {
+            Err(UnlearnError::Method(format!(
+                "{} diverged: {what} is not finite; lower its learning rate or step count (nothing was \
+                 recorded)",
+                self.method
+            )))
+        };
+        for p in &self.curve {
+            let values = [p.forget_loss, p.val_loss, p.delta_forget, p.delta_val];
+            let retain = [p.retain_loss, p.delta_retain];
+            if values.iter().chain(retain.iter().flatten()).any(|v| !v.is_finite()) {
+                return fail(format!("the loss at setting {}", p.setting));
+            }
+        }
+        for r in &self.relearn {
+            let optional = [r.others_control, r.delta_val_relearned, r.delta_val_control, r.recovered];
+            let values = [r.others_original, r.others_treated, r.others_relearned];
+            if values.iter().chain(optional.iter().flatten()).any(|v| !v.is_finite()) {
+                return fail(format!("the relearning test with {} documents", r.relearned));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -63,14 +63,14 @@ fn memorized_documents_are_extracted_and_separated_from_held_out_ones() {
     let model = memorizer(4, &cache);
     let device = Default::default();
     let mode = MlpMode::ActivateSeq { exclude: vec![] };
-    let seen = greedy_extraction(&model, &cache, &PER_DOCUMENT, &[0, 1, 2, 3], &mode, 8, 16, &device);
+    let seen = greedy_extraction(&model, &cache, &PER_DOCUMENT, &[0, 1, 2, 3], &mode, (8, 16), &device);
     assert_eq!(seen.len(), 4);
     for e in &seen {
         assert_eq!(e.match_rate, 1.0, "memorized document {} not extracted", e.doc);
         assert!(e.extracted && e.verbatim_len == 16);
     }
     // Random held-out documents cannot be continued.
-    let unseen = greedy_extraction(&model, &cache, &PER_DOCUMENT, &[4, 5, 6, 7], &mode, 8, 16, &device);
+    let unseen = greedy_extraction(&model, &cache, &PER_DOCUMENT, &[4, 5, 6, 7], &mode, (8, 16), &device);
     let rate = unseen.iter().map(|e| e.match_rate).sum::<f64>() / 4.0;
     assert!(rate < 0.3, "held-out match rate {rate}");
     assert!(unseen.iter().all(|e| !e.extracted));
@@ -83,7 +83,7 @@ fn memorized_documents_are_extracted_and_separated_from_held_out_ones() {
     assert_eq!(loss_mia_auc(&members, &held_out), 1.0);
     assert_eq!(members.docs.len(), 4);
     // Short documents are skipped by extraction.
-    assert!(greedy_extraction(&model, &cache, &PER_DOCUMENT, &[0], &mode, 30, 16, &device).is_empty());
+    assert!(greedy_extraction(&model, &cache, &PER_DOCUMENT, &[0], &mode, (30, 16), &device).is_empty());
 }
 
 #[test]

@@ -70,6 +70,9 @@ impl DistinctReader {
     }
 }
 
+/// Repeated, validation and left-over documents (the left-over ones become unique documents).
+pub(super) type HeldOut = (Vec<Document>, Vec<Document>, Vec<Document>);
+
 /// Step 1: the repeated and validation documents, drawn at random from the first
 /// `repeated + validation` distinct documents of their source (unique documents are the next ones
 /// in stream order, so a huge source is never held in memory at once). With held-out sources the
@@ -79,7 +82,7 @@ pub(super) fn select_held_out(
     cfg: &DataConfig,
     reader: &mut DistinctReader,
     rng: &mut SplitMix64,
-) -> Result<(Vec<Document>, Vec<Document>, Vec<Document>), DataError> {
+) -> Result<HeldOut, DataError> {
     let need = cfg.repeated.docs + cfg.validation;
     // With the near-duplicate filter some repeated candidates may be dropped: draw spares.
     let spare = if cfg.near_duplicates.is_some() { cfg.repeated.docs / 2 + 8 } else { 0 };

@@ -1,0 +1,130 @@
+//! How much memory a model needs, checked against what the machine (or the process's limit)
+//! allows before anything is allocated: a configuration that cannot fit is an error naming the
+//! sizes, never an allocation abort half-way into building the model.
+
+use burn::tensor::backend::Backend;
+
+use crate::{ModelConfig, ModelError};
+
+const F32: u64 = 4;
+
+/// The bytes a configuration needs, by kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    /// The weights (f32).
+    pub weights: u64,
+    /// Gradients and AdamW's two moments (f32 each): three times the weights.
+    pub optimizer: u64,
+    /// Activations kept for the backward pass, with the attention scores and the logits.
+    pub activations: u64,
+}
+
+impl MemoryEstimate {
+    /// Everything together.
+    pub fn total(&self) -> u64 {
+        self.weights + self.optimizer + self.activations
+    }
+}
+
+impl ModelConfig {
+    /// The memory of one training step on `rows` rows of `context` tokens. Activations count, per
+    /// layer and token, the residual stream and norms (~8 d), queries/keys/values and the attention
+    /// output (~4 d), the MLP's gate, up, product and mask (~4 I), and the materialised attention
+    /// scores and probabilities (2 heads × context); plus the logits and their gradient. An
+    /// estimate that errs high by design: it decides whether to start, not how to tile.
+    pub fn training_memory(&self, rows: usize, context: usize) -> MemoryEstimate {
+        let weights = self.num_params() as u64 * F32;
+        let tokens = rows as u64 * context as u64;
+        let (d, i, h) = (self.d_model as u64, self.d_hidden as u64, self.n_heads as u64);
+        let per_layer_token = 12 * d + 4 * i + 2 * h * context as u64;
+        let logits = 2 * tokens * self.vocab_size as u64;
+        let activations = (self.n_layers as u64 * tokens * per_layer_token + logits) * F32;
+        MemoryEstimate { weights, optimizer: 3 * weights, activations }
+    }
+}
+
+/// Whether `B` computes in host memory (the CPU backends), where [`check_host_memory`] applies to
+/// the whole training step; on a GPU backend only the host copies of records do.
+pub fn computes_on_host<B: Backend>() -> bool {
+    let name = std::any::type_name::<B>();
+    name.contains("Flex") || name.contains("NdArray")
+}
+
+/// Host memory this process may still allocate: the smaller of the memory the kernel reports as
+/// available and what the address-space limit (`ulimit -v`) leaves; `None` where neither can be
+/// read (no check then).
+pub fn available_host_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let available = meminfo.as_deref().and_then(|m| kib_field(m, "MemAvailable:"));
+    let limit = address_space_left();
+    match (available, limit) {
+        (Some(a), Some(l)) => Some(a.min(l)),
+        (a, l) => a.or(l),
+    }
+}
+
+/// A `NAME: n kB` line of a /proc file, in bytes.
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(name))?;
+    let kib: u64 = line[name.len()..].split_whitespace().next()?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(target_os = "linux")]
+fn address_space_left() -> Option<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct it is given and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let used = kib_field(&status, "VmSize:").unwrap_or(0);
+    Some(limit.rlim_cur.saturating_sub(used))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn address_space_left() -> Option<u64> {
+    None
+}
+
+/// Refuses to start `what` when it needs more than the host can give.
+///
+/// # Errors
+/// When `needed` exceeds [`available_host_memory`], naming both and `hint`.
+pub fn check_host_memory(needed: u64, what: &str, hint: &str) -> Result<(), ModelError> {
+    let Some(available) = available_host_memory() else { return Ok(()) };
+    if needed > available {
+        return Err(ModelError::Config(format!(
+            "{what} needs about {} of memory, this process can have {} (available memory, or the ulimit -v \
+             limit): {hint}",
+            gib(needed),
+            gib(available)
+        )));
+    }
+    Ok(())
+}
+
+/// Bytes as GiB with two decimals.
+pub fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn estimates_grow_with_the_model_and_the_batch() {
+        let small = ModelConfig::preset("tiny").unwrap();
+        let large = ModelConfig::preset("smollm2-1.7b").unwrap();
+        let a = small.training_memory(16, 128);
+        assert_eq!(a.weights, small.num_params() as u64 * 4);
+        assert_eq!(a.optimizer, 3 * a.weights);
+        assert!(small.training_memory(32, 128).activations > a.activations);
+        // 1.7 B parameters: 6.8 GB of weights, 27 GB with the optimizer, before activations.
+        assert!(large.training_memory(1, 2048).total() > 27_000_000_000);
+        assert_eq!(kib_field("MemTotal: 10 kB\nMemAvailable:   3 kB\n", "MemAvailable:"), Some(3072));
+        let err = check_host_memory(u64::MAX / 2, "training x", "use a smaller preset").unwrap_err().to_string();
+        assert!(err.contains("training x") && err.contains("smaller preset"), "{err}");
+    }
+}
