@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use memsinks_data::{DataConfig, PreparedCorpus};
+use memsinks_data::{DataConfig, PreparedCorpus, ScheduleKind};
 
 const DATA: &str = r#"(
     source: Synthetic(stories: 60, seed: 1),
@@ -24,8 +24,15 @@ const DATA: &str = r#"(
     seed: 0,
 )"#;
 
-const FILES: [&str; 6] =
-    ["cache/index.bin", "cache/cache.json", "cache/tokens-00000.bin", "schedule.bin", "schedule_dedup.bin", "manifest.json"];
+const FILES: [&str; 7] = [
+    "cache/index.bin",
+    "cache/cache.json",
+    "cache/tokens-00000.bin",
+    "schedule.bin",
+    "schedule_dedup.bin",
+    "schedule_dedup_fresh.bin",
+    "manifest.json",
+];
 
 fn prepared() -> &'static Path {
     static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
@@ -58,8 +65,8 @@ fuzz_target!(|data: &[u8]| {
     copy_dir(prepared(), &dir);
     std::fs::write(dir.join(FILES[choice as usize % FILES.len()]), body).unwrap();
     let Ok(corpus) = PreparedCorpus::open(&dir) else { return };
-    for dedup in [false, true] {
-        if let Ok(schedule) = corpus.schedule(dedup) {
+    for kind in [ScheduleKind::Full, ScheduleKind::Dedup, ScheduleKind::DedupFresh] {
+        if let Ok(schedule) = corpus.schedule(kind) {
             for &doc in schedule.iter().take(1 << 12) {
                 let _ = corpus.cache.doc(doc as usize);
             }

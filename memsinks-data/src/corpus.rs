@@ -24,6 +24,8 @@ use crate::source::{read_json_array, shard_files, Document, InvalidUtf8, JsonlRe
 use crate::synthetic::{author_key, StoryGenerator};
 use crate::tokenizer::TextTokenizer;
 
+use crate::schedules::{read_schedule, ScheduleKind, DEDUP_WITHOUT_FILL_VERSION};
+pub use crate::schedules::{SCHEDULE_DEDUP_FILE, SCHEDULE_DEDUP_FRESH_FILE, SCHEDULE_FILE};
 use crate::DataError;
 
 pub use crate::data_config::{
@@ -230,15 +232,11 @@ impl Manifest {
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The tokenizer inside a prepared directory.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
-/// The full training schedule.
-pub const SCHEDULE_FILE: &str = "schedule.bin";
 /// Each document's source (a little-endian `u32` index into [`Manifest::sources`] per cache
 /// document, [`NO_SOURCE`] for canaries), with `data.source_key`.
 pub const SOURCES_FILE: &str = "sources.bin";
 /// The source index of a document without a source (a canary).
 pub const NO_SOURCE: u32 = u32::MAX;
-/// The deduplicated training schedule.
-pub const SCHEDULE_DEDUP_FILE: &str = "schedule_dedup.bin";
 
 /// A prepared corpus opened for reading.
 pub struct PreparedCorpus {
@@ -372,12 +370,20 @@ impl PreparedCorpus {
         crate::CorpusFingerprint::of_dir(&self.dir, &self.manifest.config_hash)
     }
 
-    /// The training schedule (document index per occurrence), full or deduplicated.
+    /// The training schedule (document index per occurrence) of `kind`.
     ///
     /// # Errors
-    /// When the file is unreadable, truncated, or names a document the cache does not hold.
-    pub fn schedule(&self, dedup: bool) -> Result<Vec<u32>, DataError> {
-        read_schedule(&self.dir.join(if dedup { SCHEDULE_DEDUP_FILE } else { SCHEDULE_FILE }), self.cache.num_docs())
+    /// When the file is unreadable, truncated, or names a document the cache does not hold; and
+    /// for a deduplicated schedule of a corpus prepared before it stopped holding the fresh fill.
+    pub fn schedule(&self, kind: ScheduleKind) -> Result<Vec<u32>, DataError> {
+        if kind != ScheduleKind::Full && self.manifest.version < DEDUP_WITHOUT_FILL_VERSION {
+            return Err(DataError::Config(format!(
+                "{} was prepared by an older memsinks whose deduplicated schedule holds fresh stories: \
+                 prepare the corpus again into a new directory to train a deduplicated model",
+                self.dir.display()
+            )));
+        }
+        read_schedule(&self.dir.join(kind.file()), self.cache.num_docs())
     }
 }
 
@@ -403,23 +409,6 @@ fn read_source_table(dir: &Path, manifest: &Manifest) -> Result<Option<Arc<Vec<u
         return Err(damaged(format!("names source {bad} of {}", manifest.sources.len())));
     }
     Ok(Some(Arc::new(table)))
-}
-
-fn read_schedule(path: &Path, docs: usize) -> Result<Vec<u32>, DataError> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let damaged = |message: String| Err(DataError::Format { path: path.into(), message });
-    if bytes.len() % 4 != 0 {
-        return damaged("truncated schedule; rerun prepare".into());
-    }
-    let schedule: Vec<u32> =
-        bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
-    match schedule.iter().enumerate().find(|(_, &d)| d as usize >= docs) {
-        Some((at, doc)) => damaged(format!(
-            "entry {at} names document {doc}, the corpus holds {docs}: the file is damaged; rerun `memsinks data \
-             prepare` into a new directory"
-        )),
-        None => Ok(schedule),
-    }
 }
 
 /// Streams the documents of a source; with `key`, each carries its source key.

@@ -192,9 +192,10 @@ pub struct DataConfig {
     /// never reshuffled.
     #[serde(default = "yes")]
     pub reshuffle_each_pass: bool,
-    /// Give the deduplicated schedule fresh documents of the main source in place of the removed
-    /// repetitions, as many real tokens as those repetitions held (the paper's deduplicated model
-    /// fills its budget with fresh data); otherwise it cycles its shorter schedule.
+    /// Prepare fresh documents of the main source for the "dedup + fresh data" model
+    /// (`train.method = DedupFresh`): as many real tokens as the repeated stories' removed
+    /// repetitions held (canary repetitions are not replaced). The paper's dedup model never
+    /// reads them: it cycles its shorter schedule.
     #[serde(default = "yes")]
     pub dedup_fill: bool,
     /// Near-duplicate filter between training and validation documents (`None`: exact
@@ -217,6 +218,14 @@ pub struct DataConfig {
     /// corpora that differ only here hold the same data.
     #[serde(default, skip_serializing_if = "omitted")]
     pub sequence_ids: SequenceIds,
+    /// Draw every split at random from the first `draw_pool` distinct documents of the source
+    /// (0: repeated and validation documents from the first `repeated.docs + validation`, unique
+    /// ones in stream order after them). With a pool, the unique and fresh-fill documents are the
+    /// pool's rest in a seeded order, so seeds redraw every split, not only the held-out ones;
+    /// two seeds' validation sets then overlap by `validation / draw_pool` of their documents in
+    /// expectation.
+    #[serde(default, skip_serializing_if = "omitted")]
+    pub draw_pool: usize,
 }
 
 fn yes() -> bool {
@@ -252,6 +261,14 @@ impl DataConfig {
             return bad("data.validation must be at least 1: every loss gap and closure is measured against held-out \
                  validation documents"
                 .into());
+        }
+        if self.draw_pool > 0 && self.draw_pool < self.repeated.docs + self.validation {
+            return bad(format!(
+                "data.draw_pool {} is smaller than repeated.docs + validation = {}: the pool must hold the held-out \
+                 and repeated documents (0 turns the pool off)",
+                self.draw_pool,
+                self.repeated.docs + self.validation
+            ));
         }
         if self.repeated.docs + self.unique + self.canary.docs == 0 {
             return bad("the corpus has no training documents: set repeated.docs, canary.docs or unique".into());

@@ -17,6 +17,7 @@ mod near_dup;
 pub mod overrides;
 mod prepare;
 pub mod rng;
+mod schedules;
 pub mod source;
 pub mod synthetic;
 pub mod tokenizer;
@@ -30,6 +31,7 @@ pub use corpus_dir::holds_corpus;
 pub use fingerprint::{CorpusFingerprint, Verify};
 /// The batch type lives beside the model it feeds.
 pub use memsinks_model::LmBatch;
+pub use schedules::ScheduleKind;
 pub use tokenizer::TextTokenizer;
 
 /// Errors of the data crate. Each names the file concerned and, where it helps, what to do.

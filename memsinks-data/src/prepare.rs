@@ -121,7 +121,7 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
     let dedup_fill_tokens = if fill_count > 0 { cache.streamed_row_tokens } else { 0 };
     if dedup_fill_tokens < dedup_removed_tokens && cfg.dedup_fill {
         tracing::warn!(
-            "the source ran out: the dedup fill holds {dedup_fill_tokens} of the {dedup_removed_tokens} tokens of removed repetitions; the deduplicated model will cycle its data more"
+            "the source ran out: the dedup fill holds {dedup_fill_tokens} of the {dedup_removed_tokens} tokens of removed repetitions; the dedup + fresh data model will cycle its data more"
         );
     }
     let CacheBuilder { writer, mut documents, sources, .. } = cache;
@@ -137,7 +137,7 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
 
     let (schedule, dedup) = write_schedules(cfg, out, &mut documents, (unique_count, fill_count), &mut rng)?;
     let manifest = Manifest {
-        version: 1,
+        version: crate::schedules::DEDUP_WITHOUT_FILL_VERSION,
         config_hash,
         source_fingerprint: fingerprint,
         config: cfg.clone(),

@@ -10,7 +10,7 @@ use memsinks_data::corpus::{
     sequence_id, source_id, CanaryConfig, Ordering, RepeatConfig, SequenceIds, SourceConfig, SourceKey,
     TokenizerConfig, NO_SOURCE, SCHEDULE_FILE, SOURCES_FILE,
 };
-use memsinks_data::{prepare, Batcher, Cursor, DataConfig, PreparedCorpus, Split};
+use memsinks_data::{prepare, Batcher, Cursor, DataConfig, PreparedCorpus, ScheduleKind, Split};
 
 fn config(source: SourceConfig) -> DataConfig {
     DataConfig {
@@ -32,6 +32,7 @@ fn config(source: SourceConfig) -> DataConfig {
         source_key: None,
         held_out_sources: 0,
         sequence_ids: SequenceIds::PerDocument,
+        draw_pool: 0,
     }
 }
 
@@ -72,7 +73,7 @@ fn check_invariants(corpus: &PreparedCorpus, cfg: &DataConfig) {
         assert!(!train_texts.contains(&text(i)), "validation document {i} also in training");
     }
     // The schedule holds each document as often as its repetitions; positions agree with it.
-    let schedule = corpus.schedule(false).unwrap();
+    let schedule = corpus.schedule(ScheduleKind::Full).unwrap();
     let mut seen: HashMap<u32, u32> = HashMap::new();
     for (pos, &d) in schedule.iter().enumerate() {
         *seen.entry(d).or_default() += 1;
@@ -88,17 +89,26 @@ fn check_invariants(corpus: &PreparedCorpus, cfg: &DataConfig) {
         };
         assert_eq!(seen.get(&(i as u32)).copied().unwrap_or(0), expected, "document {i}");
     }
-    // Dedup keeps every training document exactly once, and adds the fill: fresh documents with
-    // at least the real tokens of the repetitions it leaves out.
-    let dedup = corpus.schedule(true).unwrap();
+    // The paper's dedup keeps every training document exactly once and adds nothing; with fresh
+    // data it adds the fill: fresh documents with at least the real tokens of the repeated
+    // stories' removed repetitions (canary repetitions are not replaced).
+    let paper = corpus.schedule(ScheduleKind::Dedup).unwrap();
+    let paper_set: HashSet<u32> = paper.iter().copied().collect();
+    assert_eq!(paper.len(), paper_set.len());
+    assert_eq!(paper.len(), cfg.repeated.docs + cfg.canary.docs + cfg.unique);
+    let dedup = corpus.schedule(ScheduleKind::DedupFresh).unwrap();
     let dedup_set: HashSet<u32> = dedup.iter().copied().collect();
     assert_eq!(dedup.len(), dedup_set.len());
     let fill = m.indices(Split::DedupFill);
     assert_eq!(dedup.len(), cfg.repeated.docs + cfg.canary.docs + cfg.unique + fill.len());
-    assert!(fill.iter().all(|&d| dedup_set.contains(&(d as u32))));
+    assert!(fill.iter().all(|&d| dedup_set.contains(&(d as u32)) && !paper_set.contains(&(d as u32))));
     let row_tokens = |len: usize| len.min(cfg.context) as u64;
-    let removed: u64 =
-        m.documents.iter().map(|d| row_tokens(d.tokens as usize) * u64::from(d.repetitions.saturating_sub(1))).sum();
+    let removed: u64 = m
+        .documents
+        .iter()
+        .filter(|d| d.split == Split::Repeated)
+        .map(|d| row_tokens(d.tokens as usize) * u64::from(d.repetitions.saturating_sub(1)))
+        .sum();
     assert_eq!(m.dedup_removed_tokens, removed);
     assert_eq!(m.dedup_fill_tokens, fill.iter().map(|&d| row_tokens(corpus.cache.doc_len(d))).sum::<u64>());
     if cfg.dedup_fill {
@@ -150,7 +160,7 @@ fn synthetic_corpus_invariants_cache_reuse_and_batches() {
 
     // One document per row: every batch row starts with its document and masks the padding.
     let cache = Arc::new(rebuilt.cache);
-    let schedule = Arc::new(PreparedCorpus::open(fresh.path()).unwrap().schedule(false).unwrap());
+    let schedule = Arc::new(PreparedCorpus::open(fresh.path()).unwrap().schedule(ScheduleKind::Full).unwrap());
     let eot = rebuilt.manifest.end_of_text;
     let batcher = Batcher::new(cache.clone(), schedule.clone(), 64, 8, eot, false);
     let mut cursor = Cursor::default();
@@ -188,7 +198,7 @@ fn packed_batches_cover_the_token_stream_exactly() {
     cfg.packing = true;
     cfg.context = 32;
     let corpus = prepare(&cfg, dir.path(), false).unwrap();
-    let schedule = Arc::new(corpus.schedule(false).unwrap());
+    let schedule = Arc::new(corpus.schedule(ScheduleKind::Full).unwrap());
     let eot = corpus.manifest.end_of_text;
     let cache = Arc::new(corpus.cache);
     let batcher = Batcher::new(cache.clone(), schedule.clone(), 32, 4, eot, true);
@@ -269,7 +279,7 @@ fn bad_inputs_fail_clearly_and_leave_nothing() {
     bytes[4..8].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
     std::fs::write(&schedule, &bytes).unwrap();
     let corpus = PreparedCorpus::open(&out).unwrap();
-    let err = corpus.schedule(false).err().unwrap().to_string();
+    let err = corpus.schedule(ScheduleKind::Full).err().unwrap().to_string();
     assert!(err.contains("schedule.bin") && err.contains("entry 1") && err.contains("2147483647"), "{err}");
     // Zero validation documents: every loss gap is measured against them.
     let mut none = config(synthetic());
@@ -315,7 +325,7 @@ fn real_tinystories_sample_when_available() {
 fn passes_are_reshuffled_from_the_seed_and_views_count_them() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = prepare(&config(synthetic()), dir.path(), false).unwrap();
-    let schedule = Arc::new(corpus.schedule(false).unwrap());
+    let schedule = Arc::new(corpus.schedule(ScheduleKind::Full).unwrap());
     let cache = Arc::new(corpus.cache.clone());
     let eot = corpus.manifest.end_of_text;
     let order = |b: &Batcher, epoch: u64| {
@@ -459,7 +469,7 @@ fn per_source_corpora_hold_out_sources_and_share_one_id_per_source() {
     for d in 0..m.num_docs() {
         assert_eq!(per_doc.cache.doc(d), per_source.cache.doc(d));
     }
-    assert_eq!(per_doc.schedule(false).unwrap(), per_source.schedule(false).unwrap());
+    assert_eq!(per_doc.schedule(ScheduleKind::Full).unwrap(), per_source.schedule(ScheduleKind::Full).unwrap());
     let (doc_ids, source_ids) = (&per_doc.ids, &per_source.ids);
     let mut by_source: HashMap<String, HashSet<i64>> = HashMap::new();
     for d in 0..m.num_docs() {
@@ -498,4 +508,39 @@ fn per_source_corpora_hold_out_sources_and_share_one_id_per_source() {
     assert!(err.contains("held_out_sources"), "{err}");
     let keyless = DataConfig { source_key: None, ..per_source_cfg };
     assert!(keyless.validate().unwrap_err().to_string().contains("source_key"));
+}
+
+/// With a draw pool, every split (repeated, validation, unique and fresh fill) is drawn from one
+/// seeded shuffle of the pool: another seed redraws the unique documents too, the splits stay
+/// disjoint, and the same seed rebuilds the same corpus. Without it, unique documents are the
+/// stream after the held-out ones in every seed.
+#[test]
+fn a_draw_pool_redraws_every_split_from_the_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts = |cfg: &DataConfig, name: &str| {
+        let corpus = prepare(cfg, &dir.path().join(name), false).unwrap();
+        check_invariants(&corpus, cfg);
+        let of = |split: Split| -> HashSet<String> {
+            corpus
+                .manifest
+                .indices(split)
+                .into_iter()
+                .map(|i| corpus.tokenizer.decode(&corpus.cache.doc(i)).unwrap())
+                .collect()
+        };
+        (of(Split::Repeated), of(Split::Validation), of(Split::Unique))
+    };
+    let pooled = DataConfig { draw_pool: 400, dedup_fill: false, ..config(synthetic()) };
+    let a = texts(&pooled, "a");
+    let b = texts(&DataConfig { seed: 4, ..pooled.clone() }, "b");
+    assert_eq!(texts(&pooled, "a-again"), a, "the same seed draws the same corpus");
+    for (r, v, u) in [&a, &b] {
+        assert!(r.is_disjoint(v) && r.is_disjoint(u) && v.is_disjoint(u));
+    }
+    assert!(a.2.intersection(&b.2).count() < a.2.len() / 2 + a.2.len() / 4, "unique documents were not redrawn");
+    let plain = config(synthetic());
+    let (c, d) = (texts(&plain, "c"), texts(&DataConfig { seed: 4, ..plain.clone() }, "d"));
+    assert!(c.2.intersection(&d.2).count() > c.2.len() / 2, "without a pool the unique stream is shared");
+    let small = DataConfig { draw_pool: 20, ..plain };
+    assert!(prepare(&small, &dir.path().join("small"), false).err().unwrap().to_string().contains("data.draw_pool"));
 }

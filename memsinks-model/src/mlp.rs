@@ -25,10 +25,10 @@ pub enum MlpMode {
         /// Sequence IDs whose sink subsets are switched off.
         exclude: Vec<i64>,
     },
-    /// Sinks × 0. With `rescale`, general × `(p_gen + p_mem) / p_gen` (the reference rescales);
-    /// otherwise general × 1.
+    /// Sinks × 0. With `rescale`, general × `(p_gen + p_mem) / p_gen` ([`drop_scale`], the
+    /// reference code's factor); otherwise general × 1.
     DropSinks {
-        /// Scale the general neurons up to keep the expected hidden activity.
+        /// Scale the general neurons by the reference code's factor.
         rescale: bool,
     },
     /// Each token uses its own sequence's training mask, minus the sinks of `exclude`d IDs.
@@ -178,9 +178,12 @@ pub struct SinkLayout {
     pub compact_below: f64,
 }
 
-/// The factor dropping the sinks scales the general neurons by, `(p_gen + p_mem) / p_gen`, so
-/// that the expected hidden activity matches training (the reference's rescale); 1 when there are
-/// no sinks. The one definition: the drop-sinks mode, folding and exports use it.
+/// The factor dropping the sinks scales the general neurons by, `(p_gen + p_mem) / p_gen`: the
+/// reference code's, kept for fidelity. It is not the factor that matches training's expected
+/// hidden activity: in training a share `p_gen + (1 − p_gen) · p_mem` of the hidden units is on
+/// (0.79 at the paper's setting), which general units alone match at `× (p_gen + (1 − p_gen) ·
+/// p_mem) / p_gen` (≈ 1.13), not 1.43; the study reports the plain mode (× 1) next to it. 1 when
+/// there are no sinks. The one definition: the drop-sinks mode, folding and exports use it.
 pub fn drop_scale(p_gen: f64, p_mem: f64, num_sink: usize) -> f64 {
     if num_sink == 0 {
         1.0

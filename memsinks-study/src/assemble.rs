@@ -25,18 +25,19 @@ pub struct StudyOutputs {
     pub timings: Vec<Timing>,
     /// Every trained and evaluated model.
     pub trained: Vec<Trained>,
-    /// Post-hoc methods on the standard model (first seed).
+    /// Post-hoc methods on the standard model, every seed (`MethodResult::seed`).
     pub posthoc: Vec<MethodResult>,
-    /// Dropping the MemSinks model's sinks (first seed).
+    /// Dropping the MemSinks model's sinks, every seed.
     pub by_design: Vec<MethodResult>,
     /// Removing sources, every seed.
     pub sources: Vec<SourceRemovalRun>,
 }
 
 /// The rows of the main table: label, training method, MLP mode evaluated.
-const MAIN_ROWS: [(&str, Method, MlpMode); 7] = [
+const MAIN_ROWS: [(&str, Method, MlpMode); 8] = [
     ("standard", Method::Standard, MlpMode::Train),
     ("dedup", Method::Dedup, MlpMode::Train),
+    ("dedup + fresh data", Method::DedupFresh, MlpMode::Train),
     ("gradient masking, sinks on", Method::GradientMasking, SINKS_ON),
     ("gradient masking, sinks dropped", Method::GradientMasking, SINKS_DROPPED),
     ("memsinks, sinks on", Method::Memsinks, SINKS_ON),
@@ -211,7 +212,7 @@ fn tracked_docs(evals: &[EvalRecord], t: &Trained, corpus: &PreparedCorpus) -> R
     let passes = t.summary.schedule_passes.ceil() as u64;
     let last_step = t.summary.steps as f64;
     // Where each pass put each document (every pass after the first reshuffled, as training read it).
-    let schedule = corpus.schedule(false)?;
+    let schedule = corpus.schedule(memsinks_data::ScheduleKind::Full)?;
     let orders: Vec<Vec<u32>> =
         (0..passes).map(|pass| pass_order(&schedule, manifest.config.reshuffle_seed(), pass)).collect();
     Ok(manifest

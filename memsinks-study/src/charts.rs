@@ -6,7 +6,8 @@ use memsinks_unlearn::metrics::gap_closure;
 use memsinks_unlearn::ForgetSet;
 
 use crate::plot::{Chart, Series, Style};
-use crate::report::{memsinks_point, MATCHED_TARGETS, PLOTS};
+use crate::posthoc_report::{memsinks_point, plotted_seed, MATCHED_TARGETS};
+use crate::report::PLOTS;
 use crate::results::{DynamicsPoint, Results};
 
 /// Palette index of a training method.
@@ -16,6 +17,7 @@ fn method_color(method: Method) -> usize {
         Method::Dedup => 1,
         Method::Memsinks => 2,
         Method::GradientMasking => 3,
+        Method::DedupFresh => 4,
     }
 }
 
@@ -63,7 +65,7 @@ pub(crate) fn charts(results: &Results) -> Vec<(&'static str, Chart)> {
     names.sort();
     names.dedup();
     for (i, name) in names.iter().enumerate() {
-        for m in results.posthoc.iter().filter(|m| m.method == *name) {
+        for m in results.posthoc.iter().filter(|m| m.method == *name && m.seed == plotted_seed(results)) {
             let style = if m.forget == ForgetSet::Canary { Style::Dashed } else { Style::Line };
             tradeoff.series.push(Series {
                 label: format!("{name} ({})", m.forget.name()),
@@ -74,7 +76,7 @@ pub(crate) fn charts(results: &Results) -> Vec<(&'static str, Chart)> {
         }
     }
     for (forget, color) in [(ForgetSet::Repeated, 6), (ForgetSet::Canary, 7)] {
-        if let Some(p) = memsinks_point(results, &forget) {
+        if let Some(p) = memsinks_point(results, &forget, plotted_seed(results)) {
             tradeoff.series.push(Series {
                 label: format!("MemSinks drop ({})", forget.name()),
                 points: vec![p],

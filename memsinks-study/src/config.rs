@@ -28,7 +28,8 @@ pub struct StudyConfig {
     /// Continuation tokens of greedy extraction.
     pub extract_continuation: usize,
     /// Whether each seed also draws its own corpus (held-out and repeated documents, canaries,
-    /// data order: data seed `data.seed + seed`), not only its own initialisation.
+    /// data order: data seed `data.seed + seed`; generated stories: generator seed
+    /// `source.seed + seed`), not only its own initialisation.
     pub vary_data: bool,
     /// How the training length the report reads is chosen.
     pub training_length: LengthRule,
@@ -114,11 +115,17 @@ impl StudyConfig {
     }
 
     /// The data configuration training seed `seed` uses: with [`StudyConfig::vary_data`], the
-    /// experiment's with data seed `data.seed + seed`; otherwise the experiment's.
+    /// experiment's with data seed `data.seed + seed` and, for generated stories, generator seed
+    /// `source.seed + seed` (so the stories themselves, repeated, held-out, unique and fresh
+    /// alike, differ between seeds, not only which of them play which part); otherwise the
+    /// experiment's. Seed 0 keeps the experiment's corpus.
     pub fn data_for_seed(&self, data: &DataConfig, seed: u64) -> DataConfig {
         let mut out = data.clone();
         if self.vary_data {
             out.seed = data.seed.wrapping_add(seed);
+            if let memsinks_data::corpus::SourceConfig::Synthetic { seed: stories, .. } = &mut out.source {
+                *stories = stories.wrapping_add(seed);
+            }
         }
         out
     }
@@ -209,7 +216,13 @@ mod tests {
         assert_eq!((&e2, &s2), (&experiment, &study));
         // Seeds draw their own corpora unless told not to; seed 0 keeps the experiment's.
         assert_eq!(study.data_for_seed(&experiment.data, 0), experiment.data);
-        assert_eq!(study.data_for_seed(&experiment.data, 2).seed, experiment.data.seed + 2);
+        let second = study.data_for_seed(&experiment.data, 2);
+        assert_eq!(second.seed, experiment.data.seed + 2);
+        let story_seed = |d: &DataConfig| match d.source {
+            memsinks_data::corpus::SourceConfig::Synthetic { seed, .. } => seed,
+            _ => panic!("smoke.ron generates its stories"),
+        };
+        assert_eq!(story_seed(&second), story_seed(&experiment.data) + 2, "the stories themselves are redrawn");
         let fixed = StudyConfig { vary_data: false, ..study.clone() };
         assert_eq!(fixed.data_for_seed(&experiment.data, 2), experiment.data);
         let bad = ["study.extract_prompt=1000".to_string()];

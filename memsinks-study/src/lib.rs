@@ -16,6 +16,8 @@ pub mod config;
 pub mod evaluate;
 pub mod export;
 pub mod plot;
+mod posthoc_report;
+mod relearning;
 pub mod report;
 pub mod reproduce;
 pub mod results;

@@ -9,7 +9,6 @@ use memsinks_model::io::write_atomic;
 use memsinks_model::MlpMode;
 use memsinks_train::Method;
 use memsinks_unlearn::metrics::gap_closure;
-use memsinks_unlearn::{delta_val_at, ForgetSet, MethodResult};
 
 use crate::assemble::{SINKS_DROPPED, SINKS_ON};
 use crate::charts::charts;
@@ -17,8 +16,7 @@ use crate::results::{Results, RowValues};
 use crate::stats::{Estimate, Side};
 use crate::study_dir::StudyDir;
 
-/// Forgetting levels (nats of forget-loss increase) at which post-hoc methods are compared.
-pub const MATCHED_TARGETS: [f64; 4] = [0.25, 0.5, 1.0, 2.0];
+pub use crate::posthoc_report::MATCHED_TARGETS;
 
 /// Plot files written next to `report.md` (each as `.svg` and `.png`).
 pub const PLOTS: [&str; 5] = ["dynamics", "tradeoff", "forgetting-standard", "forgetting-memsinks", "closure"];
@@ -52,10 +50,6 @@ fn cell(values: &[RowValues], digits: usize, scale: f64, f: impl Fn(&RowValues) 
 /// The estimate over seeds of `f`.
 pub(crate) fn estimate(values: &[RowValues], f: impl Fn(&RowValues) -> Option<f64>) -> Option<Estimate> {
     Estimate::of(&values.iter().filter_map(f).collect::<Vec<_>>())
-}
-
-fn percent(x: f64) -> String {
-    format!("{:.1} %", 100.0 * x)
 }
 
 /// The main-table values (one per seed) of a method in a mode.
@@ -103,81 +97,6 @@ pub fn main_table(results: &Results) -> String {
         );
     }
     s
-}
-
-/// The MemSinks drop-sinks point against the standard model's untreated point on the same
-/// probe documents: `(ΔL_forget, ΔL_val)` for `forget`.
-pub(crate) fn memsinks_point(results: &Results, forget: &ForgetSet) -> Option<(f64, f64)> {
-    let dropped = results.by_design.iter().find(|m| m.forget == *forget)?.curve.last()?.clone();
-    let base = results.posthoc.iter().find(|m| m.forget == *forget)?.curve.first()?.clone();
-    Some((dropped.forget_loss - base.forget_loss, dropped.val_loss - base.val_loss))
-}
-
-fn fmt_opt(x: Option<f64>) -> String {
-    x.map_or("—".into(), |v| format!("{v:+.3}"))
-}
-
-fn posthoc_table(results: &Results) -> String {
-    let mut s = String::new();
-    let targets: Vec<String> = MATCHED_TARGETS.iter().map(|t| format!("ΔL_val at ΔL_forget = {t}")).collect();
-    let _ = writeln!(
-        s,
-        "| method | forget set | {} | ΔL_val at MemSinks' ΔL_forget | furthest point: ΔL_forget / ΔL_val | relearning: share of the others' memorization back beyond the held-out control |",
-        targets.join(" | ")
-    );
-    let _ = writeln!(s, "|{}", " --- |".repeat(MATCHED_TARGETS.len() + 5));
-    let mut methods: Vec<&MethodResult> = results.posthoc.iter().collect();
-    methods.sort_by_key(|m| (m.method.clone(), m.forget.name()));
-    for m in methods {
-        let matched: Vec<String> = MATCHED_TARGETS.iter().map(|&t| fmt_opt(delta_val_at(&m.curve, t))).collect();
-        let at_memsinks = memsinks_point(results, &m.forget).map_or("—".into(), |(df, _)| {
-            format!("{} (at {df:+.3})", fmt_opt(if df > 0.0 { delta_val_at(&m.curve, df) } else { None }))
-        });
-        let last = m.curve.last().map_or("—".into(), |p| format!("{:+.3} / {:+.3}", p.delta_forget, p.delta_val));
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} |",
-            m.method,
-            m.forget.name(),
-            matched.join(" | "),
-            at_memsinks,
-            last,
-            relearn_cell(m)
-        );
-    }
-    for m in &results.by_design {
-        let (df, dv) = memsinks_point(results, &m.forget).unwrap_or((f64::NAN, f64::NAN));
-        let _ = writeln!(
-            s,
-            "| **MemSinks, sinks dropped** (vs standard) | {} |{} {} | {df:+.3} / {dv:+.3} | {} |",
-            m.forget.name(),
-            " |".repeat(MATCHED_TARGETS.len()),
-            fmt_opt(Some(dv)),
-            relearn_cell(m)
-        );
-    }
-    s
-}
-
-/// Relearning: where it started, then per size the share back beyond the control and what the
-/// relearning did to the validation loss.
-fn relearn_cell(m: &MethodResult) -> String {
-    if m.relearn.is_empty() {
-        return "—".into();
-    }
-    let start = m.relearn_start.as_ref().map_or(String::new(), |s| {
-        format!("from ΔL_forget {:+.3}, ΔL_val {:+.3} (setting {}): ", s.delta_forget, s.delta_val, s.setting)
-    });
-    let points: Vec<String> = m
-        .relearn
-        .iter()
-        .map(|r| {
-            let back = r.recovered.map_or("n/a".into(), |x| format!("{:.0} %", 100.0 * x));
-            let val = r.delta_val_relearned.map_or(String::new(), |d| format!(" (ΔL_val {d:+.3})"));
-            format!("n={}: {back}{val}", r.relearned)
-        })
-        .collect();
-    format!("{start}{}", points.join(", "))
 }
 
 /// A closure bought with a validation loss this many times the standard model's is flagged: the
@@ -277,12 +196,36 @@ fn findings(results: &Results) -> String {
             if let Some(diff) = Estimate::of(&paired(d, dd, |x| x.l_val)) {
                 let _ = writeln!(
                     s,
-                    "- MemSinks (sinks dropped) minus deduplication, validation loss: {} (95 % interval {}); MemSinks beats deduplication: **{}**.",
+                    "- MemSinks (sinks dropped) minus deduplication as the paper defines it (each repeated document once, nothing added, the same optimizer steps), validation loss: {} (95 % interval {}, paired by seed); MemSinks beats deduplication: **{}**.",
                     diff.format(3, 1.0),
                     diff.interval(3, 1.0),
                     verdict(&diff, 0.0, "no", "yes")
                 );
             }
+        }
+        if let (Some(dd), Some(fresh)) = (dedup, row(results, Method::DedupFresh, &MlpMode::Train)) {
+            if let (Some(gain), Some(vs)) =
+                (Estimate::of(&paired(fresh, dd, |x| x.l_val)), Estimate::of(&paired(d, fresh, |x| x.l_val)))
+            {
+                let _ = writeln!(
+                    s,
+                    "- Fresh stories in place of the removed repetitions (dedup + fresh data minus dedup), validation loss: {} (95 % interval {}): what more distinct data buys, an upper bound rather than a baseline; MemSinks (sinks dropped) minus it: {} (interval {}).",
+                    gain.format(3, 1.0),
+                    gain.interval(3, 1.0),
+                    vs.format(3, 1.0),
+                    vs.interval(3, 1.0)
+                );
+            }
+        }
+        if let Some(mia) = estimate(d, |x| Some(x.mia_auc)) {
+            let std_mia = estimate(std, |x| Some(x.mia_auc)).map_or("—".into(), |e| e.format(3, 1.0));
+            let _ = writeln!(
+                s,
+                "- Membership inference by loss (repeated against validation documents; 0.5 is no signal): AUC {std_mia} for the standard model, **{}** with the sinks dropped (interval {}): loss still tells a repeated document from a held-out one: **{}**.",
+                mia.format(3, 1.0),
+                mia.interval(3, 1.0),
+                verdict(&mia, 0.5, "yes", "no")
+            );
         }
         let ext = |v: &[RowValues], f: fn(&RowValues) -> f64| {
             estimate(v, |x| Some(f(x))).map_or("—".into(), |e| e.format(3, 1.0))
@@ -306,10 +249,18 @@ fn findings(results: &Results) -> String {
         else {
             continue;
         };
-        let flag = if ratio.mean > L_VAL_TOLERANCE {
-            format!(" — **bought with a worse model** (L_val above {L_VAL_TOLERANCE}× standard): not isolation")
-        } else {
-            String::new()
+        let flag = match ratio.side_of(L_VAL_TOLERANCE) {
+            Side::Above => {
+                format!(" — **bought with a worse model** (L_val interval above {L_VAL_TOLERANCE}× standard): not isolation")
+            }
+            Side::Straddles => format!(
+                " — the L_val interval {} contains {L_VAL_TOLERANCE}×: the model may be worse",
+                ratio.interval(3, 1.0)
+            ),
+            Side::NoInterval if ratio.mean > L_VAL_TOLERANCE => {
+                format!(" — L_val above {L_VAL_TOLERANCE}× standard (one seed: no verdict)")
+            }
+            _ => String::new(),
         };
         let _ = writeln!(
             s,
@@ -323,50 +274,9 @@ fn findings(results: &Results) -> String {
         let _ = writeln!(s, "- Excluding one document's sinks raises its loss by {target:+.3} and the other repeated documents' by {others:+.3} (per-sequence specificity).");
     }
     // Does removed memorization come back when a few forgotten documents are trained on again?
-    let first_relearn = |ms: &[MethodResult]| {
-        ms.iter().find(|m| m.forget == ForgetSet::Repeated && !m.relearn.is_empty()).and_then(|m| {
-            let r = m.relearn.first()?;
-            Some((m.method.clone(), r.relearned, r.recovered?))
-        })
-    };
-    if let (Some((method, n, post)), Some((_, _, design))) =
-        (first_relearn(&results.posthoc), first_relearn(&results.by_design))
-    {
-        let _ = writeln!(
-            s,
-            "- Relearning {n} forgotten document(s) brings back {} of the other repeated documents' memorization after {method}, {} after dropping the sinks (beyond a control fine-tuned the same way on {n} held-out document(s); both starting where they had forgotten as much as dropping the sinks did, when the method got there).",
-            percent(post),
-            percent(design)
-        );
-    }
+    s.push_str(&crate::relearning::findings(results));
     // Claim 1: entanglement of natural text versus canaries, at a matched forgetting level.
-    let at = MATCHED_TARGETS[1];
-    let mut names: Vec<&str> = results.posthoc.iter().map(|m| m.method.as_str()).collect();
-    names.dedup();
-    for name in names {
-        let cost = |f: ForgetSet| {
-            results.posthoc.iter().find(|m| m.method == name && m.forget == f).and_then(|m| delta_val_at(&m.curve, at))
-        };
-        match (cost(ForgetSet::Repeated), cost(ForgetSet::Canary)) {
-            (Some(n), Some(c)) => {
-                let _ = writeln!(
-                    s,
-                    "- {name}: forgetting {at} nats costs ΔL_val {n:+.3} for natural text vs {c:+.3} for canaries."
-                );
-            }
-            (n, c) => {
-                let _ = writeln!(
-                    s,
-                    "- {name}: does not reach ΔL_forget = {at} on {} within its sweep.",
-                    match (n, c) {
-                        (None, None) => "either set",
-                        (None, _) => "natural text",
-                        _ => "canaries",
-                    }
-                );
-            }
-        }
-    }
+    s.push_str(&crate::posthoc_report::entanglement_findings(results));
     s
 }
 
@@ -385,13 +295,13 @@ pub fn markdown(results: &Results) -> String {
     s.push_str(&main_table(results));
     s.push_str("\n## Findings\n\n");
     s.push_str(&findings(results));
-    s.push_str("\n## Post-hoc removal on the standard model\n\nΔ against the untreated standard model on the same documents; matched columns interpolate each method's sweep where it first reaches that forget-loss increase (— where it never does). The MemSinks rows compare the MemSinks model with sinks dropped to the standard model. Relearning fine-tunes the treated model on n of the forgotten documents and reports the share of the *other* forgotten documents' removed loss that comes back beyond a control, the same fine-tuning on n held-out documents (negative: less than the control brings back); removed is the others' loss after the method minus their loss in the untreated model as it memorized them (sinks on for MemSinks), for every method. Post-hoc relearning starts at the first point of the method's curve that forgot as much as dropping the sinks did (or its last point, when it never got there: the cell gives where it started); ΔL_val is the validation loss change the relearning itself caused.\n\n");
-    s.push_str(&posthoc_table(results));
+    s.push_str("\n## Post-hoc removal on the standard model\n\nEvery method runs on the standard model of every seed; each cell is the mean over those seeds ± the half-width of its 95 % interval (seeds where a method never reaches a level are left out and counted). Δ against the untreated standard model of the same seed on the same documents; matched columns interpolate each method's sweep where it first reaches that forget-loss increase (— where it never does). The MemSinks rows compare the MemSinks model with sinks dropped to the standard model. Relearning fine-tunes the treated model on n of the forgotten documents (several random draws of which) and reports how much the *other* forgotten documents' loss drops beyond a control, the same fine-tuning on n held-out documents: in nats and as a share of what the method removed (the others' loss after the method minus their loss in the untreated model as it memorized them, sinks on for MemSinks), mean ± 95 % interval over seeds × draws. A size whose control moved the validation loss by more than its bound (0.05 nats unless the method file says otherwise) reports nothing: that fine-tuning damaged the model, and the difference of two damaged models is not recovery. Post-hoc relearning starts at the first point of the method's curve that forgot as much as dropping the sinks did (or its last point, when it never got there: the cell gives where it started).\n\n");
+    s.push_str(&crate::posthoc_report::table(results));
     s.push_str(&crate::sources::section(results));
     s.push_str("\n## Plots\n\n");
     for (name, what) in PLOTS.iter().zip([
         "Loss during training: validation (solid) and repeated set (dashed; MemSinks and gradient masking also with sinks dropped).",
-        "Post-hoc trade-off: forget-loss increase against validation-loss increase, natural (solid) and canary (dashed), up to 4 nats of forgetting; the MemSinks drop-sinks points (against the standard model) as large markers.",
+        "Post-hoc trade-off (first seed): forget-loss increase against validation-loss increase, natural (solid) and canary (dashed), up to 4 nats of forgetting; the MemSinks drop-sinks points (against the standard model) as large markers.",
         "Standard model: loss of tracked repeated documents during training; ticks mark when each was seen.",
         "MemSinks model: the same documents with their sinks on (solid) and dropped (dashed).",
         "Every evaluation during training: gap closure against the standard model at the same step (solid; sinks dropped; markers: canary gap closure against held-out canaries) and validation loss ÷ the standard model's (dashed). A closure is only worth its ratio: near 1 it is isolation, far above 1 a broken model.",

@@ -105,9 +105,10 @@ pub fn reproduce(request: &ReproduceRequest, runner: &impl Runner) -> Result<Res
     let seeds = if study.seeds.is_empty() { vec![cfg.train.seed] } else { study.seeds.clone() };
     let mut stages = Stages::default();
 
-    // Each seed draws its own corpus (held-out and repeated documents, canaries, data order) when
-    // `study.vary_data` is on: seed `s` uses data seed `data.seed + s`, so a seed's corpus is the
-    // same in every study that lists it.
+    // Each seed draws its own corpus (held-out and repeated documents, canaries, data order, and
+    // generated stories themselves) when `study.vary_data` is on: seed `s` uses data seed
+    // `data.seed + s` (`StudyConfig::data_for_seed`), so a seed's corpus is the same in every
+    // study that lists it.
     let plan: Vec<(u64, DataConfig, PathBuf)> = seeds
         .iter()
         .map(|&seed| {
@@ -148,35 +149,39 @@ pub fn reproduce(request: &ReproduceRequest, runner: &impl Runner) -> Result<Res
         }
     }
 
-    // Post-hoc methods on the standard model and dropping the sinks of the MemSinks model.
-    let first = |m: Method| trained.iter().find(|t| t.method == m && t.seed == seeds[0]);
+    // Post-hoc methods on the standard model and dropping the sinks of the MemSinks model, in
+    // every seed, so that their comparisons get intervals over seeds.
     let forget_sets: Vec<ForgetSet> =
         if has_canaries { vec![ForgetSet::Repeated, ForgetSet::Canary] } else { vec![ForgetSet::Repeated] };
-    let mut by_design = Vec::new();
-    if let Some(mem) = first(Method::Memsinks) {
-        for forget in &forget_sets {
-            let task = MethodTask::new(mem.dir.path(), "drop-sinks", &[], forget.clone())?;
-            by_design.push(stages.removal(&dir, mem, task, false, runner)?);
-        }
-    }
-    // Post-hoc relearning starts where the method forgot as much as dropping the sinks did, so
-    // that every method's relearning test starts from the same ΔL_forget.
-    let matched = |forget: &ForgetSet| {
-        by_design.iter().find(|m| m.forget == *forget).and_then(|m| m.curve.last()).map(|p| p.delta_forget)
-    };
-    let mut posthoc = Vec::new();
-    let standard = first(Method::Standard).context("the standard model of the first seed")?;
-    for entry in &study.posthoc {
-        let mut words = entry.split_whitespace();
-        let method = words.next().context("an empty study.posthoc entry")?;
-        let sets: Vec<String> = words.map(String::from).collect();
-        for forget in &forget_sets {
-            let mut task = MethodTask::new(standard.dir.path(), method, &sets, forget.clone())?;
-            if let Some(relearn) = task.file.relearn.as_mut() {
-                relearn.start_at_delta_forget = relearn.start_at_delta_forget.or(matched(forget));
+    let (mut by_design, mut posthoc) = (Vec::new(), Vec::new());
+    for &seed in &seeds {
+        let of = |m: Method| trained.iter().find(|t| t.method == m && t.seed == seed);
+        let mut dropped = Vec::new();
+        if let Some(mem) = of(Method::Memsinks) {
+            for forget in &forget_sets {
+                let task = MethodTask::new(mem.dir.path(), "drop-sinks", &[], forget.clone())?;
+                dropped.push(stages.removal(&dir, mem, task, runner)?);
             }
-            posthoc.push(stages.removal(&dir, standard, task, false, runner)?);
         }
+        // Post-hoc relearning starts where the method forgot as much as dropping the sinks did
+        // in the same seed, so that every method's relearning test starts from the same ΔL_forget.
+        let matched = |forget: &ForgetSet| {
+            dropped.iter().find(|m| m.forget == *forget).and_then(|m| m.curve.last()).map(|p| p.delta_forget)
+        };
+        let standard = of(Method::Standard).with_context(|| format!("the standard model of seed {seed}"))?;
+        for entry in &study.posthoc {
+            let mut words = entry.split_whitespace();
+            let method = words.next().context("an empty study.posthoc entry")?;
+            let sets: Vec<String> = words.map(String::from).collect();
+            for forget in &forget_sets {
+                let mut task = MethodTask::new(standard.dir.path(), method, &sets, forget.clone())?;
+                if let Some(relearn) = task.file.relearn.as_mut() {
+                    relearn.start_at_delta_forget = relearn.start_at_delta_forget.or(matched(forget));
+                }
+                posthoc.push(stages.removal(&dir, standard, task, runner)?);
+            }
+        }
+        by_design.extend(dropped);
     }
     let sources = remove_sources(&mut stages, &dir, study, &trained, &corpora, &plan, runner)?;
 
@@ -225,7 +230,7 @@ fn remove_sources(
                     let sets: Vec<String> = words.map(String::from).collect();
                     let mut task = MethodTask::new(t.dir.path(), method, &sets, forget.clone())?;
                     task.file.relearn = None;
-                    let result = stages.removal(dir, t, task, true, runner)?;
+                    let result = stages.removal(dir, t, task, runner)?;
                     out.push(SourceRemovalRun { seed: *seed, method: t.method, result });
                 }
             }

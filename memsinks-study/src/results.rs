@@ -27,9 +27,10 @@ pub struct Results {
     pub timings: Vec<Timing>,
     /// The main table: one row per model and mode, one value set per seed.
     pub rows: Vec<MainRow>,
-    /// Post-hoc methods on the standard model (first seed), natural and canary.
+    /// Post-hoc methods on the standard model, natural and canary, every seed (each result
+    /// carries its seed; results written before carry none and are the first seed's).
     pub posthoc: Vec<MethodResult>,
-    /// Dropping the sinks of the MemSinks model (first seed), natural and canary.
+    /// Dropping the sinks of the MemSinks model, natural and canary, every seed.
     pub by_design: Vec<MethodResult>,
     /// Loss during training, per method (first seed).
     pub dynamics: Vec<Dynamics>,

@@ -119,5 +119,29 @@ pub fn section(results: &Results) -> String {
         };
         let _ = writeln!(s, "\nRemoved minus retained ΔL: {} — {verdict}.", e.format(3, 1.0));
     }
+    // Selectivity against each post-hoc method, paired by seed at the same ΔL of the removed
+    // source: called only when the interval of the difference lies on one side of 0.
+    for name in &names {
+        let diffs: Vec<f64> = all
+            .iter()
+            .filter_map(|o| {
+                let post = o.posthoc.iter().find(|p| &p.0 == name)?.1?;
+                Some(o.by_design.1? - post)
+            })
+            .collect();
+        if let Some(e) = Estimate::of(&diffs) {
+            let verdict = match e.side_of(0.0) {
+                Side::Below => "**yes**".to_string(),
+                Side::Above => "**no**, the sinks disturb the retained sources more".to_string(),
+                Side::Straddles => format!("**inconclusive**: the interval {} contains 0", e.interval(3, 1.0)),
+                Side::NoInterval => "one seed: no verdict".to_string(),
+            };
+            let _ = writeln!(
+                s,
+                "\nRetained sources' ΔL, sinks dropped minus {name} (paired by seed): {} — dropping the sinks is more selective than {name}: {verdict}.",
+                e.format(3, 1.0)
+            );
+        }
+    }
     s
 }

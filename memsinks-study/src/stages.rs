@@ -196,8 +196,7 @@ impl Stages {
     }
 
     /// Runs (or reuses) registry method `method` (with `--set`-style overrides `sets`) on the
-    /// trained model `on`, forgetting `forget`; `per_seed` names the seed in the cache file
-    /// (removals that run on every seed).
+    /// trained model `on`, forgetting `forget`; the result carries the model's seed.
     ///
     /// # Errors
     /// When the method is unknown or fails.
@@ -206,15 +205,15 @@ impl Stages {
         study: &StudyDir,
         on: &Trained,
         task: MethodTask,
-        per_seed: bool,
         runner: &impl Runner,
     ) -> Result<MethodResult> {
         let forget = task.forget.clone();
         let inputs = trained_inputs(&on.dir)?;
         let key = format!("{} {} {} {inputs}", on.summary.run_id, ron::to_string(&task.file)?, forget.name());
-        let stage = format!("{} on {} ({})", task.name, on.method.name(), forget.name());
-        let path = study.posthoc(&task.name, on.method, per_seed.then_some(on.seed), &forget);
-        self.cached(&path, &key, stage, || runner.run(Precision::F32, DeviceRange::ONE, task))
+        let stage = format!("{} on {} seed {} ({})", task.name, on.method.name(), on.seed, forget.name());
+        let path = study.posthoc(&task.name, on.method, Some(on.seed), &forget);
+        let result = self.cached(&path, &key, stage, || runner.run(Precision::F32, DeviceRange::ONE, task))?;
+        Ok(MethodResult { seed: Some(on.seed), ..result })
     }
 }
 

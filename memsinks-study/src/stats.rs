@@ -17,6 +17,9 @@ pub struct Estimate {
     pub half_width: Option<f64>,
     /// Values averaged.
     pub n: usize,
+    /// Values left out because they were not finite (a diverged seed): shown with the estimate,
+    /// never dropped silently.
+    pub non_finite: usize,
 }
 
 /// Where an estimate lies relative to a threshold.
@@ -33,8 +36,9 @@ pub enum Side {
 }
 
 impl Estimate {
-    /// The estimate of the finite values of `xs`, `None` when there are none.
+    /// The estimate of the finite values of `xs` (counting the others), `None` when there are none.
     pub fn of(xs: &[f64]) -> Option<Self> {
+        let non_finite = xs.iter().filter(|x| !x.is_finite()).count();
         let xs: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
         let n = xs.len();
         if n == 0 {
@@ -46,7 +50,7 @@ impl Estimate {
             let t = T_975.get(n - 2).copied().unwrap_or(1.96);
             t * (var / n as f64).sqrt()
         });
-        Some(Self { mean, half_width, n })
+        Some(Self { mean, half_width, n, non_finite })
     }
 
     /// Where the interval lies relative to `threshold`.
@@ -59,11 +63,16 @@ impl Estimate {
         }
     }
 
-    /// `mean` or `mean ± half-width` with `digits` decimals, each multiplied by `scale`.
+    /// `mean` or `mean ± half-width` with `digits` decimals, each multiplied by `scale`; with
+    /// non-finite values left out, how many.
     pub fn format(&self, digits: usize, scale: f64) -> String {
-        match self.half_width {
+        let value = match self.half_width {
             Some(h) => format!("{:.digits$} ± {:.digits$}", self.mean * scale, h * scale),
             None => format!("{:.digits$}", self.mean * scale),
+        };
+        match self.non_finite {
+            0 => value,
+            k => format!("{value} ({k} of {} not finite, left out)", k + self.n),
         }
     }
 
@@ -91,7 +100,7 @@ mod tests {
         assert_eq!(e.side_of(2.5), Side::Straddles);
         let one = Estimate::of(&[0.7, f64::NAN]).unwrap();
         assert_eq!((one.n, one.side_of(0.5)), (1, Side::NoInterval));
-        assert_eq!(one.format(1, 100.0), "70.0");
+        assert_eq!(one.format(1, 100.0), "70.0 (1 of 2 not finite, left out)");
         assert!(Estimate::of(&[f64::NAN]).is_none());
     }
 }

@@ -13,14 +13,18 @@ use crate::amp::LossScaleConfig;
 use crate::optim::OptimConfig;
 use crate::TrainError;
 
-/// The four models the paper compares.
+/// The models the study compares: the paper's four, and deduplication with fresh data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Method {
     /// No sinks (`p_gen = 1`), the full corpus.
     Standard,
-    /// No sinks, each repeated or canary document kept once.
+    /// No sinks, each repeated or canary document kept once, nothing added (the paper's dedup).
     Dedup,
+    /// No sinks, deduplicated, with fresh natural stories (`data.dedup_fill`) in place of the
+    /// repeated stories' removed repetitions: more distinct data than any other model sees, an
+    /// upper bound rather than the paper's baseline.
+    DedupFresh,
     /// Sinks selected by each token's sequence ID.
     Memsinks,
     /// The negative control: repeated and canary documents update only the sink pool.
@@ -29,7 +33,17 @@ pub enum Method {
 
 impl Method {
     /// Every method, in report order.
-    pub const ALL: [Method; 4] = [Method::Standard, Method::Dedup, Method::Memsinks, Method::GradientMasking];
+    pub const ALL: [Method; 5] =
+        [Method::Standard, Method::Dedup, Method::DedupFresh, Method::Memsinks, Method::GradientMasking];
+
+    /// The training schedule it reads.
+    pub fn schedule(self) -> memsinks_data::ScheduleKind {
+        match self {
+            Method::Dedup => memsinks_data::ScheduleKind::Dedup,
+            Method::DedupFresh => memsinks_data::ScheduleKind::DedupFresh,
+            _ => memsinks_data::ScheduleKind::Full,
+        }
+    }
 
     /// Whether the model has a sink pool.
     pub fn has_sinks(self) -> bool {
@@ -41,6 +55,7 @@ impl Method {
         match self {
             Method::Standard => "standard",
             Method::Dedup => "dedup",
+            Method::DedupFresh => "dedup-fresh",
             Method::Memsinks => "memsinks",
             Method::GradientMasking => "gradient-masking",
         }
@@ -100,16 +115,15 @@ impl Precision {
     }
 }
 
-/// How the dedup model's token budget relates to the others'.
+/// How a deduplicated model's token budget relates to the others'.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum DedupBudget {
-    /// As many real (non-padding) tokens as the standard model trains on: with the dedup fill
-    /// (`data.dedup_fill`) that is about one pass over its own schedule wherever the standard
-    /// model makes one over its.
+    /// As many optimizer steps (and rows, padding included) as the other methods: the paper's
+    /// rule. Its shorter schedule is then passed over more often.
     #[default]
-    SameRealTokens,
-    /// As many optimizer steps (and rows, padding included) as the other methods.
     SameSteps,
+    /// As many real (non-padding) tokens as the standard model trains on.
+    SameRealTokens,
     /// As many passes over its own schedule as the others make over theirs.
     SameEpochs,
 }
@@ -208,7 +222,7 @@ pub struct TrainConfig {
     /// Devices for data-parallel training (burn-train's multi-device strategy).
     #[serde(default = "one")]
     pub devices: usize,
-    /// Token budget rule of the dedup model.
+    /// Token budget rule of the deduplicated models.
     #[serde(default)]
     pub dedup_budget: DedupBudget,
     /// Float precision: f32, or mixed precision (f16 / bf16 compute, f32 weights; see

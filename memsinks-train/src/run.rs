@@ -134,10 +134,10 @@ impl Budget {
         }
         let standard_steps = steps_for(standard_pass);
         let (total_steps, rule) = match (t.method, t.dedup_budget) {
-            (Method::Dedup, DedupBudget::SameEpochs) => {
+            (Method::Dedup | Method::DedupFresh, DedupBudget::SameEpochs) => {
                 (steps_for(pass(&own).batches), "dedup: same passes over its own schedule")
             }
-            (Method::Dedup, DedupBudget::SameRealTokens) => {
+            (Method::Dedup | Method::DedupFresh, DedupBudget::SameRealTokens) => {
                 let batches = standard_steps as u64 * micro_per_step;
                 let target = standard.consume(MAX_BUDGET_PASSES, |c| c.batches >= batches).real_tokens;
                 let needed = own.consume(MAX_BUDGET_PASSES, |c| c.real_tokens >= target).batches;
@@ -162,10 +162,16 @@ impl Budget {
 /// canary documents to the sinks; every pass after the first reshuffled when the data asks for
 /// it).
 fn training_batcher(cfg: &ExperimentConfig, corpus: &PreparedCorpus) -> Result<Batcher, TrainError> {
-    let dedup = cfg.train.method == Method::Dedup;
+    if cfg.train.method == Method::DedupFresh && corpus.manifest.dedup_fill_docs == 0 {
+        return Err(TrainError::Config(format!(
+            "train.method DedupFresh trains on fresh stories in place of removed repetitions, and the corpus \
+             in {} holds none: prepare it with data.dedup_fill = true (and a source with stories to spare)",
+            corpus.dir.display()
+        )));
+    }
     let mut batcher = Batcher::new(
         Arc::new(corpus.cache.clone()),
-        Arc::new(corpus.schedule(dedup)?),
+        Arc::new(corpus.schedule(cfg.train.method.schedule())?),
         cfg.data.context,
         cfg.train.batch_size,
         corpus.manifest.end_of_text,

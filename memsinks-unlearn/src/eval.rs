@@ -155,7 +155,10 @@ impl ModeReport {
     }
 }
 
-/// Evaluates `model` in `mode` on the first `max_docs` documents of each split.
+/// Evaluates `model` in `mode` on the first `max_docs` documents of each split, except the
+/// validation loss, which is scored on every validation document (a few dozen stories make a
+/// noisy L_val, and the gap and every closure inherit its noise); extraction on validation
+/// documents stays on the first `max_docs`.
 pub fn evaluate_mode<B: Kernels>(
     model: &MemSinkLm<B>,
     corpus: &PreparedCorpus,
@@ -169,7 +172,7 @@ pub fn evaluate_mode<B: Kernels>(
         |docs: &[usize]| score_docs(model, &DocRows::of(corpus, docs, opts.context, opts.batch_size), mode, device);
     let (val_docs, rep_docs, canary_docs, unique_docs) =
         (take(Split::Validation), take(Split::Repeated), take(Split::Canary), take(Split::Unique));
-    let validation = score(&val_docs);
+    let validation = score(&m.indices(Split::Validation));
     let repeated = score(&rep_docs);
     let canary = (!canary_docs.is_empty()).then(|| score(&canary_docs));
     let half = |h: Half| {

@@ -114,6 +114,13 @@ impl MethodFile {
             rate("relearn.lr", r.lr)?;
             positive("relearn.steps", r.steps)?;
             positive("relearn.batch_size", r.batch_size)?;
+            positive("relearn.draws", r.draws)?;
+            if !(r.max_control_delta_val.is_finite() && r.max_control_delta_val > 0.0) {
+                return Err(format!(
+                    "relearn.max_control_delta_val = {}: give a positive bound in nats (e.g. 0.05)",
+                    r.max_control_delta_val
+                ));
+            }
             if r.sizes.contains(&0) {
                 return Err("relearn.sizes contains 0: relearn at least one document".into());
             }
@@ -145,6 +152,10 @@ pub struct MethodResult {
     pub relearn_start: Option<RelearnStart>,
     /// Wall time of the whole method, seconds.
     pub wall_s: f64,
+    /// The training seed of the model it ran on, when a study runs it on several (absent from
+    /// `memsinks unlearn`'s own results).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 /// Names of the built-in methods.
@@ -276,6 +287,7 @@ pub fn run_method<B: TrainBackend>(
         relearn: relearned,
         relearn_start,
         wall_s: started.elapsed().as_secs_f64(),
+        seed: None,
     };
     result.check_finite()?;
     Ok(result)

@@ -13,8 +13,14 @@
 //! at its last step) has lost general ability that any fine-tuning restores, the test can start
 //! from a matched point: the first point of the method's curve whose forget-set loss rose by a
 //! given amount (the study uses what dropping the sinks achieves).
+//!
+//! A control that breaks the model measures damage, not recovery: when the control's fine-tuning
+//! moves the validation loss by more than `max_control_delta_val`, the point records it and
+//! reports no recovery (choose a smaller learning rate or fewer steps). Which documents are
+//! relearned is drawn `draws` times, so a result does not rest on one story.
 
 use burn::module::AutodiffModule;
+use memsinks_data::rng::SplitMix64;
 use memsinks_data::{DocRows, LmBatch, Split};
 use memsinks_model::loss::lm_loss;
 use memsinks_model::TrainBackend;
@@ -42,7 +48,26 @@ pub struct RelearnConfig {
     /// this much (nats) instead of from its last point; the last point when none did.
     #[serde(default)]
     pub start_at_delta_forget: Option<f64>,
+    /// Random draws of which forgotten documents are relearned (and which held-out documents the
+    /// control fine-tunes on); each gives one point per size.
+    #[serde(default = "one")]
+    pub draws: usize,
+    /// The largest validation-loss change (nats, either sign) the control may cause for the model
+    /// to count as intact; beyond it no recovery is reported.
+    #[serde(default = "default_max_control_delta_val")]
+    pub max_control_delta_val: f64,
 }
+
+fn one() -> usize {
+    1
+}
+
+fn default_max_control_delta_val() -> f64 {
+    DEFAULT_MAX_CONTROL_DELTA_VAL
+}
+
+/// The default bound on the control's validation-loss change.
+pub const DEFAULT_MAX_CONTROL_DELTA_VAL: f64 = 0.05;
 
 /// Loss increase (nats) below which a method counts as having removed nothing.
 pub const MIN_REMOVED: f64 = 0.01;
@@ -65,6 +90,9 @@ pub struct RelearnStart {
 pub struct RelearnPoint {
     /// Forgotten documents fine-tuned on.
     pub relearned: usize,
+    /// Which draw of relearned documents (0-based).
+    #[serde(default)]
+    pub draw: usize,
     /// Other forgotten documents measured (never shown during relearning).
     pub others: usize,
     /// Their mean loss under the untreated model, in the mode it memorized them in.
@@ -83,10 +111,18 @@ pub struct RelearnPoint {
     /// Validation loss change from the treated model to the control.
     #[serde(default)]
     pub delta_val_control: Option<f64>,
+    /// Whether the control left the model intact (its |ΔL_val| within the configured bound);
+    /// `None` without a control.
+    #[serde(default)]
+    pub control_intact: Option<bool>,
+    /// The others' loss drop beyond the control, in nats: `control − relearned`; `None` without
+    /// an intact control.
+    #[serde(default)]
+    pub recovered_nats: Option<f64>,
     /// Share of the removed memorization that came back beyond the control:
-    /// `(control − relearned) / (treated − original)` (without a control:
-    /// `(treated − relearned) / (treated − original)`); `None` when the method removed almost
-    /// nothing (less than [`MIN_REMOVED`] nats), where the ratio means nothing.
+    /// `(control − relearned) / (treated − original)`; `None` without an intact control, and when
+    /// the method removed almost nothing (less than [`MIN_REMOVED`] nats), where the ratio
+    /// means nothing.
     pub recovered: Option<f64>,
 }
 
@@ -109,15 +145,22 @@ impl std::fmt::Display for RelearnPoint {
         let loss = |x: Option<f64>| x.map_or("n/a".to_string(), |x| format!("{x:.3}"));
         write!(
             f,
-            "relearn {:>2} docs: others' loss {:.3} -> {:.3}, control {} (original {:.3}), ΔL_val {}: {} recovered",
+            "relearn {:>2} docs (draw {}): others' loss {:.3} -> {:.3}, control {} (original {:.3}), ΔL_val {} \
+             (control {}): ",
             self.relearned,
+            self.draw,
             self.others_treated,
             self.others_relearned,
             loss(self.others_control),
             self.others_original,
             loss(self.delta_val_relearned),
-            self.recovered.map_or("n/a".to_string(), |x| format!("{:.0} %", 100.0 * x))
-        )
+            loss(self.delta_val_control),
+        )?;
+        match (self.control_intact, self.recovered) {
+            (Some(false), _) => write!(f, "the control changed the model, no recovery reported"),
+            (_, Some(x)) => write!(f, "{:.0} % recovered", 100.0 * x),
+            (_, None) => write!(f, "n/a"),
+        }
     }
 }
 
@@ -133,50 +176,55 @@ pub struct RelearnFrom<'m, B: TrainBackend> {
     pub treated_mode: &'m MlpMode,
 }
 
-/// Runs the test: the first `n` forget documents are relearned, the documents after the largest
-/// `n` (up to the probe's evaluation count) are measured; the control fine-tunes on `n`
-/// validation documents after the probe's own. Sizes that leave no other document are skipped.
+/// Runs the test: in each draw the forgotten documents are shuffled, the first `n` are relearned
+/// and the documents after the largest `n` (up to the probe's evaluation count) are measured; the
+/// control fine-tunes on `n` shuffled validation documents the probe does not score. Sizes that
+/// leave no other document are skipped.
 pub fn relearn<B: TrainBackend>(
     from: &RelearnFrom<'_, B>,
     probe: &Probe<'_>,
     cfg: &RelearnConfig,
     device: &B::Device,
 ) -> Vec<RelearnPoint> {
-    let forgotten = &probe.forget_docs;
-    let sizes: Vec<usize> = cfg.sizes.iter().copied().filter(|&n| n > 0 && n < forgotten.len()).collect();
+    let sizes: Vec<usize> = cfg.sizes.iter().copied().filter(|&n| n > 0 && n < probe.forget_docs.len()).collect();
     let Some(&largest) = sizes.iter().max() else { return Vec::new() };
-    let others: Vec<usize> = forgotten[largest..].iter().copied().take(probe.eval_forget.len().max(1)).collect();
-    // Held-out documents for the control: validation documents the probe never scores.
-    let held_out: Vec<usize> =
-        probe.corpus.manifest.indices(Split::Validation).into_iter().skip(probe.val_docs.len()).collect();
     let mode = from.treated_mode;
-    let others_original = probe.nll(from.original, &others, from.original_mode, device);
     let treated_inner = from.treated.valid();
-    let others_treated = probe.nll(&treated_inner, &others, mode, device);
     let val_treated = probe.nll(&treated_inner, &probe.val_docs, mode, device);
-    // Fine-tunes the treated model on `docs`; returns (others' loss, validation loss) after.
-    let fine_tune = |docs: &[usize]| {
-        let mut batches = Cycle::new(&DocRows::of(probe.corpus, docs, probe.context, cfg.batch_size));
-        let optim_cfg = OptimConfig { weight_decay: 0.0, ..Default::default() };
-        let mut optim = optim_cfg.init::<B, MemSinkLm<B>>();
-        let mut model = from.treated.clone();
-        for _ in 0..cfg.steps {
-            let batch: LmBatch<B> = batches.next(device);
-            let loss = lm_loss(&model, &batch, mode);
-            model = step(&mut optim, model, loss, cfg.lr, &optim_cfg);
-        }
-        let model = model.valid();
-        (probe.nll(&model, &others, mode, device), probe.nll(&model, &probe.val_docs, mode, device))
-    };
-    sizes
-        .into_iter()
-        .map(|n| {
+    let mut points = Vec::new();
+    for draw in 0..cfg.draws.max(1) {
+        let mut rng = SplitMix64::new(0x5E1E_A500 ^ draw as u64);
+        let mut forgotten = probe.forget_docs.clone();
+        let mut held_out: Vec<usize> =
+            probe.corpus.manifest.indices(Split::Validation).into_iter().skip(probe.val_docs.len()).collect();
+        rng.shuffle(&mut forgotten);
+        rng.shuffle(&mut held_out);
+        let others: Vec<usize> = forgotten[largest..].iter().copied().take(probe.eval_forget.len().max(1)).collect();
+        let others_original = probe.nll(from.original, &others, from.original_mode, device);
+        let others_treated = probe.nll(&treated_inner, &others, mode, device);
+        // Fine-tunes the treated model on `docs`; returns (others' loss, validation loss) after.
+        let fine_tune = |docs: &[usize]| {
+            let mut batches = Cycle::new(&DocRows::of(probe.corpus, docs, probe.context, cfg.batch_size));
+            let optim_cfg = OptimConfig { weight_decay: 0.0, ..Default::default() };
+            let mut optim = optim_cfg.init::<B, MemSinkLm<B>>();
+            let mut model = from.treated.clone();
+            for _ in 0..cfg.steps {
+                let batch: LmBatch<B> = batches.next(device);
+                let loss = lm_loss(&model, &batch, mode);
+                model = step(&mut optim, model, loss, cfg.lr, &optim_cfg);
+            }
+            let model = model.valid();
+            (probe.nll(&model, &others, mode, device), probe.nll(&model, &probe.val_docs, mode, device))
+        };
+        for &n in &sizes {
             let (others_relearned, val_relearned) = fine_tune(&forgotten[..n]);
             let control = (held_out.len() >= n).then(|| fine_tune(&held_out[..n]));
             let removed = others_treated - others_original;
-            let baseline = control.map_or(others_treated, |(others_control, _)| others_control);
-            RelearnPoint {
+            let intact = control.map(|(_, val)| (val - val_treated).abs() <= cfg.max_control_delta_val);
+            let recovered_nats = control.filter(|_| intact == Some(true)).map(|(others, _)| others - others_relearned);
+            points.push(RelearnPoint {
                 relearned: n,
+                draw,
                 others: others.len(),
                 others_original,
                 others_treated,
@@ -184,8 +232,11 @@ pub fn relearn<B: TrainBackend>(
                 others_control: control.map(|c| c.0),
                 delta_val_relearned: Some(val_relearned - val_treated),
                 delta_val_control: control.map(|c| c.1 - val_treated),
-                recovered: (removed >= MIN_REMOVED).then(|| (baseline - others_relearned) / removed),
-            }
-        })
-        .collect()
+                control_intact: intact,
+                recovered_nats,
+                recovered: recovered_nats.filter(|_| removed >= MIN_REMOVED).map(|nats| nats / removed),
+            });
+        }
+    }
+    points
 }

@@ -371,6 +371,10 @@ fn relearning_after_gradient_ascent_recovers_the_other_documents_beyond_a_contro
         "batch_size=8",
         "relearn.sizes=[1,4,16]",
         "relearn.steps=10",
+        "relearn.lr=1e-3",
+        "relearn.draws=2",
+        // This test is about what relearning measures; the bound's own test is below.
+        "relearn.max_control_delta_val=100",
         "relearn.start_at_delta_forget=0.3",
     ]
     .iter()
@@ -385,16 +389,34 @@ fn relearning_after_gradient_ascent_recovers_the_other_documents_beyond_a_contro
     let at = result.curve.iter().position(|p| p.setting == start.setting).unwrap();
     assert!(start.delta_forget >= 0.3 && result.curve[at - 1].delta_forget < 0.3, "{start:?}");
     assert!(start.setting < 10.0 && start.target_delta_forget == Some(0.3), "{start:?}");
-    // The smoke corpus has 8 repeated documents: 16 is skipped, 1 and 4 are measured on the 4 after them.
-    assert_eq!(result.relearn.iter().map(|r| r.relearned).collect::<Vec<_>>(), vec![1, 4]);
+    // The smoke corpus has 8 repeated documents: 16 is skipped, 1 and 4 are measured on the 4 after
+    // them, in each of two draws of which documents are relearned.
+    let sizes: Vec<(usize, usize)> = result.relearn.iter().map(|r| (r.draw, r.relearned)).collect();
+    assert_eq!(sizes, vec![(0, 1), (0, 4), (1, 1), (1, 4)]);
     for r in &result.relearn {
-        assert_eq!(r.others, 4);
+        assert_eq!((r.others, r.control_intact), (4, Some(true)));
+        assert_eq!(r.recovered_nats, Some(r.others_control.unwrap() - r.others_relearned));
         assert!(r.others_treated > r.others_original + 0.3, "{r:?}");
         let control = r.others_control.expect("40 validation documents leave held-out ones for the control");
         let removed = r.others_treated - r.others_original;
         assert!((r.recovered.unwrap() - (control - r.others_relearned) / removed).abs() < 1e-12, "{r:?}");
         assert!(r.others_relearned < control, "relearning the forgotten documents helps the others more: {r:?}");
         assert!(r.delta_val_relearned.unwrap().is_finite() && r.delta_val_control.unwrap().is_finite());
+    }
+    // The draws relearn different documents, so the others measured differ.
+    assert_ne!(result.relearn[0].others_treated, result.relearn[2].others_treated);
+    // A control that moves L_val beyond its bound leaves the model broken: no recovery reported.
+    let mut strict = sets.clone();
+    strict.retain(|s| !s.starts_with("relearn.max_control_delta_val") && !s.starts_with("relearn.draws"));
+    strict.push("relearn.max_control_delta_val=1e-9".into());
+    let (name, file) = load_method("gradient-ascent", &strict).unwrap();
+    let model = memorizing_smoke_model(&exp, &corpus);
+    let broken =
+        run_method(&name, &file, model, &corpus, ForgetSet::Repeated, exp.data.context, &Default::default()).unwrap();
+    assert!(!broken.relearn.is_empty());
+    for r in &broken.relearn {
+        assert_eq!(r.control_intact, Some(false), "{r:?}");
+        assert!(r.recovered.is_none() && r.recovered_nats.is_none(), "{r:?}");
     }
 }
 

@@ -87,6 +87,8 @@ pub(super) fn select_held_out(
     // With the near-duplicate filter some repeated candidates may be dropped: draw spares.
     let spare = if cfg.near_duplicates.is_some() { cfg.repeated.docs / 2 + 8 } else { 0 };
     let wanted = if cfg.held_out_sources > 0 { need * SOURCE_POOL_FACTOR + spare } else { need + spare };
+    // With a draw pool every split comes from one seeded shuffle of the pool.
+    let wanted = wanted.max(cfg.draw_pool);
     let mut pool = match &cfg.repeated_source {
         Some(rep) => {
             let mut stream = open_source(rep, cfg.invalid_utf8, cfg.source_key.as_ref())?;
@@ -110,11 +112,9 @@ pub(super) fn select_held_out(
     let (mut pool, validation, mut left_over) = if cfg.held_out_sources > 0 {
         split_by_source(cfg, pool, reader, rng, pool_source)?
     } else {
-        let validation = if cfg.near_duplicates.is_some() {
-            pool.split_off(pool.len() - cfg.validation)
-        } else {
-            pool.split_off(cfg.repeated.docs)
-        };
+        // Validation is the tail of the shuffled pool; the repeated documents are drawn from its head
+        // (the rest of a draw pool, or the near-duplicate spares, follow them).
+        let validation = pool.split_off(pool.len() - cfg.validation);
         (pool, validation, Vec::new())
     };
     let Some(nd) = &cfg.near_duplicates else {
@@ -134,7 +134,7 @@ pub(super) fn select_held_out(
             nd.threshold
         )));
     }
-    if cfg.held_out_sources > 0 {
+    if cfg.held_out_sources > 0 || cfg.draw_pool > 0 {
         left_over.extend(pool.split_off(cfg.repeated.docs));
     } else {
         pool.truncate(cfg.repeated.docs);
