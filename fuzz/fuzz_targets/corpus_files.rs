@@ -13,7 +13,7 @@ use memsinks_data::{DataConfig, PreparedCorpus, ScheduleKind};
 
 const DATA: &str = r#"(
     source: Synthetic(stories: 60, seed: 1),
-    tokenizer: Train(vocab_size: 120),
+    tokenizer: Train(vocab_size: 300),
     repeated: (docs: 3, repetitions: 2),
     canary: (docs: 1, repetitions: 2, length: 8),
     unique: 10,
