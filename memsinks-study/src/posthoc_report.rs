@@ -21,9 +21,11 @@ pub(crate) fn plotted_seed(results: &Results) -> Option<u64> {
 /// The MemSinks drop-sinks point of `seed` against the same seed's untreated standard model on
 /// the same probe documents: `(ΔL_forget, ΔL_val)` for `forget`.
 pub(crate) fn memsinks_point(results: &Results, forget: &ForgetSet, seed: Option<u64>) -> Option<(f64, f64)> {
-    let of = |ms: &[MethodResult]| ms.iter().find(|m| m.forget == *forget && m.seed == seed).cloned();
-    let dropped = of(&results.by_design)?.curve.last()?.clone();
-    let base = of(&results.posthoc)?.curve.first()?.clone();
+    fn of<'a>(ms: &'a [MethodResult], forget: &ForgetSet, seed: Option<u64>) -> Option<&'a MethodResult> {
+        ms.iter().find(|m| m.forget == *forget && m.seed == seed)
+    }
+    let dropped = of(&results.by_design, forget, seed)?.curve.last()?;
+    let base = of(&results.posthoc, forget, seed)?.curve.first()?;
     Some((dropped.forget_loss - base.forget_loss, dropped.val_loss - base.val_loss))
 }
 
