@@ -49,7 +49,7 @@ fn probe_1_a_symlinked_lock_file_is_never_written_through() {
     std::fs::write(&victim, "precious").unwrap();
     let plant = |d: &Path| {
         std::fs::create_dir_all(d).unwrap();
-        let lock = d.join(memsinks_model::io::LOCK_FILE);
+        let lock = d.join(memsinks_core::files::LOCK_FILE);
         let _ = std::fs::remove_file(&lock);
         std::os::unix::fs::symlink(&victim, &lock).unwrap();
     };
@@ -80,7 +80,7 @@ fn probe_1_a_symlinked_lock_file_is_never_written_through() {
     // A FIFO under the lock's name is refused too (and does not hang the command).
     let fifo_dir = dir.path().join("fifo");
     std::fs::create_dir_all(&fifo_dir).unwrap();
-    let fifo = std::ffi::CString::new(fifo_dir.join(memsinks_model::io::LOCK_FILE).as_os_str().as_bytes()).unwrap();
+    let fifo = std::ffi::CString::new(fifo_dir.join(memsinks_core::files::LOCK_FILE).as_os_str().as_bytes()).unwrap();
     // SAFETY: a valid C string; mkfifo only creates the node.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
     refused(train(&fifo_dir, &[]).output().unwrap(), &["not a regular file"]);
@@ -219,8 +219,8 @@ fn probe_6_7_a_full_disk_and_an_undecodable_record_are_errors_not_panics() {
     for entry in std::fs::read_dir(run.join("checkpoint")).into_iter().flatten().flatten() {
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "mpk") {
-            let complete =
-                memsinks_model::io::check_checksum(&path, None).unwrap() == memsinks_model::io::ChecksumCheck::Matches;
+            let complete = memsinks_core::files::check_checksum(&path, None).unwrap()
+                == memsinks_core::files::ChecksumCheck::Matches;
             let name = entry.file_name().to_string_lossy().into_owned();
             assert!(!(complete && name.starts_with("model-")), "{name} is complete although its write failed");
             let len = entry.metadata().unwrap().len();
@@ -242,9 +242,9 @@ fn probe_6_7_a_full_disk_and_an_undecodable_record_are_errors_not_panics() {
         }
     }
     let record = checkpoint.join("scheduler-4.mpk");
-    assert!(memsinks_model::io::checksum_path(&record).exists(), "round 4 is not complete");
+    assert!(memsinks_core::files::checksum_path(&record).exists(), "round 4 is not complete");
     std::fs::write(&record, b"").unwrap();
-    memsinks_model::io::write_checksum(&record, &memsinks_model::io::sha256_hex(b"")).unwrap();
+    memsinks_core::files::write_checksum(&record, &memsinks_core::files::sha256_hex(b"")).unwrap();
     let out = bin().arg("train").arg("--resume").arg(&killed).output().unwrap();
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
@@ -351,7 +351,7 @@ fn probe_11_13_15_silent_results_and_litter() {
     std::fs::write(user.join("mine.txt"), "mine").unwrap();
     std::fs::write(moved.join("final/model.mpk"), b"damaged").unwrap();
     refused(memsinks(&["export", "--run", s(&moved), "--out", s(&user), "--force", "--drop-sinks"]), &["model.mpk"]);
-    assert!(!user.join(memsinks_model::io::LOCK_FILE).exists(), "a failed export left its lock file");
+    assert!(!user.join(memsinks_core::files::LOCK_FILE).exists(), "a failed export left its lock file");
 
     // A long run's checkpoint/ holds the kept rounds' files only, not one per round trained.
     let long = dir.path().join("long");

@@ -62,7 +62,7 @@ fn train(out: &Path, sets: &[&str]) -> Command {
 }
 
 fn sha(path: &Path) -> String {
-    memsinks_model::io::file_sha256(path).unwrap()
+    memsinks_core::files::file_sha256(path).unwrap()
 }
 
 /// Every file under `dir` with its digest, to show that a refused command changed nothing.
@@ -74,7 +74,7 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
-            } else if !p.ends_with(memsinks_model::io::LOCK_FILE) {
+            } else if !p.ends_with(memsinks_core::files::LOCK_FILE) {
                 out.push((p.clone(), sha(&p)));
             }
         }
@@ -242,7 +242,7 @@ fn writers_never_meet_and_nothing_of_the_users_is_overwritten() {
     let before = snapshot(&user);
     refused(train(&user, &[]).output().unwrap(), &["not empty"]);
     assert_eq!(snapshot(&user), before);
-    assert!(!user.join(memsinks_model::io::LOCK_FILE).exists(), "a lock file was left in the user's directory");
+    assert!(!user.join(memsinks_core::files::LOCK_FILE).exists(), "a lock file was left in the user's directory");
     // ... and a reproduction likewise.
     refused(memsinks(&["reproduce", smoke().to_str().unwrap(), "--out", user.to_str().unwrap()]), &["not empty"]);
     assert_eq!(snapshot(&user), before);

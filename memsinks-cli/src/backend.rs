@@ -123,7 +123,7 @@ fn run_checked<G: memsinks_model::Kernels, T: BackendTask>(
     };
     // The backends report a missing adapter by panicking (on their own device thread too): the
     // panic hook is silenced for the probe so that neither their message nor a backtrace shows.
-    match memsinks_model::catch_library_panic(|| G::supports_dtype(&devices[0], dtype)).ok_or(()) {
+    match memsinks_core::catch_library_panic(|| G::supports_dtype(&devices[0], dtype)).ok_or(()) {
         Err(()) => {
             let hint = match name {
                 "wgpu" => "install a Vulkan driver (on Debian: apt-get install mesa-vulkan-drivers libvulkan1) or pick another --backend",

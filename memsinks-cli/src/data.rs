@@ -5,13 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use memsinks_core::files::{temporary_sibling, write_atomic};
 use memsinks_data::corpus::{Split, TOKENIZER_FILE};
 use memsinks_data::download::{download_file, slimpajama_url, TINYSTORIES_FILES};
 use memsinks_data::synthetic::{
     distinct_ngram_rate, distinct_story_rate, generate_stories, to_tinystories_text, StoryGenerator,
 };
 use memsinks_data::{prepare, PreparedCorpus};
-use memsinks_model::io::{temporary_sibling, write_atomic};
 
 /// Corpora: prepare, generate, stats, download.
 #[derive(Args, Debug)]
@@ -144,7 +144,8 @@ pub fn run(args: &DataArgs, out: &mut impl std::io::Write) -> Result<()> {
 fn write_jsonl_stories(count: usize, seed: u64, path: &std::path::Path) -> Result<()> {
     use std::io::Write;
     let tmp = temporary_sibling(path, "");
-    let file = memsinks_model::io::create_new_file(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let file =
+        memsinks_core::files::create_new_file(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut sink: Box<dyn Write> = if path.extension().is_some_and(|e| e == "zst") {
         Box::new(zstd::stream::write::Encoder::new(file, 3)?.auto_finish())
     } else {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use memsinks_model::io::{is_empty_dir, DirLock};
+use memsinks_core::files::{is_empty_dir, DirLock};
 use memsinks_model::MlpMode;
 use memsinks_study::{load_eval, DeviceRange, EvalRequest, ExportRequest, Runner};
 use memsinks_train::config::Precision;
@@ -189,7 +189,7 @@ pub fn run_export(args: &ExportArgs, out: &mut impl std::io::Write) -> Result<()
             args.out.display()
         );
     }
-    let lock_file = args.out.join(memsinks_model::io::LOCK_FILE);
+    let lock_file = args.out.join(memsinks_core::files::LOCK_FILE);
     let lock_was_there = lock_file.exists();
     let lock = DirLock::acquire(&args.out, "export")?;
     remove_stale_export_files(&args.out);
@@ -232,7 +232,7 @@ const EXPORTED_FILES: [&str; 6] = [
 /// Removes what a killed export left in `out`: temporary files of the exported names, and only
 /// those (called under `out`'s lock, so no live writer owns them).
 ///
-/// [`temporary_sibling`]: memsinks_model::io::temporary_sibling
+/// [`temporary_sibling`]: memsinks_core::files::temporary_sibling
 fn remove_stale_export_files(out: &std::path::Path) {
     let Ok(entries) = std::fs::read_dir(out) else { return };
     for entry in entries.flatten() {

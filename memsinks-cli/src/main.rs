@@ -1,5 +1,7 @@
 //! `memsinks`: train language models whose memorization of repeated text is isolated in sink
 //! neurons, remove it, and measure the result.
+//!
+//! Guide (the commands): `README.md` in the repository.
 
 mod backend;
 mod bench;

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use memsinks_study::report::{load_results, main_table, write_report};
+use memsinks_study::report::{load_results, summary, write_report};
 use memsinks_study::sweep::{load_sweep, table as sweep_table, write_sweep_report, SWEEP_FILE};
 use memsinks_study::{reproduce_any, ReproduceRequest, Reproduced, StudyDir};
 
@@ -16,7 +16,7 @@ use crate::backend::BackendChoice;
 /// methods, evaluation in every mode, post-hoc baselines, report and plots.
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Examples:\n  memsinks reproduce                       # experiments/ts-quick.ron, embedded, ~10 min on 2 cores\n  \
+    after_help = "Examples:\n  memsinks reproduce                       # experiments/ts-quick.ron, embedded, ~1 h on 2 cores\n  \
 memsinks reproduce experiments/smoke.ron --out runs/smoke\n  \
 memsinks reproduce experiments/ts-cpu.ron --set data.source.path=valid.txt --set 'study.seeds=[0,1]'\n  \
 memsinks reproduce experiments/ts-cpu.ron --resume      # continue interrupted training"
@@ -59,7 +59,7 @@ pub fn run_report(args: &ReportArgs, out: &mut impl std::io::Write) -> Result<()
     } else {
         let results = load_results(&args.dir)?;
         write_report(&args.dir, &results)?;
-        writeln!(out, "{}", main_table(&results))?;
+        write!(out, "{}", summary(&results))?;
     }
     writeln!(out, "wrote {}", StudyDir::new(&args.dir).report().display())?;
     Ok(())
@@ -82,10 +82,10 @@ pub fn run_reproduce(args: &ReproduceArgs, out: &mut impl std::io::Write) -> Res
         request.out = dir.clone();
     }
     match reproduce_any(&request, &BackendChoice::chosen(args.backend.as_deref()))? {
-        Reproduced::Study(results) => writeln!(out, "{}", main_table(&results))?,
+        Reproduced::Study(results) => write!(out, "{}", summary(&results))?,
         Reproduced::Sweep(sweep) => writeln!(out, "{}", sweep_table(&sweep))?,
     }
     let report = StudyDir::new(&request.out).report();
-    writeln!(out, "wrote {} ({:.0} s)", report.display(), started.elapsed().as_secs_f64())?;
+    writeln!(out, "wrote {} with the full table ({:.0} s)", report.display(), started.elapsed().as_secs_f64())?;
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use memsinks_model::io::write_atomic;
+use memsinks_core::files::write_atomic;
 use memsinks_study::{DeviceRange, MethodTask, Runner};
 use memsinks_train::config::Precision;
 use memsinks_train::RunDir;
@@ -65,7 +65,7 @@ pub fn run(args: &UnlearnArgs, out: &mut impl std::io::Write) -> Result<()> {
     let task = MethodTask::new(run, method, &args.sets, forget.clone())?;
     let path = args.out.clone().unwrap_or_else(|| RunDir::new(run).unlearn_result(&task.name, &forget.file_name()));
     memsinks_train::run::load_summary(run)?;
-    let _lock = memsinks_model::io::DirLock::acquire(run, "unlearn")?;
+    let _lock = memsinks_core::files::DirLock::acquire(run, "unlearn")?;
     if path.exists() && !args.force {
         anyhow::bail!("{} exists: pass --force to replace it, or --out another file", path.display());
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
-use memsinks_model::io::write_atomic;
+use memsinks_core::files::write_atomic;
 
 use crate::DataError;
 
@@ -67,7 +67,7 @@ impl CacheWriter {
     fn open_shard(&mut self) -> Result<(), DataError> {
         let name = format!("tokens-{:05}.bin", self.shards.len() + usize::from(self.current.is_some()));
         let path = self.tmp.join(&name);
-        let file = memsinks_model::io::create_new_file(&path).map_err(|e| DataError::io(&path, e))?;
+        let file = memsinks_core::files::create_new_file(&path).map_err(|e| DataError::io(&path, e))?;
         let meta = ShardMeta { file: name, first_doc: self.offsets.len() as u64, docs: 0, tokens: 0 };
         if let Some((mut w, m)) = self.current.replace((BufWriter::with_capacity(1 << 20, file), meta)) {
             w.flush().map_err(|e| DataError::io(&self.tmp.join(&m.file), e))?;
@@ -153,7 +153,7 @@ pub struct TokenCache {
 impl TokenCache {
     /// Starts a new cache at `dir` (built in a sibling temporary directory).
     pub fn writer(dir: &Path, vocab_size: usize, key: CacheKey) -> Result<CacheWriter, DataError> {
-        let tmp = memsinks_model::io::temporary_sibling(dir, "");
+        let tmp = memsinks_core::files::temporary_sibling(dir, "");
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(|e| DataError::io(&tmp, e))?;
         }

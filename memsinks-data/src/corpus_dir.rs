@@ -37,7 +37,7 @@ pub(crate) fn inspect(
     config_hash: &str,
     fingerprint: &str,
 ) -> Result<Existing, DataError> {
-    let empty = memsinks_model::io::is_empty_dir(out)?;
+    let empty = memsinks_core::files::is_empty_dir(out)?;
     if empty {
         return Ok(Existing::Empty);
     }
@@ -47,9 +47,9 @@ pub(crate) fn inspect(
     if manifest.is_none() && !out.join(CORPUS_MARKER).exists() {
         // A writer that has just locked the directory writes its marker through a temporary
         // file: name it as in use, not as a user's directory.
-        if out.join(memsinks_model::io::LOCK_FILE).exists() {
-            if let Err(e @ memsinks_model::ModelError::Locked { .. }) =
-                memsinks_model::io::DirLock::acquire(out, "data prepare (checking)")
+        if out.join(memsinks_core::files::LOCK_FILE).exists() {
+            if let Err(e @ memsinks_core::FileError::Locked { .. }) =
+                memsinks_core::files::DirLock::acquire(out, "data prepare (checking)")
             {
                 return Err(e.into());
             }
@@ -114,7 +114,7 @@ pub(crate) fn remove_stale_temporaries(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if memsinks_model::io::is_temporary_name(&name) {
+        if memsinks_core::files::is_temporary_name(&name) {
             let path = entry.path();
             let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
         }

@@ -8,7 +8,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use memsinks_model::io::{check_checksum, file_sha256, write_checksum, ChecksumCheck};
+use memsinks_core::files::{check_checksum, file_sha256, write_checksum, ChecksumCheck};
 
 use crate::DataError;
 
@@ -100,9 +100,9 @@ pub fn download_file(
         bar.set_position(start);
         // Never through a link planted under the partial file's name.
         let file = if start > 0 {
-            memsinks_model::io::open_in_place(&part, true)
+            memsinks_core::files::open_in_place(&part, true)
         } else {
-            memsinks_model::io::create_new_file(&part)
+            memsinks_core::files::create_new_file(&part)
         };
         let mut file = file.map_err(|e| DataError::io(&part, e))?;
         let mut reader = response.body_mut().as_reader();

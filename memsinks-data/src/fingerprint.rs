@@ -69,9 +69,9 @@ fn corpus_files(dir: &Path) -> Result<Vec<String>, DataError> {
         for entry in std::fs::read_dir(&at).map_err(|e| DataError::io(&at, e))? {
             let entry = entry.map_err(|e| DataError::io(&at, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let skip = name == memsinks_model::io::LOCK_FILE
+            let skip = name == memsinks_core::files::LOCK_FILE
                 || name == crate::corpus_dir::CORPUS_MARKER
-                || memsinks_model::io::is_temporary_name(&name);
+                || memsinks_core::files::is_temporary_name(&name);
             let kind = entry.file_type().map_err(|e| DataError::io(&entry.path(), e))?;
             if skip {
                 continue;
@@ -94,7 +94,7 @@ impl CorpusFingerprint {
     /// # Errors
     /// When one of its files cannot be read.
     pub fn of_dir(dir: &Path, config_hash: &str) -> Result<Self, DataError> {
-        let sha = |p: &Path| -> Result<String, DataError> { Ok(memsinks_model::io::file_sha256(p)?) };
+        let sha = |p: &Path| -> Result<String, DataError> { Ok(memsinks_core::files::file_sha256(p)?) };
         let mut files = Vec::new();
         for name in corpus_files(dir)? {
             let path = dir.join(&name);
@@ -129,7 +129,7 @@ impl CorpusFingerprint {
             if verify == Verify::Fast && unchanged_stamp {
                 continue;
             }
-            if memsinks_model::io::file_sha256(&path)? != stamp.sha256 {
+            if memsinks_core::files::file_sha256(&path)? != stamp.sha256 {
                 changed.push(stamp.name.clone());
             }
         }
@@ -142,7 +142,7 @@ impl CorpusFingerprint {
     /// # Errors
     /// When any digest differs.
     pub fn check(&self, corpus: &PreparedCorpus, user: &str, verify: Verify) -> Result<(), DataError> {
-        let sha = |name: &str| memsinks_model::io::file_sha256(&corpus.dir.join(name));
+        let sha = |name: &str| memsinks_core::files::file_sha256(&corpus.dir.join(name));
         let mut changed = Vec::new();
         if corpus.manifest.config_hash != self.config_hash {
             changed.push("its data configuration".to_string());

@@ -4,6 +4,8 @@
 //! SlimPajama `.jsonl.zst` shards, a seeded synthetic story generator), Hugging Face tokenizers,
 //! the experiment corpus (repeated / canary / unique / validation splits with sequence IDs, a
 //! manifest and a repetition schedule), memory-mapped token caches, and batchers for burn.
+//!
+//! Guide (data): `docs/data.md` in the repository.
 
 pub mod batcher;
 pub mod cache;
@@ -75,6 +77,9 @@ pub enum DataError {
     /// A tokenizer failure.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A directory lock held by another process (or another file failure of the foundation).
+    #[error(transparent)]
+    File(memsinks_core::FileError),
     /// A network failure while downloading.
     #[error("download of {url}: {message}")]
     Download {
@@ -92,12 +97,23 @@ impl DataError {
     }
 }
 
-/// The file helpers of `memsinks_model::io` (atomic writes, locks, digests) report in this
-/// crate's terms: an I/O error keeps its file, anything else its message.
+/// The file helpers of `memsinks_core::files` (atomic writes, locks, digests) report in this
+/// crate's terms: an I/O error keeps its file; a held lock stays what it is.
+impl From<memsinks_core::FileError> for DataError {
+    fn from(e: memsinks_core::FileError) -> Self {
+        match e {
+            memsinks_core::FileError::Io { path, cause } => DataError::Io { path, cause },
+            other => DataError::File(other),
+        }
+    }
+}
+
+/// Model errors met while preparing data (a configuration the model refuses, a file of its own).
 impl From<memsinks_model::ModelError> for DataError {
     fn from(e: memsinks_model::ModelError) -> Self {
         match e {
             memsinks_model::ModelError::Io { path, cause } => DataError::Io { path, cause },
+            memsinks_model::ModelError::File(f) => f.into(),
             other => DataError::Config(other.to_string()),
         }
     }

@@ -11,7 +11,7 @@ mod schedule;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use memsinks_model::io::write_atomic;
+use memsinks_core::files::write_atomic;
 use sha2::{Digest, Sha256};
 
 use crate::cache::{CacheKey, CacheWriter, TokenCache};
@@ -52,7 +52,7 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
         tracing::info!("reusing prepared corpus in {}", out.display());
         return Ok(*corpus);
     }
-    let _lock = memsinks_model::io::DirLock::acquire(out, "data prepare")?;
+    let _lock = memsinks_core::files::DirLock::acquire(out, "data prepare")?;
     // Another process may have finished it while we waited for nothing (the lock is not
     // blocking, but it may have completed between the check above and the lock).
     match inspect(cfg, out, &config_hash, &fingerprint)? {

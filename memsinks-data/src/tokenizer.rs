@@ -69,7 +69,7 @@ impl TextTokenizer {
         // tokenizers 0.23.2 panics on some malformed files instead of failing (found by fuzzing:
         // `decoders/mod.rs:90`, `expect("Helper")` on a decoder it cannot deserialize).
         let loaded =
-            memsinks_model::catch_library_panic(|| Tokenizer::from_file(path)).ok_or_else(|| DataError::Format {
+            memsinks_core::catch_library_panic(|| Tokenizer::from_file(path)).ok_or_else(|| DataError::Format {
                 path: path.to_path_buf(),
                 message: "not a Hugging Face tokenizer.json (the tokenizers library cannot read it)".into(),
             })?;
@@ -106,7 +106,7 @@ impl TextTokenizer {
     /// Saves as `tokenizer.json` (atomically).
     pub fn save(&self, path: &Path) -> Result<(), DataError> {
         let json = self.inner.to_string(true).map_err(|e| DataError::Tokenizer(e.to_string()))?;
-        Ok(memsinks_model::io::write_atomic(path, json.as_bytes())?)
+        Ok(memsinks_core::files::write_atomic(path, json.as_bytes())?)
     }
 
     /// Vocabulary size including added tokens.

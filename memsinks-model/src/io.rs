@@ -1,9 +1,8 @@
-//! Saving and loading weights: burn records (atomic writes) and safetensors export with the
-//! tensor names a Llama reader expects.
+//! Saving and loading weights: burn records (written atomically through
+//! [`memsinks_core::files`]) and safetensors export with the tensor names a Llama reader expects.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
@@ -12,6 +11,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use safetensors::tensor::{Dtype, TensorView};
 
+use memsinks_core::files::{checksum_path, sha256_hex, write_atomic, write_atomic_checked};
+
 use crate::{MemSinkLm, ModelConfig, ModelError};
 
 /// File name of the weights inside a model directory.
@@ -19,227 +20,13 @@ pub const WEIGHTS_FILE: &str = "model.mpk";
 /// File name of the configuration inside a model directory.
 pub const CONFIG_FILE: &str = "model.ron";
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then
-/// renamed over the target, so a crash leaves either the old file or the new one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    let io_err = |source| ModelError::Io { path: path.to_path_buf(), cause: source };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io_err)?;
-    let tmp = temporary_sibling(path, "");
-    let result = (|| {
-        let mut file = create_new_file(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(io_err)
-}
-
-/// Creates `path` for writing as a new regular file, never through a link: whatever stands at
-/// `path` (a file a killed writer of this process's PID left, or a symlink someone planted) is
-/// removed first (`remove_file` removes a link, not its target), then the file is created with
-/// `O_CREAT | O_EXCL`, which fails rather than follow a link created in between.
-///
-/// # Errors
-/// When the name cannot be cleared or the file cannot be created.
-pub fn create_new_file(path: &Path) -> std::io::Result<fs::File> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    fs::OpenOptions::new().write(true).create_new(true).open(path)
-}
-
-/// Opens `path` for reading and writing in place (created when missing) without following a
-/// symlink, and refuses anything that is not a regular file: a directory someone hands over could
-/// otherwise point a lock or log file at any file the user can write.
-///
-/// # Errors
-/// When `path` is a symlink, a directory, a device or a pipe, or cannot be opened.
-pub fn open_in_place(path: &Path, append: bool) -> std::io::Result<fs::File> {
-    let mut options = fs::OpenOptions::new();
-    options.read(!append).write(true).create(true).append(append);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        // O_NONBLOCK: opening a FIFO planted under the name must not wait for a writer.
-        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
-    }
-    let file = options.open(path).map_err(|e| {
-        // ELOOP is what O_NOFOLLOW answers for a symlink.
-        let is_link = fs::symlink_metadata(path).map(|m| m.file_type().is_symlink()).unwrap_or(false);
-        if is_link {
-            std::io::Error::other("a symbolic link: memsinks never writes through one (remove the link)")
-        } else {
-            e
-        }
-    })?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file: memsinks writes only regular files there (remove it)"));
-    }
-    Ok(file)
-}
-
-/// The lock file of a directory held by [`DirLock`].
-pub const LOCK_FILE: &str = ".memsinks.lock";
-
-/// An advisory, exclusive lock on a directory (an OS file lock on `DIR/.memsinks.lock`, which
-/// holds the owner's PID), held by every command that writes into a run or corpus directory so
-/// two writers can never interleave. The OS releases it when the process ends, killed or not, so
-/// a stale lock file never blocks anyone; the file itself is left in place (it is ours, and
-/// deleting it would race with a newcomer).
-#[derive(Debug)]
-pub struct DirLock {
-    _file: fs::File,
-    dir: PathBuf,
-}
-
-impl DirLock {
-    /// Locks `dir` (created if missing) for `purpose` (a few words naming the command). A second
-    /// holder gets an error naming the PID of the first.
-    ///
-    /// # Errors
-    /// When the directory cannot be created or another process holds the lock.
-    pub fn acquire(dir: &Path, purpose: &str) -> Result<Self, ModelError> {
-        let path = dir.join(LOCK_FILE);
-        let io_err = |cause| ModelError::Io { path: path.clone(), cause };
-        fs::create_dir_all(dir).map_err(io_err)?;
-        let mut file = open_in_place(&path, false).map_err(io_err)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                // The holder writes its PID just after it locks: a loser that reads in between
-                // finds the file empty, so it reads again for a moment before giving up on it.
-                let mut holder = String::new();
-                for _ in 0..50 {
-                    holder = fs::read_to_string(&path).unwrap_or_default();
-                    if !holder.trim().is_empty() {
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                let holder = holder.trim();
-                let holder = if holder.is_empty() { "another process".to_string() } else { holder.to_string() };
-                return Err(ModelError::Locked { dir: dir.to_path_buf(), holder });
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(io_err(e)),
-        }
-        file.set_len(0).map_err(io_err)?;
-        write!(file, "PID {} ({purpose})", std::process::id()).map_err(io_err)?;
-        Ok(Self { _file: file, dir: dir.to_path_buf() })
-    }
-
-    /// The locked directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-}
-
-/// Whether `dir` is missing or holds nothing but a lock file: the only state in which a command
-/// may claim it for new output without overwriting a user's files.
-pub fn is_empty_dir(dir: &Path) -> Result<bool, ModelError> {
-    match fs::read_dir(dir) {
-        Ok(entries) => {
-            for entry in entries {
-                let entry = entry.map_err(|cause| ModelError::Io { path: dir.to_path_buf(), cause })?;
-                if entry.file_name() != LOCK_FILE {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(cause) => Err(ModelError::Io { path: dir.to_path_buf(), cause }),
-    }
-}
-
-/// The temporary name under which this process writes `path` before renaming it into place:
-/// `.NAME.tmp-PID` followed by `suffix` (for writers that insist on an extension), in the same
-/// directory. Every writer of this workspace uses it, so [`is_temporary_name`] recognises what a
-/// killed writer left behind.
-pub fn temporary_sibling(path: &Path, suffix: &str) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}{suffix}", std::process::id()))
-}
-
-/// Whether a file name is one made by [`temporary_sibling`].
-pub fn is_temporary_name(name: &str) -> bool {
-    name.starts_with('.') && name.contains(".tmp-")
-}
-
-/// The checksum file beside `path` (`NAME.sha256`), holding `path`'s SHA-256 in hex.
-pub fn checksum_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".sha256");
-    PathBuf::from(name)
-}
-
-/// Records `digest` (from [`file_sha256`]) as the checksum of `path`, atomically.
-pub fn write_checksum(path: &Path, digest: &str) -> Result<(), ModelError> {
-    write_atomic(&checksum_path(path), digest.as_bytes())
-}
-
-/// Writes `bytes` to `path` atomically ([`write_atomic`]) and then its checksum beside it
-/// ([`write_checksum`]): a file whose checksum is missing or differs was cut short or edited.
-pub fn write_atomic_checked(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    write_atomic(path, bytes)?;
-    write_checksum(path, &sha256_hex(bytes))
-}
-
-/// SHA-256 of `bytes`, as lower-case hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    format!("{:x}", Sha256::digest(bytes))
-}
-
-/// What a file's checksum says about it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ChecksumCheck {
-    /// No checksum to check against (none expected and none recorded).
-    NoChecksum,
-    /// The file's SHA-256 equals the checksum.
-    Matches,
-    /// It does not: the file is truncated, damaged or another one.
-    Differs {
-        /// The file's SHA-256.
-        found: String,
-        /// The checksum it was checked against.
-        expected: String,
-    },
-}
-
-/// Checks `path` against `expected` (a SHA-256 in hex, e.g. a pinned one) or, when that is
-/// `None`, against the checksum recorded beside it by [`write_checksum`].
-///
-/// # Errors
-/// When `path` cannot be read.
-pub fn check_checksum(path: &Path, expected: Option<&str>) -> Result<ChecksumCheck, ModelError> {
-    let recorded = fs::read_to_string(checksum_path(path)).ok();
-    let Some(expected) = expected.map(str::to_string).or(recorded) else { return Ok(ChecksumCheck::NoChecksum) };
-    let expected = expected.trim().to_ascii_lowercase();
-    let found = file_sha256(path)?;
-    Ok(if found == expected { ChecksumCheck::Matches } else { ChecksumCheck::Differs { found, expected } })
-}
-
-/// SHA-256 of a file's bytes, as lower-case hex.
-pub fn file_sha256(path: &Path) -> Result<String, ModelError> {
-    use sha2::{Digest, Sha256};
-    let mut file = fs::File::open(path).map_err(|cause| ModelError::Io { path: path.to_path_buf(), cause })?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|cause| ModelError::Io { path: path.to_path_buf(), cause })?;
-    Ok(format!("{:x}", hasher.finalize()))
-}
-
 /// Saves the model's weights and configuration into `dir` (`model.mpk`, `model.ron`).
 pub fn save_model<B: Backend>(model: &MemSinkLm<B>, cfg: &ModelConfig, dir: &Path) -> Result<(), ModelError> {
     let bytes = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
         .record(model.clone().into_record(), ())
         .map_err(|e| ModelError::Weights { path: dir.join(WEIGHTS_FILE), message: e.to_string() })?;
     write_atomic_checked(&dir.join(WEIGHTS_FILE), &bytes)?;
-    write_atomic(&dir.join(CONFIG_FILE), cfg.to_ron().as_bytes())
+    Ok(write_atomic(&dir.join(CONFIG_FILE), cfg.to_ron().as_bytes())?)
 }
 
 /// Loads a model saved by [`save_model`].
@@ -377,23 +164,4 @@ pub fn llama_config_json(cfg: &ModelConfig) -> String {
         "torch_dtype": "float32",
     });
     serde_json::to_string_pretty(&json).expect("json serialises")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_second_lock_on_a_directory_names_the_holder() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = DirLock::acquire(dir.path(), "train").unwrap();
-        let err = DirLock::acquire(dir.path(), "eval").unwrap_err().to_string();
-        assert!(err.contains(&format!("PID {} (train)", std::process::id())), "{err}");
-        assert!(is_empty_dir(dir.path()).unwrap(), "the lock file counts as content");
-        drop(first);
-        DirLock::acquire(dir.path(), "eval").unwrap();
-        std::fs::write(dir.path().join("x"), "").unwrap();
-        assert!(!is_empty_dir(dir.path()).unwrap());
-        assert!(is_empty_dir(&dir.path().join("missing")).unwrap());
-    }
 }

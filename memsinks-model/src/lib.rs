@@ -7,6 +7,8 @@
 //! own subset, or with some sequences' subsets excluded.
 //!
 //! Nothing here names a concrete backend: every module is generic over `B: Backend`.
+//!
+//! Guide (the method and the model): `docs/method.md` in the repository.
 
 pub mod batch;
 pub mod config;
@@ -52,23 +54,9 @@ pub enum ModelError {
         /// What is wrong and what to do.
         message: String,
     },
-    /// Another process holds the directory's lock.
-    #[error("{dir} is in use by {holder}; wait for it to finish or use another directory")]
-    Locked {
-        /// The directory.
-        dir: std::path::PathBuf,
-        /// Who holds it (`PID n (command)`).
-        holder: String,
-    },
+    /// Writing a file (atomically, with its checksum) failed.
+    #[error(transparent)]
+    File(#[from] memsinks_core::FileError),
 }
 
-/// Runs `f`, turning a panic inside it into `None` without printing the panic message: for
-/// library calls that report bad input (or a missing device) by panicking. The process-wide panic
-/// hook is silenced while `f` runs, so call it only where no other thread's panic must be seen.
-pub fn catch_library_panic<T>(f: impl FnOnce() -> T) -> Option<T> {
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    std::panic::set_hook(hook);
-    result.ok()
-}
+pub use memsinks_core::catch_library_panic;

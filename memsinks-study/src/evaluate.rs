@@ -6,7 +6,7 @@ use memsinks_model::TrainBackend;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use memsinks_model::io::write_atomic;
+use memsinks_core::files::write_atomic;
 use memsinks_model::MlpMode;
 use memsinks_train::run::FinishedRun;
 use memsinks_train::{Method, RunDir};

@@ -8,8 +8,9 @@ use memsinks_model::TrainBackend;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
+use memsinks_core::files::write_atomic;
 use memsinks_data::{PreparedCorpus, Split};
-use memsinks_model::io::{export_safetensors, write_atomic};
+use memsinks_model::io::export_safetensors;
 use memsinks_model::ModelConfig;
 use memsinks_train::run::FinishedRun;
 use memsinks_unlearn::fold_drop_sinks;

@@ -8,6 +8,8 @@
 //!   directory ([`study_dir::StudyDir`] names its files);
 //! - [`results`]: `results.json`, the typed record of every number, which [`report`] and
 //!   [`plot`] turn into `report.md` and its plots without the runs.
+//!
+//! Guide (the study protocol; results: experiments/README.md): `docs/study.md` in the repository.
 
 pub mod assemble;
 pub mod bench;

@@ -154,3 +154,42 @@ pub(crate) fn entanglement_findings(results: &Results) -> String {
     }
     s
 }
+
+/// Localization against chance: at a matched forgetting level of natural text, what each
+/// localize-and-prune method pays in validation loss minus what pruning at random pays, paired by
+/// seed. A method localizes the forget set better than chance only when that interval lies below 0.
+pub(crate) fn localization_findings(results: &Results) -> String {
+    let mut s = String::new();
+    let at = MATCHED_TARGETS[1];
+    let of = |name: &str, seed: Option<u64>| {
+        results.posthoc.iter().find(|m| m.method == name && m.forget == ForgetSet::Repeated && m.seed == seed)
+    };
+    let scorers = groups(&results.posthoc).into_iter().filter(|g| {
+        g[0].forget == ForgetSet::Repeated && g[0].method.starts_with("prune-") && g[0].method != RANDOM_PRUNING
+    });
+    for group in scorers {
+        let diffs: Vec<f64> = group
+            .iter()
+            .filter_map(|m| Some(delta_val_at(&m.curve, at)? - delta_val_at(&of(RANDOM_PRUNING, m.seed)?.curve, at)?))
+            .collect();
+        let Some(d) = Estimate::of(&diffs) else { continue };
+        let verdict = match d.side_of(0.0) {
+            Side::Below => "localizes better than chance: **yes**",
+            Side::Above => "**no**: it costs more than pruning at random",
+            Side::Straddles => "no better than chance at this precision (the interval contains 0)",
+            Side::NoInterval => "inconclusive: one seed",
+        };
+        let _ = writeln!(
+            s,
+            "- {} against {RANDOM_PRUNING}, natural text, ΔL_val at ΔL_forget = {at}: {} (interval {}, paired by seed over {} seed(s)): {verdict}.",
+            group[0].method,
+            d.format(3, 1.0),
+            d.interval(3, 1.0),
+            diffs.len()
+        );
+    }
+    s
+}
+
+/// The control every localization method is compared with.
+const RANDOM_PRUNING: &str = "prune-random";

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use memsinks_model::io::write_atomic;
+use memsinks_core::files::write_atomic;
 use memsinks_model::MlpMode;
 use memsinks_train::Method;
 use memsinks_unlearn::metrics::gap_closure;
@@ -277,6 +277,19 @@ fn findings(results: &Results) -> String {
     s.push_str(&crate::relearning::findings(results));
     // Claim 1: entanglement of natural text versus canaries, at a matched forgetting level.
     s.push_str(&crate::posthoc_report::entanglement_findings(results));
+    // Localization: does any scorer find the forget set better than pruning at random?
+    s.push_str(&crate::posthoc_report::localization_findings(results));
+    s
+}
+
+/// What `memsinks reproduce` prints on finishing: the findings that carry a verdict (each with its
+/// interval), one per line; the full table and every other finding are in `report.md`.
+pub fn summary(results: &Results) -> String {
+    let mut s = format!("{} ({} seed(s)): the findings with a verdict\n", results.experiment, results.seeds.len());
+    for line in findings(results).lines().filter(|l| l.starts_with("- ") && l.contains("**")) {
+        s.push_str(line);
+        s.push('\n');
+    }
     s
 }
 

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use memsinks_core::files::{is_empty_dir, write_atomic, DirLock};
 use memsinks_data::{DataConfig, PreparedCorpus, Split};
-use memsinks_model::io::{is_empty_dir, write_atomic, DirLock};
 use memsinks_train::{ExperimentConfig, Method};
 use memsinks_unlearn::ForgetSet;
 
@@ -117,6 +117,11 @@ pub fn reproduce(request: &ReproduceRequest, runner: &impl Runner) -> Result<Res
             (seed, data, data_dir)
         })
         .collect();
+    // Corpora, then per seed: training and evaluation of each method, dropping the sinks and
+    // every post-hoc method for each forget set (two with canaries, counted once the first
+    // corpus says so); source removals are added when their sources are known.
+    let distinct_corpora = plan.iter().map(|(_, _, d)| d).collect::<std::collections::BTreeSet<_>>().len();
+    stages.show_progress((distinct_corpora + seeds.len() * study.methods.len() * 2) as u64);
     let mut corpora: Vec<(&PathBuf, PreparedCorpus)> = Vec::new();
     for (_, data, data_dir) in &plan {
         if corpora.iter().any(|(d, _)| *d == data_dir) {
@@ -125,7 +130,7 @@ pub fn reproduce(request: &ReproduceRequest, runner: &impl Runner) -> Result<Res
         let started = Instant::now();
         let corpus = memsinks_data::prepare(data, data_dir, true)?;
         let name = data_dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        stages.timings.push(Timing {
+        stages.finished(Timing {
             stage: format!("prepare corpus ({name})"),
             seconds: started.elapsed().as_secs_f64(),
             cached: false,
@@ -134,6 +139,9 @@ pub fn reproduce(request: &ReproduceRequest, runner: &impl Runner) -> Result<Res
     }
     let corpus = &corpora[0].1;
     let has_canaries = !corpus.manifest.indices(Split::Canary).is_empty();
+    let forget_sets_count = if has_canaries { 2 } else { 1 };
+    let drops = usize::from(study.methods.contains(&Method::Memsinks));
+    stages.more_stages((seeds.len() * forget_sets_count * (drops + study.posthoc.len())) as u64);
 
     let mut trained = Vec::new();
     for (seed, data, data_dir) in &plan {
@@ -185,6 +193,7 @@ pub fn reproduce(request: &ReproduceRequest, runner: &impl Runner) -> Result<Res
     }
     let sources = remove_sources(&mut stages, &dir, study, &trained, &corpora, &plan, runner)?;
 
+    stages.close_progress();
     let outputs = StudyOutputs { timings: stages.timings, trained, posthoc, by_design, sources };
     let results = assemble(&request.name, cfg, study, &seeds, runner.backend(), outputs, corpus)?;
     write_atomic(&dir.results(), &serde_json::to_vec_pretty(&results)?)?;
@@ -224,6 +233,7 @@ fn remove_sources(
                     Method::Standard => study.source_posthoc.iter().map(String::as_str).collect(),
                     _ => continue,
                 };
+                stages.more_stages(methods.len() as u64);
                 for entry in methods {
                     let mut words = entry.split_whitespace();
                     let method = words.next().context("an empty study.source_posthoc entry")?;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use memsinks_model::io::{check_checksum, write_atomic_checked, ChecksumCheck};
+use memsinks_core::files::{check_checksum, write_atomic_checked, ChecksumCheck};
 use memsinks_train::config::Precision;
 use memsinks_train::run::{load_run_config, load_summary};
 use memsinks_train::{ExperimentConfig, Method, RunDir, TrainSummary};
@@ -42,6 +42,9 @@ pub struct Rerun {
 pub struct Stages {
     /// One entry per stage, in order.
     pub timings: Vec<Timing>,
+    /// One bar over every stage of the study, with the time left (hidden unless stderr is a
+    /// terminal, so that redirected logs stay clean).
+    progress: Option<indicatif::ProgressBar>,
 }
 
 /// One trained and evaluated model.
@@ -60,6 +63,50 @@ pub struct Trained {
 }
 
 impl Stages {
+    /// Shows one progress bar over `stages` stages on a terminal.
+    pub fn show_progress(&mut self, stages: u64) {
+        use std::io::IsTerminal;
+        let bar = memsinks_data::corpus::progress_bar(std::io::stderr().is_terminal(), stages, "study");
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "[{bar:30}] {pos}/{len} stages, {elapsed} gone, ~{eta} left: {msg}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        self.progress = Some(bar);
+    }
+
+    /// Adds `more` stages to the bar (stages known only once earlier ones ran).
+    pub fn more_stages(&mut self, more: u64) {
+        if let Some(bar) = &self.progress {
+            bar.inc_length(more);
+        }
+    }
+
+    /// Says which stage runs now.
+    fn starting(&self, stage: &str) {
+        tracing::info!("{stage}");
+        if let Some(bar) = &self.progress {
+            bar.set_message(stage.to_string());
+        }
+    }
+
+    /// Records a finished (or reused) stage.
+    pub fn finished(&mut self, timing: Timing) {
+        if let Some(bar) = &self.progress {
+            bar.inc(1);
+        }
+        self.timings.push(timing);
+    }
+
+    /// Removes the bar once every stage ran.
+    pub fn close_progress(&mut self) {
+        if let Some(bar) = self.progress.take() {
+            bar.finish_and_clear();
+        }
+    }
+
     /// Returns the value cached at `path` when its key is `key`, else computes, stores and
     /// returns it. A cache file that does not parse is recomputed.
     ///
@@ -77,7 +124,7 @@ impl Stages {
                 Ok(ChecksumCheck::Matches) => {
                     if let Ok(c) = serde_json::from_str::<Cached<T>>(&text) {
                         if c.key == key {
-                            self.timings.push(Timing { stage, seconds: c.seconds, cached: true });
+                            self.finished(Timing { stage, seconds: c.seconds, cached: true });
                             return Ok(c.value);
                         }
                     }
@@ -87,13 +134,13 @@ impl Stages {
                 }
             }
         }
-        tracing::info!("{stage}");
+        self.starting(&stage);
         let started = Instant::now();
         let value = compute()?;
         let seconds = started.elapsed().as_secs_f64();
         let entry = Cached { key: key.to_string(), value, seconds };
         write_atomic_checked(path, &serde_json::to_vec_pretty(&entry)?)?;
-        self.timings.push(Timing { stage, seconds, cached: false });
+        self.finished(Timing { stage, seconds, cached: false });
         Ok(entry.value)
     }
 
@@ -126,7 +173,7 @@ impl Stages {
                             path.display()
                         )
                     })?;
-                    self.timings.push(Timing { stage, seconds: summary.wall_s, cached: true });
+                    self.finished(Timing { stage, seconds: summary.wall_s, cached: true });
                     return Ok(summary);
                 }
                 if !rerun.resume {
@@ -154,11 +201,11 @@ impl Stages {
                 );
             }
         }
-        tracing::info!("{stage}");
+        self.starting(&stage);
         let resume = rerun.resume && dir.checkpoints().exists();
         let task = TrainTask { cfg: cfg.clone(), run_dir: path.to_path_buf(), data: Some(data.to_path_buf()), resume };
         let summary = task.run_on(runner, 0)?;
-        self.timings.push(Timing { stage, seconds: summary.wall_s, cached: false });
+        self.finished(Timing { stage, seconds: summary.wall_s, cached: false });
         Ok(summary)
     }
 
@@ -231,6 +278,6 @@ fn trained_inputs(dir: &RunDir) -> Result<String> {
     if let ChecksumCheck::Differs { .. } = check_checksum(&weights, None)? {
         bail!("{} does not match its checksum (damaged or edited)", weights.display());
     }
-    let digest = |p: &Path| memsinks_model::io::file_sha256(p);
+    let digest = |p: &Path| memsinks_core::files::file_sha256(p);
     Ok(format!("{}+{}", digest(&dir.summary())?, digest(&weights)?))
 }

@@ -43,7 +43,7 @@ use burn::tensor::backend::Backend;
 use burn::train::Interrupter;
 use serde::Serialize;
 
-use memsinks_model::io::{check_checksum, is_temporary_name, temporary_sibling, write_checksum, ChecksumCheck};
+use memsinks_core::files::{check_checksum, is_temporary_name, temporary_sibling, write_checksum, ChecksumCheck};
 
 use crate::run_dir::RunDir;
 
@@ -174,14 +174,14 @@ impl<B: Backend> Recorder<B> for AtomicFileRecorder {
             let _ = std::fs::remove_file(&tmp);
             RecorderError::Unknown(format!("{}: {e}", file.display()))
         };
-        let written = memsinks_model::io::create_new_file(&tmp).and_then(|mut f| {
+        let written = memsinks_core::files::create_new_file(&tmp).and_then(|mut f| {
             std::io::Write::write_all(&mut f, &bytes)?;
             f.sync_all()
         });
         written.map_err(fail)?;
         // The digest is written after the rename: a record without a matching digest is
         // incomplete (see `latest_complete_checkpoint`).
-        let digest = memsinks_model::io::sha256_hex(&bytes);
+        let digest = memsinks_core::files::sha256_hex(&bytes);
         std::fs::rename(&tmp, &file).map_err(fail)?;
         write_checksum(&file, &digest).map_err(|e| RecorderError::Unknown(e.to_string()))
     }
@@ -348,10 +348,10 @@ impl burn::train::checkpoint::CheckpointingStrategy for KeepCompleteRounds {
         if let (Some(dir), Some(gone)) = (&self.run_dir, epoch.checked_sub(self.keep + 2).filter(|&e| e > 0)) {
             let files = RunDir::new(dir);
             let cursor = files.cursor(gone);
-            let mut companions = vec![memsinks_model::io::checksum_path(&cursor), cursor];
+            let mut companions = vec![memsinks_core::files::checksum_path(&cursor), cursor];
             for kind in RECORD_KINDS {
                 companions
-                    .push(memsinks_model::io::checksum_path(&files.checkpoints().join(format!("{kind}-{gone}.mpk"))));
+                    .push(memsinks_core::files::checksum_path(&files.checkpoints().join(format!("{kind}-{gone}.mpk"))));
             }
             for path in companions {
                 let _ = std::fs::remove_file(path);
@@ -400,7 +400,7 @@ mod tests {
 
     #[test]
     fn a_damaged_record_or_cursor_makes_resume_fall_back() {
-        use memsinks_model::io::{checksum_path, write_atomic_checked};
+        use memsinks_core::files::{checksum_path, write_atomic_checked};
         let run = tempfile::tempdir().unwrap();
         let dir = RunDir::new(run.path()).checkpoints();
         let cursor = |round| RunDir::new(run.path()).cursor(round);
@@ -421,7 +421,7 @@ mod tests {
         // A record that matches its checksum but does not decode (emptied, digest rewritten).
         let scheduler = dir.join("scheduler-3.mpk");
         std::fs::write(&scheduler, b"").unwrap();
-        write_checksum(&scheduler, &memsinks_model::io::sha256_hex(b"")).unwrap();
+        write_checksum(&scheduler, &memsinks_core::files::sha256_hex(b"")).unwrap();
         assert_eq!(latest_complete_checkpoint(run.path()), Some(2));
         // A record that no longer matches its checksum.
         std::fs::write(dir.join("optim-2.mpk"), "optim 2 but damaged").unwrap();

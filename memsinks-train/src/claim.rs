@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use memsinks_core::files::{is_empty_dir, write_atomic, DirLock};
 use memsinks_data::{prepare, CorpusFingerprint, PreparedCorpus, Verify};
-use memsinks_model::io::{is_empty_dir, write_atomic, DirLock};
 use memsinks_model::ModelConfig;
 use serde::{Deserialize, Serialize};
 
@@ -116,7 +116,7 @@ fn undo_fresh_run_dir(run_dir: &Path, existed: bool, default_data: bool, lock: D
         let _ = std::fs::remove_dir_all(files.default_data());
     }
     drop(lock);
-    let _ = std::fs::remove_file(run_dir.join(memsinks_model::io::LOCK_FILE));
+    let _ = std::fs::remove_file(run_dir.join(memsinks_core::files::LOCK_FILE));
     if !existed {
         let _ = std::fs::remove_dir(run_dir);
     }

@@ -1,9 +1,11 @@
 //! # memsinks-train
 //!
-//! Trains the four models the MemSinks paper compares (`standard`, `dedup`, `memsinks`,
-//! `gradient-masking`) through burn-train's learner: one code path chosen by the config's
+//! Trains the models the MemSinks study compares (`standard`, the paper's `dedup`, `dedup-fresh`,
+//! `memsinks`, `gradient-masking`) through burn-train's learner: one code path chosen by the config's
 //! `method`, AdamW with a warm-up + cosine schedule and global clipping, evaluation of the
 //! repeated set with and without sinks, atomic checkpoints and exact resume.
+//!
+//! Guide (training and backends): `docs/training.md` in the repository.
 
 pub mod amp;
 pub mod checkpoint;
@@ -36,6 +38,9 @@ pub enum TrainError {
     /// A model error.
     #[error(transparent)]
     Model(#[from] memsinks_model::ModelError),
+    /// A file that could not be written (atomically, with its checksum) or a directory in use.
+    #[error(transparent)]
+    File(#[from] memsinks_core::FileError),
     /// An I/O error.
     #[error("{path}: {cause}")]
     Io {

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::tensor::backend::Backend;
+use memsinks_core::files::write_atomic_checked;
 use memsinks_data::{Batcher, Cursor, HostBatch, Split};
-use memsinks_model::io::write_atomic_checked;
 
 use crate::learner::EvalBatch;
 use crate::run_dir::RunDir;

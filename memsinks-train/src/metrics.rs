@@ -193,7 +193,7 @@ pub(crate) fn truncate_metrics(path: &Path, max_step: u64, max_round: u64) -> Re
             kept.push('\n');
         }
     }
-    Ok(memsinks_model::io::write_atomic(path, kept.as_bytes())?)
+    Ok(memsinks_core::files::write_atomic(path, kept.as_bytes())?)
 }
 
 /// burn-train's metric logger slot, filled with one that keeps nothing: the run's metrics are

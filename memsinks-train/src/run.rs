@@ -10,8 +10,8 @@ use std::time::Instant;
 use burn::tensor::backend::Backend;
 use burn::train::metric::LearningRateMetric;
 use burn::train::{ExecutionStrategy, Interrupter, Learner, MultiDeviceOptim, SupervisedTraining};
+use memsinks_core::files::write_atomic_checked;
 use memsinks_data::{Batcher, Consumed, Cursor, DocRows, Half, HostBatch, PreparedCorpus, Split};
-use memsinks_model::io::write_atomic_checked;
 use memsinks_model::io::{load_model, save_model};
 use memsinks_model::{MemSinkLm, ModelConfig};
 use serde::{Deserialize, Serialize};
@@ -352,7 +352,7 @@ pub fn load_summary(run_dir: &Path) -> Result<TrainSummary, TrainError> {
     let path = RunDir::new(run_dir).summary();
     let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
     // A summary written with a checksum must still match it (older runs have none).
-    if let memsinks_model::io::ChecksumCheck::Differs { .. } = memsinks_model::io::check_checksum(&path, None)? {
+    if let memsinks_core::files::ChecksumCheck::Differs { .. } = memsinks_core::files::check_checksum(&path, None)? {
         return Err(TrainError::Config(format!(
             "{} does not match its checksum (train.json.sha256): it was edited or damaged, so what it says \
              about the run cannot be trusted; retrain the run",

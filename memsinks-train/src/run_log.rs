@@ -141,7 +141,7 @@ impl RunLog {
         if self.echo {
             eprintln!("{line}");
         }
-        let written = memsinks_model::io::open_in_place(&self.path, true).and_then(|mut f| writeln!(f, "{line}"));
+        let written = memsinks_core::files::open_in_place(&self.path, true).and_then(|mut f| writeln!(f, "{line}"));
         if let Err(e) = written {
             let message = format!("{}: {e}", self.path.display());
             self.interrupter.stop(Some(&message));

@@ -88,21 +88,55 @@ pub struct Matched<B: TrainBackend> {
 pub struct Cycle {
     batcher: Batcher,
     cursor: Cursor,
+    tokens: ScoreTokens,
 }
 
 impl Cycle {
     /// A cycle over `rows` (whose document list must not be empty).
     pub fn new(rows: &DocRows<'_>) -> Self {
+        Self::reading(rows, ScoreTokens::All)
+    }
+
+    /// A cycle whose batches weigh only the targets `tokens` names.
+    pub fn reading(rows: &DocRows<'_>, tokens: ScoreTokens) -> Self {
         assert!(!rows.docs.is_empty(), "an empty document list never yields a batch");
         let batcher = Batcher::over_documents(rows);
-        Self { batcher, cursor: Cursor::default() }
+        Self { batcher, cursor: Cursor::default(), tokens }
     }
 
     /// The next batch on `device`.
     pub fn next<B: Backend>(&mut self, device: &B::Device) -> LmBatch<B> {
         loop {
-            if let Some(b) = self.batcher.next_batch(&mut self.cursor) {
+            if let Some(mut b) = self.batcher.next_batch(&mut self.cursor) {
+                self.tokens.apply(&mut b);
                 return b.to_device(device);
+            }
+        }
+    }
+}
+
+/// Which target tokens of a document a localization scorer reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScoreTokens {
+    /// Every token after the first.
+    #[default]
+    All,
+    /// Only the continuation after the first `prompt` tokens (MemPi scores the memorized
+    /// continuation, not the prompt that elicits it).
+    Continuation {
+        /// Prompt tokens whose prediction carries no weight.
+        prompt: usize,
+    },
+}
+
+impl ScoreTokens {
+    /// Zeroes the weights of the targets this choice leaves out (one document per row, from its
+    /// start: target `t` predicts token `t + 1`).
+    pub fn apply(self, batch: &mut memsinks_data::HostBatch) {
+        if let Self::Continuation { prompt } = self {
+            for row in &mut batch.weights {
+                let skip = prompt.saturating_sub(1).min(row.len());
+                row[..skip].iter_mut().for_each(|w| *w = 0.0);
             }
         }
     }

@@ -6,6 +6,8 @@
 //! localization (activations, zero-out, integrated gradients, slimming, hard-concrete, random)
 //! followed by pruning. Every method is a RON file of the [`registry`], judged by the same
 //! [`probe`] (forget-set against validation loss) and [`metrics`], with the [`relearn`]ing test.
+//!
+//! Guide (evaluation, unlearning and metrics; adding a method: docs/extending.md): `docs/unlearning.md` in the repository.
 
 pub mod eval;
 pub mod finetune;

@@ -10,9 +10,11 @@ use memsinks_model::TrainBackend;
 use memsinks_model::{MemSinkLm, MlpMode};
 use serde::{Deserialize, Serialize};
 
+use crate::finetune::ScoreTokens;
 use crate::finetune::{Matched, Treated};
 use crate::probe::{point, Probe};
-use crate::scorers::{score_units, Scorer};
+use crate::scorers::{rank_normalized, score_units_on, Scorer};
+use memsinks_data::overrides::omitted;
 
 /// A localize-then-prune method (a method file's `spec`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -28,6 +30,14 @@ pub struct PruneConfig {
     pub eval_docs: usize,
     /// Rows per forward pass.
     pub batch_size: usize,
+    /// Which target tokens the scorer reads: all (the default) or, as MemPi, the continuation
+    /// after a prompt.
+    #[serde(default, skip_serializing_if = "omitted")]
+    pub score_tokens: ScoreTokens,
+    /// Score each scoring document alone and average the per-layer ranks of its scores (MemPi
+    /// localizes per sequence), instead of one score pooled over all of them.
+    #[serde(default, skip_serializing_if = "omitted")]
+    pub per_sequence: bool,
 }
 
 /// A copy of `model` with the `fraction` highest-scored hidden units of every layer zeroed
@@ -66,7 +76,18 @@ pub fn prune_sweep<B: TrainBackend>(
 ) -> Treated<B> {
     let score_docs: Vec<usize> = probe.forget_docs.iter().copied().take(cfg.score_docs.max(1)).collect();
     let rows = DocRows::of(probe.corpus, &score_docs, probe.context, cfg.batch_size);
-    let scores = score_units(&cfg.scorer, model, &rows, mode, device);
+    let scores = if cfg.per_sequence {
+        let per_doc: Vec<Vec<Vec<f32>>> = score_docs
+            .iter()
+            .map(|doc| {
+                let one = rows.with_docs(std::slice::from_ref(doc));
+                rank_normalized(&score_units_on(&cfg.scorer, model, &one, cfg.score_tokens, mode, device))
+            })
+            .collect();
+        mean_scores(&per_doc)
+    } else {
+        score_units_on(&cfg.scorer, model, &rows, cfg.score_tokens, mode, device)
+    };
     let inner = model.valid();
     let base = probe.losses(&inner, mode, device);
     let mut curve = vec![point(0.0, base, base)];
@@ -81,4 +102,17 @@ pub fn prune_sweep<B: TrainBackend>(
         Some(Matched { index, model: prune(model, &scores, curve[index].setting, device) })
     });
     Treated { curve, model: prune(model, &scores, largest, device), matched }
+}
+
+/// The unit-wise mean of several `[layer][unit]` score sets of one shape.
+fn mean_scores(sets: &[Vec<Vec<f32>>]) -> Vec<Vec<f32>> {
+    let n = sets.len().max(1) as f32;
+    let mut sum = sets.first().cloned().unwrap_or_default();
+    for set in sets.iter().skip(1) {
+        for (a, b) in sum.iter_mut().flatten().zip(set.iter().flatten()) {
+            *a += b;
+        }
+    }
+    sum.iter_mut().flatten().for_each(|x| *x /= n);
+    sum
 }

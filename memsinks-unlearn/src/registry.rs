@@ -101,6 +101,9 @@ impl MethodFile {
                     return Err(format!("fractions contains {f}: each share must lie in [0, 1]"));
                 }
                 positive("score_docs", p.score_docs)?;
+                if p.score_tokens == (crate::finetune::ScoreTokens::Continuation { prompt: 0 }) {
+                    return Err("score_tokens = Continuation(prompt: 0): give the prompt length in tokens (≥ 1)".into());
+                }
                 positive("eval_docs", p.eval_docs)?;
                 positive("batch_size", p.batch_size)?;
             }

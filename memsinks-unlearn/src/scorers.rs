@@ -14,7 +14,7 @@ use memsinks_model::{Kernels, TrainBackend};
 use memsinks_model::{MemSinkLm, MlpMode, SeqLayout};
 use serde::{Deserialize, Serialize};
 
-use crate::finetune::Cycle;
+use crate::finetune::{Cycle, ScoreTokens};
 
 /// How hidden units are scored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -28,6 +28,10 @@ pub enum Scorer {
     /// Increase of the forget loss when the unit alone is zeroed (exact: one ablation per unit,
     /// batched).
     ZeroOut,
+    /// Data-free: the norm of the unit's output weights × the norm of its input weights (gate and
+    /// up projections). It reads no forget document, so a data-dependent scorer that does no better
+    /// than it localizes large units, not the forget set (the worked example of docs/extending.md).
+    WeightNorm,
     /// Integrated gradients along a scaling of each layer's activations from zero (the
     /// baseline) to their value, with `steps` midpoint steps; the score is what the attribution
     /// assigns to the unit (MemPi: of each target token's probability, one position at a time).
@@ -108,7 +112,7 @@ pub enum SlimmingScore {
     Absolute,
 }
 
-/// Scores `[layer][unit]` of `model` on the forget documents `rows`.
+/// Scores `[layer][unit]` of `model` on the forget documents `rows`, every target token.
 pub fn score_units<B: TrainBackend>(
     scorer: &Scorer,
     model: &MemSinkLm<B>,
@@ -116,20 +120,33 @@ pub fn score_units<B: TrainBackend>(
     mode: &MlpMode,
     device: &B::Device,
 ) -> Vec<Vec<f32>> {
+    score_units_on(scorer, model, rows, ScoreTokens::All, mode, device)
+}
+
+/// Scores `[layer][unit]` of `model` on the targets `tokens` names of the forget documents `rows`.
+pub fn score_units_on<B: TrainBackend>(
+    scorer: &Scorer,
+    model: &MemSinkLm<B>,
+    rows: &DocRows<'_>,
+    tokens: ScoreTokens,
+    mode: &MlpMode,
+    device: &B::Device,
+) -> Vec<Vec<f32>> {
     let (layers, hidden) = (model.blocks.len(), model.sinks().hidden());
     let inner = || burn::module::AutodiffModule::valid(model);
-    let inner_batches = || doc_batches::<B::InnerBackend>(rows, device);
+    let inner_batches = || scored_batches::<B::InnerBackend>(rows, tokens, device);
     match scorer {
         Scorer::Activations => activation_scores(&inner(), &inner_batches(), mode, Magnitude::OfMean, device),
         Scorer::MeanAbsActivations => activation_scores(&inner(), &inner_batches(), mode, Magnitude::MeanOfAbs, device),
         Scorer::ZeroOut => zero_out_scores(&inner(), &inner_batches(), mode, device),
+        Scorer::WeightNorm => weight_norm_scores(model),
         Scorer::IntegratedGradients { steps, objective, positions } => {
-            let batches = doc_batches::<B>(rows, device);
+            let batches = scored_batches::<B>(rows, tokens, device);
             let path = IgPath { steps: *steps, objective: *objective, positions: *positions };
             integrated_gradient_scores(model, &batches, mode, path, device)
         }
         Scorer::Slimming { steps, lr, l1, score } => {
-            let mut cycle = Cycle::new(rows);
+            let mut cycle = Cycle::reading(rows, tokens);
             let penalty = |c: Tensor<B, 1>| c.abs().mean().mul_scalar(*l1);
             let training = GateTraining { steps: *steps, lr: *lr, init: 1.0 };
             let coefs = train_gates(model, &mut cycle, mode, &training, device, |c, _| c.clone(), penalty);
@@ -140,7 +157,7 @@ pub fn score_units<B: TrainBackend>(
             coefs.into_iter().map(|c| to_vec(score(c))).collect()
         }
         Scorer::HardConcrete { steps, lr, l0, init_log_alpha } => {
-            let mut cycle = Cycle::new(rows);
+            let mut cycle = Cycle::reading(rows, tokens);
             let mut rng = SplitMix64::new(0x4C30);
             let gate = |log_alpha: &Tensor<B, 1>, d: &B::Device| {
                 let noise: Vec<f32> = (0..hidden).map(|_| rng.unit().clamp(1e-6, 1.0 - 1e-6) as f32).collect();
@@ -170,9 +187,45 @@ fn to_vec<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
 
 /// Every batch of `rows`: what the scorers read.
 pub fn doc_batches<B: Backend>(rows: &DocRows<'_>, device: &B::Device) -> Vec<LmBatch<B>> {
+    scored_batches(rows, ScoreTokens::All, device)
+}
+
+/// Every batch of `rows`, weighing only the targets `tokens` names.
+pub fn scored_batches<B: Backend>(rows: &DocRows<'_>, tokens: ScoreTokens, device: &B::Device) -> Vec<LmBatch<B>> {
     let batcher = Batcher::over_documents(rows);
     let mut cursor = Cursor::default();
-    std::iter::from_fn(|| batcher.next_batch(&mut cursor)).map(|h| h.to_device(device)).collect()
+    std::iter::from_fn(|| batcher.next_batch(&mut cursor))
+        .map(|mut h| {
+            tokens.apply(&mut h);
+            h.to_device(device)
+        })
+        .collect()
+}
+
+/// Each layer's scores replaced by their ranks scaled to [0, 1] (ties share the lower rank):
+/// per-sequence scores of any scale or sign become votes of equal weight that can be averaged.
+pub fn rank_normalized(scores: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    scores
+        .iter()
+        .map(|layer| {
+            let mut order: Vec<usize> = (0..layer.len()).collect();
+            order.sort_by(|&a, &b| layer[a].total_cmp(&layer[b]));
+            let top = (layer.len().max(2) - 1) as f32;
+            let mut ranks = vec![0.0f32; layer.len()];
+            let mut i = 0;
+            while i < order.len() {
+                let mut j = i;
+                while j + 1 < order.len() && layer[order[j + 1]] == layer[order[i]] {
+                    j += 1;
+                }
+                for &unit in &order[i..=j] {
+                    ranks[unit] = i as f32 / top;
+                }
+                i = j + 1;
+            }
+            ranks
+        })
+        .collect()
 }
 
 /// Summed NLL over the kept targets of each row: `[rows]`.
@@ -222,6 +275,22 @@ pub fn activation_scores<B: Kernels>(
         .map(|(block, sum)| {
             let out_norm = block.mlp.down_proj.weight.val().square().sum_dim(1).sqrt().squeeze_dim(1);
             to_vec(sum.div_scalar(tokens).abs() * out_norm)
+        })
+        .collect()
+}
+
+/// ‖output weights‖ × ‖input weights‖ of every unit (`down_proj` row; `gate_proj` and `up_proj`
+/// columns together), per layer.
+pub fn weight_norm_scores<B: Backend>(model: &MemSinkLm<B>) -> Vec<Vec<f32>> {
+    let column_norms = |w: Tensor<B, 2>| w.square().sum_dim(0).squeeze_dim::<1>(0);
+    model
+        .blocks
+        .iter()
+        .map(|block| {
+            let mlp = &block.mlp;
+            let output = mlp.down_proj.weight.val().square().sum_dim(1).squeeze_dim::<1>(1).sqrt();
+            let input = (column_norms(mlp.gate_proj.weight.val()) + column_norms(mlp.up_proj.weight.val())).sqrt();
+            to_vec(output * input)
         })
         .collect()
 }

@@ -43,8 +43,14 @@ fn memorizer(memorize: usize, cache: &TokenCache) -> MemSinkLm<Flex> {
     );
     let host = batcher.next_batch(&mut Default::default()).unwrap();
     let batch: LmBatch<AD> = host.to_device(&Default::default());
-    for _ in 0..400 {
+    // Train to a loss target rather than a step count: the float path (AVX2 or AVX-512 gemm) differs
+    // between machines, and a fixed count that memorizes on one can leave a token wrong on another.
+    for _ in 0..2_000 {
         let loss = lm_loss(&model, &batch, &MlpMode::Train);
+        let value: f32 = loss.clone().into_scalar();
+        if value < 2e-3 {
+            break;
+        }
         model = step(&mut optim, model, loss, 1e-2, &OptimConfig::default());
     }
     model.valid()
@@ -198,6 +204,8 @@ fn activation_scores_rank_the_units_the_forget_set_uses() {
         score_docs: 100,
         eval_docs: 8,
         batch_size: 8,
+        score_tokens: Default::default(),
+        per_sequence: false,
     };
     let model: MemSinkLm<AD> = AutodiffModule::from_inner(model);
     let probe = Probe::new(&corpus, ForgetSet::Repeated, exp.data.context, cfg.batch_size, cfg.eval_docs).unwrap();
@@ -372,7 +380,9 @@ fn relearning_after_gradient_ascent_recovers_the_other_documents_beyond_a_contro
         "relearn.sizes=[1,4,16]",
         "relearn.steps=10",
         "relearn.lr=1e-3",
-        "relearn.draws=2",
+        // One relearned document moves the others by a few tenths of a nat either way from draw to
+        // draw (and between float paths); the claim is checked on the mean over four draws.
+        "relearn.draws=4",
         // This test is about what relearning measures; the bound's own test is below.
         "relearn.max_control_delta_val=100",
         "relearn.start_at_delta_forget=0.3",
@@ -390,9 +400,10 @@ fn relearning_after_gradient_ascent_recovers_the_other_documents_beyond_a_contro
     assert!(start.delta_forget >= 0.3 && result.curve[at - 1].delta_forget < 0.3, "{start:?}");
     assert!(start.setting < 10.0 && start.target_delta_forget == Some(0.3), "{start:?}");
     // The smoke corpus has 8 repeated documents: 16 is skipped, 1 and 4 are measured on the 4 after
-    // them, in each of two draws of which documents are relearned.
+    // them, in each of four draws of which documents are relearned.
     let sizes: Vec<(usize, usize)> = result.relearn.iter().map(|r| (r.draw, r.relearned)).collect();
-    assert_eq!(sizes, vec![(0, 1), (0, 4), (1, 1), (1, 4)]);
+    let want: Vec<(usize, usize)> = (0..4).flat_map(|draw| [(draw, 1), (draw, 4)]).collect();
+    assert_eq!(sizes, want);
     for r in &result.relearn {
         assert_eq!((r.others, r.control_intact), (4, Some(true)));
         assert_eq!(r.recovered_nats, Some(r.others_control.unwrap() - r.others_relearned));
@@ -400,9 +411,10 @@ fn relearning_after_gradient_ascent_recovers_the_other_documents_beyond_a_contro
         let control = r.others_control.expect("40 validation documents leave held-out ones for the control");
         let removed = r.others_treated - r.others_original;
         assert!((r.recovered.unwrap() - (control - r.others_relearned) / removed).abs() < 1e-12, "{r:?}");
-        assert!(r.others_relearned < control, "relearning the forgotten documents helps the others more: {r:?}");
         assert!(r.delta_val_relearned.unwrap().is_finite() && r.delta_val_control.unwrap().is_finite());
     }
+    let mean_recovered = result.relearn.iter().map(|r| r.recovered_nats.unwrap()).sum::<f64>() / 8.0;
+    assert!(mean_recovered > 0.0, "relearning the forgotten documents helps the others more: {:#?}", result.relearn);
     // The draws relearn different documents, so the others measured differ.
     assert_ne!(result.relearn[0].others_treated, result.relearn[2].others_treated);
     // A control that moves L_val beyond its bound leaves the model broken: no recovery reported.
@@ -473,4 +485,89 @@ fn an_empty_forget_set_is_a_clear_error() {
         &Default::default(),
     );
     assert!(err.unwrap_err().to_string().contains("no"), "drop-sinks on a standard model");
+}
+
+/// `docs/extending.md` walks a newcomer through adding the `WeightNorm` scorer: the method file it
+/// shows is the shipped one, a unit whose weights are zeroed scores 0, and the method runs end to
+/// end through the registry on a model that memorized the smoke corpus.
+#[test]
+fn the_extending_guide_example_is_the_shipped_method_and_runs() {
+    use memsinks_unlearn::localize::prune;
+    use memsinks_unlearn::registry::{load_method, run_method};
+    use memsinks_unlearn::scorers::{random_scores, weight_norm_scores};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let guide = std::fs::read_to_string(root.join("docs/extending.md")).unwrap();
+    let block = guide.split("```ron\n").nth(1).and_then(|rest| rest.split("```").next()).expect("a RON block");
+    let shown: String = block.trim_end().lines().map(|l| format!("{}\n", l.strip_prefix("   ").unwrap_or(l))).collect();
+    let shipped = std::fs::read_to_string(root.join("memsinks-unlearn/methods/prune-weight-norm.ron")).unwrap();
+    assert_eq!(shown, shipped, "docs/extending.md shows another file than methods/prune-weight-norm.ron");
+
+    // Zeroed units score 0, every other unit more.
+    let model: MemSinkLm<Flex> = ModelConfig::preset("tiny").unwrap().init(&Default::default()).unwrap();
+    let chosen = random_scores(model.blocks.len(), model.sinks().hidden(), 7);
+    let pruned = prune(&model, &chosen, 0.25, &Default::default());
+    for (layer, scores) in weight_norm_scores(&pruned).iter().enumerate() {
+        let zeros = scores.iter().filter(|&&s| s == 0.0).count();
+        assert_eq!(zeros, (scores.len() as f64 * 0.25).round() as usize, "layer {layer}: {scores:?}");
+        assert!(scores.iter().all(|s| s.is_finite() && *s >= 0.0));
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let (exp, corpus, _) = smoke_corpus(dir.path());
+    let model = memorizing_smoke_model(&exp, &corpus);
+    let sets = ["fractions=[0.1,0.5,0.9]".to_string(), "eval_docs=8".into(), "batch_size=8".into()];
+    let (name, file) = load_method("prune-weight-norm", &sets).unwrap();
+    let result =
+        run_method(&name, &file, model, &corpus, ForgetSet::Repeated, exp.data.context, &Default::default()).unwrap();
+    let settings: Vec<f64> = result.curve.iter().map(|p| p.setting).collect();
+    assert_eq!(settings, vec![0.0, 0.1, 0.5, 0.9]);
+    assert_eq!(result.curve[0].delta_forget, 0.0);
+    // Pruning 90 % of the largest units of every layer destroys what the model memorized.
+    assert!(result.curve[3].delta_forget > 0.5, "{:?}", result.curve);
+}
+
+/// MemPi's protocol: a scorer reads only the continuation after a prompt, and scores each
+/// sequence alone, the per-sequence scores averaged as per-layer ranks.
+#[test]
+fn scorers_read_the_continuation_only_and_per_sequence_when_asked() {
+    use memsinks_unlearn::finetune::ScoreTokens;
+    use memsinks_unlearn::registry::{load_method, run_method};
+    use memsinks_unlearn::scorers::{rank_normalized, score_units_on, scored_batches, Scorer};
+    assert_eq!(rank_normalized(&[vec![3.0, -1.0, 3.0, 0.5]]), vec![vec![2.0 / 3.0, 0.0, 2.0 / 3.0, 1.0 / 3.0]]);
+    let dir = tempfile::tempdir().unwrap();
+    let (exp, corpus, _) = smoke_corpus(dir.path());
+    let model = memorizing_smoke_model(&exp, &corpus);
+    let docs: Vec<usize> = corpus.manifest.indices(memsinks_data::Split::Repeated).into_iter().take(3).collect();
+    let rows = DocRows::of(&corpus, &docs, exp.data.context, 8);
+    let device = Default::default();
+    let weight = |tokens| -> f32 {
+        scored_batches::<Flex>(&rows, tokens, &device).iter().map(|b| b.loss_mask.clone().sum().into_scalar()).sum()
+    };
+    let (all, continuation) = (weight(ScoreTokens::All), weight(ScoreTokens::Continuation { prompt: 8 }));
+    // The first 7 targets of each row predict prompt tokens (the smoke stories are longer than 8).
+    assert_eq!(all - continuation, 7.0 * docs.len() as f32);
+    let mode = MlpMode::Train;
+    let pooled = score_units_on(&Scorer::Activations, &model, &rows, ScoreTokens::All, &mode, &device);
+    let read =
+        score_units_on(&Scorer::Activations, &model, &rows, ScoreTokens::Continuation { prompt: 8 }, &mode, &device);
+    assert_ne!(pooled, read, "scores must depend on the tokens read");
+    // Through the registry: per sequence on the continuation, end to end.
+    let sets: Vec<String> = [
+        "score_docs=3",
+        "per_sequence=true",
+        r#"score_tokens={"Continuation":{"prompt":8}}"#,
+        "fractions=[0.1,0.9]",
+        "eval_docs=8",
+        "batch_size=8",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (name, file) = load_method("prune-activations", &sets).unwrap();
+    let result = run_method(&name, &file, model, &corpus, ForgetSet::Repeated, exp.data.context, &device).unwrap();
+    assert_eq!(result.curve.len(), 3);
+    assert!(result.curve[2].delta_forget > result.curve[1].delta_forget, "{:?}", result.curve);
+    let bad = ["score_tokens={\"Continuation\":{\"prompt\":0}}".to_string()];
+    let err = load_method("prune-activations", &bad).unwrap_err().to_string();
+    assert!(err.contains("prompt"), "{err}");
 }

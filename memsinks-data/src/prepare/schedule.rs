@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use memsinks_model::io::write_atomic;
+use memsinks_core::files::write_atomic;
 
 use crate::corpus::{DocEntry, Split};
 use crate::data_config::{DataConfig, Ordering};

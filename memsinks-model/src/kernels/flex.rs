@@ -282,13 +282,15 @@ impl Kernels for Flex {
                 }
                 partial
             })
-            .reduce(
-                || vec![0.0f32; d],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            );
+            // Collected in row order and summed in that order: rayon's `reduce` pairs partials as
+            // the work happened to split between threads, so dγ, and every step after it, could
+            // differ between two runs of the same training.
+            .collect::<Vec<_>>()
+            .into_iter()
+            .fold(vec![0.0f32; d], |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            });
         (output(dx, vec![n, d]), output(dgamma, vec![d]))
     }
 
