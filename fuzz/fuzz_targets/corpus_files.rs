@@ -38,7 +38,7 @@ fn prepared() -> &'static Path {
     static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     &DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let cfg: DataConfig = memsinks_data::overrides::parse_ron(DATA, Path::new("fuzz")).unwrap();
+        let cfg: DataConfig = memsinks_core::overrides::parse_ron(DATA, Path::new("fuzz")).unwrap();
         let out = dir.path().join("corpus");
         memsinks_data::prepare(&cfg, &out, false).unwrap();
         (dir, out)

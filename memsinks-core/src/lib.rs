@@ -1,14 +1,17 @@
 //! # memsinks-core
 //!
 //! The foundation under the domain crates, with no burn dependency: file safety (atomic writes,
-//! locks, checksums, temporary names) in [`files`], and catching a library's panic. Every crate of
-//! the workspace writes files through it; their errors wrap [`FileError`].
+//! locks, checksums, temporary names) in [`files`], RON configuration files with `--set`
+//! overrides in [`overrides`], and catching a library's panic. Every crate of the workspace writes
+//! files and reads configurations through it; their errors wrap [`FileError`] and [`ConfigError`].
 //!
 //! Guide (reliability): `docs/reliability.md` in the repository.
 
 pub mod files;
+pub mod overrides;
 
 pub use files::FileError;
+pub use overrides::ConfigError;
 
 /// Runs `f`, turning a panic inside it into `None` without printing the panic message: for
 /// library calls that report bad input (or a missing device) by panicking. The process-wide panic

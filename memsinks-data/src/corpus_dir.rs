@@ -93,7 +93,7 @@ pub(crate) fn inspect(
 
 /// The keys whose values differ between two data configurations.
 fn describe_config_change(old: &DataConfig, new: &DataConfig) -> String {
-    let keys = crate::overrides::changed_keys(old, new, "data");
+    let keys = memsinks_core::overrides::changed_keys(old, new, "data");
     if keys.is_empty() {
         "its configuration hash differs".into()
     } else {

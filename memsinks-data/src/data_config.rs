@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::overrides::omitted;
 use crate::source::InvalidUtf8;
 use crate::DataError;
+use memsinks_core::overrides::omitted;
 
 /// Where documents come from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

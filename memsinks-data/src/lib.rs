@@ -16,7 +16,6 @@ pub mod download;
 pub mod fingerprint;
 mod ids;
 mod near_dup;
-pub mod overrides;
 mod prepare;
 pub mod rng;
 mod schedules;
@@ -104,6 +103,17 @@ impl From<memsinks_core::FileError> for DataError {
         match e {
             memsinks_core::FileError::Io { path, cause } => DataError::Io { path, cause },
             other => DataError::File(other),
+        }
+    }
+}
+
+/// A configuration that cannot be read or overridden, in this crate's terms.
+impl From<memsinks_core::ConfigError> for DataError {
+    fn from(e: memsinks_core::ConfigError) -> Self {
+        match e {
+            memsinks_core::ConfigError::Io { path, cause } => DataError::Io { path, cause },
+            memsinks_core::ConfigError::Format { path, message } => DataError::Format { path, message },
+            memsinks_core::ConfigError::Override(message) => DataError::Config(message),
         }
     }
 }

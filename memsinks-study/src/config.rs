@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use memsinks_data::overrides::{apply_overrides, omitted, parse_ron};
+use memsinks_core::overrides::{apply_overrides, omitted, parse_ron};
 use memsinks_data::DataConfig;
 use memsinks_train::config::{ModelSection, TrainConfig};
 use memsinks_train::{ExperimentConfig, Method};

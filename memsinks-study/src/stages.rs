@@ -188,7 +188,7 @@ impl Stages {
             } else {
                 let why = match &recorded {
                     Ok(old) => {
-                        let keys = memsinks_data::overrides::changed_keys(old, cfg, "");
+                        let keys = memsinks_core::overrides::changed_keys(old, cfg, "");
                         let keys = if keys.is_empty() { "its run ID".to_string() } else { keys.join(", ") };
                         format!("was trained with another configuration (it differs in {keys})")
                     }

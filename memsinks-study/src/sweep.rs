@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use memsinks_core::files::{is_empty_dir, write_atomic, DirLock};
-use memsinks_data::overrides::apply_overrides;
+use memsinks_core::overrides::apply_overrides;
 use memsinks_model::MlpMode;
 use memsinks_train::Method;
 use serde::{Deserialize, Serialize};

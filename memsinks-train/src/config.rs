@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use memsinks_data::overrides::{apply_overrides, omitted, parse_ron, read_ron};
+use memsinks_core::overrides::{apply_overrides, omitted, parse_ron, read_ron};
 use memsinks_data::DataConfig;
 use memsinks_model::{MaskScheme, ModelConfig};
 use serde::{Deserialize, Serialize};

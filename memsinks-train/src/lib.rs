@@ -38,6 +38,9 @@ pub enum TrainError {
     /// A model error.
     #[error(transparent)]
     Model(#[from] memsinks_model::ModelError),
+    /// A configuration file or override that cannot be used.
+    #[error(transparent)]
+    Settings(#[from] memsinks_core::ConfigError),
     /// A file that could not be written (atomically, with its checksum) or a directory in use.
     #[error(transparent)]
     File(#[from] memsinks_core::FileError),

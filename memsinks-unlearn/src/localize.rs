@@ -14,7 +14,7 @@ use crate::finetune::ScoreTokens;
 use crate::finetune::{Matched, Treated};
 use crate::probe::{point, Probe};
 use crate::scorers::{rank_normalized, score_units_on, Scorer};
-use memsinks_data::overrides::omitted;
+use memsinks_core::overrides::omitted;
 
 /// A localize-then-prune method (a method file's `spec`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use memsinks_data::overrides::apply_overrides;
+use memsinks_core::overrides::apply_overrides;
 use memsinks_data::PreparedCorpus;
 use memsinks_model::{MemSinkLm, MlpMode};
 use serde::{Deserialize, Serialize};

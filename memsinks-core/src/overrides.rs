@@ -3,31 +3,53 @@
 //! what is allowed there.
 
 use std::cell::Cell;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::DataError;
+/// A configuration file or `--set` override that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{path}: {cause}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        cause: std::io::Error,
+    },
+    /// The file is not a valid configuration (with the position and what is wrong).
+    #[error("{path}: {message}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        message: String,
+    },
+    /// A `--set` override that names no key or carries a bad value.
+    #[error("{0}")]
+    Override(String),
+}
 
 /// Reads a RON file into `T`, reporting the file and position of any error.
-pub fn read_ron<T: DeserializeOwned>(path: &Path) -> Result<T, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+pub fn read_ron<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Io { path: path.to_path_buf(), cause })?;
     parse_ron(&text, path)
 }
 
 /// Parses RON `text` into `T`; errors name `origin` (the file it came from) and the position.
-pub fn parse_ron<T: DeserializeOwned>(text: &str, origin: &Path) -> Result<T, DataError> {
+pub fn parse_ron<T: DeserializeOwned>(text: &str, origin: &Path) -> Result<T, ConfigError> {
     let path = origin;
     if let Some((line, key, word)) = non_finite_number(text) {
-        return Err(DataError::Format {
+        return Err(ConfigError::Format {
             path: path.to_path_buf(),
             message: format!("line {line}: `{key}` is `{word}`: every number in a config must be finite"),
         });
     }
     ron::from_str(text)
-        .map_err(|e| DataError::Format { path: path.to_path_buf(), message: format!("invalid config: {e}") })
+        .map_err(|e| ConfigError::Format { path: path.to_path_buf(), message: format!("invalid config: {e}") })
 }
 
 /// The first non-finite float literal of a RON text (`NaN`, `inf`, `-inf`), outside strings and
@@ -70,7 +92,7 @@ pub fn omitted<T: Default + PartialEq>(value: &T) -> bool {
 /// configuration. A value is read as JSON when it parses as JSON (`500`, `true`, `"x"`,
 /// `{"Train": {"vocab_size": 512}}`), otherwise as a string. Keys may skip the variant name of an
 /// enum (`data.source.path=...` reaches `source: TinyStories(path: ...)`).
-pub fn apply_overrides<T: Serialize + DeserializeOwned + Clone>(config: &T, sets: &[String]) -> Result<T, DataError> {
+pub fn apply_overrides<T: Serialize + DeserializeOwned + Clone>(config: &T, sets: &[String]) -> Result<T, ConfigError> {
     if sets.is_empty() {
         return Ok(config.clone());
     }
@@ -79,15 +101,16 @@ pub fn apply_overrides<T: Serialize + DeserializeOwned + Clone>(config: &T, sets
     WRITE_ALL.with(|w| w.set(false));
     let mut value = value.expect("config serialises");
     for set in sets {
-        let (key, raw) =
-            set.split_once('=').ok_or_else(|| DataError::Config(format!("--set `{set}` must look like key=value")))?;
+        let (key, raw) = set
+            .split_once('=')
+            .ok_or_else(|| ConfigError::Override(format!("--set `{set}` must look like key=value")))?;
         let new: Value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
         let slot = locate(&mut value, key)?;
         *slot = new;
         serde_json::from_value::<T>(value.clone())
-            .map_err(|e| DataError::Config(format!("--set {key}: bad value `{raw}`: {e}")))?;
+            .map_err(|e| ConfigError::Override(format!("--set {key}: bad value `{raw}`: {e}")))?;
     }
-    serde_json::from_value(value).map_err(|e| DataError::Config(e.to_string()))
+    serde_json::from_value(value).map_err(|e| ConfigError::Override(e.to_string()))
 }
 
 /// The dotted keys (under `prefix`, e.g. `data`) whose values differ between two configurations,
@@ -121,7 +144,7 @@ fn diff_values(a: &Value, b: &Value, at: &str, out: &mut Vec<String>) {
     }
 }
 
-fn locate<'a>(mut node: &'a mut Value, key: &str) -> Result<&'a mut Value, DataError> {
+fn locate<'a>(mut node: &'a mut Value, key: &str) -> Result<&'a mut Value, ConfigError> {
     let mut walked = String::new();
     for part in key.split('.') {
         // Step through a one-key object (an enum variant) when the key is not its own.
@@ -135,14 +158,14 @@ fn locate<'a>(mut node: &'a mut Value, key: &str) -> Result<&'a mut Value, DataE
             node = node.get_mut(&variant).expect("present");
         }
         let Value::Object(map) = node else {
-            return Err(DataError::Config(format!("--set {key}: `{walked}` is a value, not a section")));
+            return Err(ConfigError::Override(format!("--set {key}: `{walked}` is a value, not a section")));
         };
         if !map.contains_key(part) {
             let mut allowed: Vec<&String> = map.keys().collect();
             allowed.sort();
             let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
             let at = if walked.is_empty() { "the top level".to_string() } else { format!("`{walked}`") };
-            return Err(DataError::Config(format!(
+            return Err(ConfigError::Override(format!(
                 "unknown key `{part}` in --set {key}; allowed at {at}: {}",
                 allowed.join(", ")
             )));
@@ -159,8 +182,21 @@ fn locate<'a>(mut node: &'a mut Value, key: &str) -> Result<&'a mut Value, DataE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::corpus::SourceConfig;
     use serde::Deserialize;
+
+    /// An enum of the shape of the data sources: variants with named fields, one defaulted.
+    #[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
+    enum SourceConfig {
+        TinyStories {
+            path: String,
+        },
+        Synthetic {
+            stories: usize,
+            seed: u64,
+            #[serde(default)]
+            authors: usize,
+        },
+    }
 
     #[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
     #[serde(deny_unknown_fields)]
