@@ -20,7 +20,7 @@ pub struct StudyConfig {
     pub seeds: Vec<u64>,
     /// Post-hoc methods run on the standard model: registry names or `.ron` paths, each
     /// optionally followed by `key=value` overrides (`"gradient-ascent steps=20 lr=1e-3"`).
-    pub posthoc: Vec<String>,
+    pub posthoc: Vec<PosthocEntry>,
     /// Documents per split in evaluation.
     pub eval_docs: usize,
     /// Prompt tokens of greedy extraction.
@@ -40,11 +40,52 @@ pub struct StudyConfig {
     /// Post-hoc methods that forget the same sources on the standard model (registry names or
     /// paths with overrides, as in `posthoc`).
     #[serde(skip_serializing_if = "omitted")]
-    pub source_posthoc: Vec<String>,
+    pub source_posthoc: Vec<PosthocEntry>,
     /// Variants of the experiment, each a whole study with its `--set` overrides, compared in one
     /// report (a sweep); empty: the experiment alone.
     #[serde(skip_serializing_if = "omitted")]
     pub variants: Vec<Variant>,
+}
+
+/// One removal method of a study: a registry name (or a `.ron` path) and `key=value` overrides of
+/// its file. An experiment file writes it as one string (`"gradient-ascent steps=20 lr=1e-3"`),
+/// read into this form once, when the file is read; it is written back the same way.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PosthocEntry {
+    /// Registry name or path of the method file.
+    pub method: String,
+    /// Overrides of the method file.
+    pub sets: Vec<String>,
+}
+
+impl std::str::FromStr for PosthocEntry {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let mut words = text.split_whitespace();
+        let method = words.next().context("an empty post-hoc entry: give a method name, then key=value overrides")?;
+        Ok(Self { method: method.to_string(), sets: words.map(String::from).collect() })
+    }
+}
+
+impl std::fmt::Display for PosthocEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.method)?;
+        self.sets.iter().try_for_each(|set| write!(f, " {set}"))
+    }
+}
+
+impl Serialize for PosthocEntry {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PosthocEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(|e: anyhow::Error| serde::de::Error::custom(format!("`{text}`: {e}")))
+    }
 }
 
 /// One variant of a sweep: a name and the overrides that make it.
@@ -81,7 +122,7 @@ impl Default for StudyConfig {
             methods: Method::ALL.to_vec(),
             seeds: Vec::new(),
             posthoc: ["gradient-ascent", "gradient-difference", "npo", "prune-activations", "prune-random"]
-                .map(String::from)
+                .map(|method| PosthocEntry { method: method.into(), sets: Vec::new() })
                 .to_vec(),
             eval_docs: 64,
             extract_prompt: 32,
@@ -158,10 +199,8 @@ impl StudyConfig {
         }
         // Every post-hoc entry is loaded now, so a typo fails before hours of training, not after.
         for entry in self.posthoc.iter().chain(&self.source_posthoc) {
-            let mut words = entry.split_whitespace();
-            let method = words.next().context("an empty study.posthoc entry")?;
-            let sets: Vec<String> = words.map(String::from).collect();
-            memsinks_unlearn::load_method(method, &sets).with_context(|| format!("study.posthoc `{entry}`"))?;
+            memsinks_unlearn::load_method(&entry.method, &entry.sets)
+                .with_context(|| format!("study.posthoc `{entry}`"))?;
         }
         if !self.methods.contains(&Method::Standard) {
             bail!("study.methods must include Standard: every comparison is made against it");
@@ -228,5 +267,23 @@ mod tests {
         let bad = ["study.extract_prompt=1000".to_string()];
         let err = load_experiment(&text, &path, &bad).unwrap_err().to_string();
         assert!(err.contains("extract_prompt") && err.contains("context"), "{err}");
+    }
+
+    /// Post-hoc entries are parsed once into method and overrides and written back as written.
+    #[test]
+    fn posthoc_entries_are_typed_and_keep_their_written_form() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/ts-quick.ron");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (_, study) = load_experiment(&text, &path, &[]).unwrap();
+        let zero_out = study.posthoc.iter().find(|e| e.method == "prune-zero-out").unwrap();
+        assert_eq!(zero_out.sets, vec!["score_docs=4".to_string()]);
+        let written = ron::to_string(&study.posthoc).unwrap();
+        assert!(written.contains("\"prune-zero-out score_docs=4\""), "{written}");
+        let sets = [r#"study.posthoc=["npo steps=3 lr=1e-4"]"#.to_string()];
+        let (_, study) = load_experiment(&text, &path, &sets).unwrap();
+        let want = PosthocEntry { method: "npo".into(), sets: vec!["steps=3".into(), "lr=1e-4".into()] };
+        assert_eq!(study.posthoc, vec![want]);
+        let err = load_experiment(&text, &path, &[r#"study.posthoc=["  "]"#.to_string()]).unwrap_err();
+        assert!(format!("{err:#}").contains("empty post-hoc entry"), "{err:#}");
     }
 }

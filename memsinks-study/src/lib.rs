@@ -30,7 +30,7 @@ pub mod stats;
 pub mod study_dir;
 pub mod sweep;
 
-pub use config::{load_experiment, StudyConfig};
+pub use config::{load_experiment, PosthocEntry, StudyConfig};
 pub use evaluate::{load_eval, EvalFile, EvalRequest};
 pub use export::{ExportRequest, Exported};
 pub use reproduce::{reproduce, reproduce_any, ReproduceRequest, Reproduced, DEFAULT_EXPERIMENT};

@@ -15,7 +15,7 @@ use memsinks_train::{ExperimentConfig, Method};
 use memsinks_unlearn::ForgetSet;
 
 use crate::assemble::{assemble, StudyOutputs};
-use crate::config::{load_experiment, StudyConfig};
+use crate::config::{load_experiment, PosthocEntry, StudyConfig};
 use crate::report;
 use crate::results::{Results, SourceRemovalRun, Timing};
 use crate::runner::{MethodTask, Runner};
@@ -178,11 +178,8 @@ pub fn reproduce(request: &ReproduceRequest, runner: &impl Runner) -> Result<Res
         };
         let standard = of(Method::Standard).with_context(|| format!("the standard model of seed {seed}"))?;
         for entry in &study.posthoc {
-            let mut words = entry.split_whitespace();
-            let method = words.next().context("an empty study.posthoc entry")?;
-            let sets: Vec<String> = words.map(String::from).collect();
             for forget in &forget_sets {
-                let mut task = MethodTask::new(standard.dir.path(), method, &sets, forget.clone())?;
+                let mut task = MethodTask::new(standard.dir.path(), &entry.method, &entry.sets, forget.clone())?;
                 if let Some(relearn) = task.file.relearn.as_mut() {
                     relearn.start_at_delta_forget = relearn.start_at_delta_forget.or(matched(forget));
                 }
@@ -228,17 +225,15 @@ fn remove_sources(
         for key in keys {
             let forget = ForgetSet::Source(key);
             for t in trained.iter().filter(|t| t.seed == *seed) {
-                let methods: Vec<&str> = match t.method {
-                    Method::Memsinks => vec!["drop-source-sinks"],
-                    Method::Standard => study.source_posthoc.iter().map(String::as_str).collect(),
+                let by_design = [PosthocEntry { method: "drop-source-sinks".into(), sets: Vec::new() }];
+                let methods: &[PosthocEntry] = match t.method {
+                    Method::Memsinks => &by_design,
+                    Method::Standard => &study.source_posthoc,
                     _ => continue,
                 };
                 stages.more_stages(methods.len() as u64);
                 for entry in methods {
-                    let mut words = entry.split_whitespace();
-                    let method = words.next().context("an empty study.source_posthoc entry")?;
-                    let sets: Vec<String> = words.map(String::from).collect();
-                    let mut task = MethodTask::new(t.dir.path(), method, &sets, forget.clone())?;
+                    let mut task = MethodTask::new(t.dir.path(), &entry.method, &entry.sets, forget.clone())?;
                     task.file.relearn = None;
                     let result = stages.removal(dir, t, task, runner)?;
                     out.push(SourceRemovalRun { seed: *seed, method: t.method, result });
