@@ -10,6 +10,10 @@
 //! matmuls, tree reductions, fused element-wise kernels), so f32 results differ in the last bits;
 //! through a few dozen optimizer steps those differences grow but stay far below the effects the
 //! toolkit measures (tenths of a nat).
+//!
+//! One file of about 500 lines on purpose: its two halves (tensor parity in process, then the
+//! binary on the GPU) share the serial lock that keeps one GPU test at a time, the adapter probe
+//! and the deviation report, and CI runs them as one test binary whose time it budgets.
 //! - one forward/backward of the `tiny` preset: every logit, the loss and every parameter
 //!   gradient within `1e-4 × max|flex value| + 1e-6` of flex, tensor by tensor;
 //! - device-built sink masks: bit for bit;

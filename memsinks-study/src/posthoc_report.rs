@@ -29,6 +29,16 @@ pub(crate) fn memsinks_point(results: &Results, forget: &ForgetSet, seed: Option
     Some((dropped.forget_loss - base.forget_loss, dropped.val_loss - base.val_loss))
 }
 
+/// The post-hoc result of `method` on `forget` in `seed`: the partner a paired comparison reads.
+fn posthoc_of<'a>(
+    results: &'a Results,
+    method: &str,
+    forget: &ForgetSet,
+    seed: Option<u64>,
+) -> Option<&'a MethodResult> {
+    results.posthoc.iter().find(|m| m.method == method && m.forget == *forget && m.seed == seed)
+}
+
 /// `mean ± half-width` of the values that exist, with how many of `n` seeds have one when not all.
 fn over_seeds(values: &[Option<f64>]) -> String {
     let have: Vec<f64> = values.iter().flatten().copied().collect();
@@ -116,9 +126,7 @@ pub(crate) fn entanglement_findings(results: &Results) -> String {
     let at = MATCHED_TARGETS[1];
     for group in groups(&results.posthoc).into_iter().filter(|g| g[0].forget == ForgetSet::Repeated) {
         let name = &group[0].method;
-        let canary = |seed: Option<u64>| {
-            results.posthoc.iter().find(|m| &m.method == name && m.forget == ForgetSet::Canary && m.seed == seed)
-        };
+        let canary = |seed| posthoc_of(results, name, &ForgetSet::Canary, seed);
         let pairs: Vec<(Option<f64>, Option<f64>)> = group
             .iter()
             .map(|m| (delta_val_at(&m.curve, at), canary(m.seed).and_then(|c| delta_val_at(&c.curve, at))))
@@ -161,16 +169,14 @@ pub(crate) fn entanglement_findings(results: &Results) -> String {
 pub(crate) fn localization_findings(results: &Results) -> String {
     let mut s = String::new();
     let at = MATCHED_TARGETS[1];
-    let of = |name: &str, seed: Option<u64>| {
-        results.posthoc.iter().find(|m| m.method == name && m.forget == ForgetSet::Repeated && m.seed == seed)
-    };
+    let random = |seed| posthoc_of(results, RANDOM_PRUNING, &ForgetSet::Repeated, seed);
     let scorers = groups(&results.posthoc).into_iter().filter(|g| {
         g[0].forget == ForgetSet::Repeated && g[0].method.starts_with("prune-") && g[0].method != RANDOM_PRUNING
     });
     for group in scorers {
         let diffs: Vec<f64> = group
             .iter()
-            .filter_map(|m| Some(delta_val_at(&m.curve, at)? - delta_val_at(&of(RANDOM_PRUNING, m.seed)?.curve, at)?))
+            .filter_map(|m| Some(delta_val_at(&m.curve, at)? - delta_val_at(&random(m.seed)?.curve, at)?))
             .collect();
         let Some(d) = Estimate::of(&diffs) else { continue };
         let verdict = match d.side_of(0.0) {
