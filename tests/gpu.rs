@@ -11,9 +11,6 @@
 //! through a few dozen optimizer steps those differences grow but stay far below the effects the
 //! toolkit measures (tenths of a nat).
 //!
-//! One file of about 500 lines on purpose: its two halves (tensor parity in process, then the
-//! binary on the GPU) share the serial lock that keeps one GPU test at a time, the adapter probe
-//! and the deviation report, and CI runs them as one test binary whose time it budgets.
 //! - one forward/backward of the `tiny` preset: every logit, the loss and every parameter
 //!   gradient within `1e-4 × max|flex value| + 1e-6` of flex, tensor by tensor;
 //! - device-built sink masks: bit for bit;
@@ -24,9 +21,12 @@
 //!   (25 steps at a high learning rate amplify last-bit differences most in the gradient-masking
 //!   model with its sinks dropped, a model that has lost its general ability);
 //! - f16 mixed precision vs f32 training of the smoke run: every evaluation loss within
-//!   [`F16_TOLERANCE`] nats (half-precision rounding of activations and gradients over 25 steps).
+//!   [`F16_TOLERANCE`] nats (half-precision rounding of activations and gradients over 25 steps);
+//! - two devices vs one with the same global batch, and two-device runs killed and resumed on two
+//!   devices and on one: every evaluation loss within [`TWO_DEVICE_TOLERANCE`] nats (the same
+//!   micro-batches make each step; only the order of float sums may differ).
 //!
-//! One file of just over 500 lines on purpose: the test binary is the unit `experiments/gpu/check.sh`
+//! One file of over 500 lines on purpose: the test binary is the unit `experiments/gpu/check.sh`
 //! copies to a GPU machine, and its two halves (tensor parity, the binary on the GPU) share the
 //! adapter check, the serialising lock and the tolerances stated above.
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
@@ -56,6 +56,9 @@ type Gpu = burn::backend::Wgpu;
 
 /// f16 mixed precision vs f32, every evaluation loss of the smoke run (nats).
 const F16_TOLERANCE: f64 = 0.02;
+
+/// Two devices vs one with the same global batch, every evaluation loss (nats).
+const TWO_DEVICE_TOLERANCE: f64 = 1e-3;
 
 /// The `--backend` name of [`Gpu`].
 const GPU: &str = if cfg!(feature = "cuda") { "cuda" } else { "wgpu" };
@@ -424,6 +427,92 @@ fn killed_and_resumed_run_ends_where_an_uninterrupted_run_ends() {
     assert!(summary["resumed_from"].as_u64().is_some(), "did not resume: {}", String::from_utf8_lossy(&out.stderr));
     let worst = assert_losses_close(&eval_losses(&whole), &eval_losses(&broken), 1e-3, "killed and resumed vs whole");
     report(&format!("killed and resumed vs whole on {GPU}: largest evaluation-loss difference {worst:e} nats"));
+}
+
+/// Whether a second cuda GPU answers (wgpu trains on one device: `memsinks-cli/src/backend.rs`).
+fn second_gpu_available() -> bool {
+    #[cfg(feature = "cuda")]
+    return memsinks_core::catch_library_panic(|| Gpu::name(&burn::backend::cuda::CudaDevice::new(1))).is_some();
+    #[cfg(not(feature = "cuda"))]
+    false
+}
+
+/// On cuda with two GPUs: the multi-device path against one device (the same path runs on the CPU
+/// in `memsinks-train/tests/train.rs`, two workers on one device). On wgpu: a clear refusal
+/// instead of the hang that burn 0.21 ends in.
+#[test]
+fn two_devices_train_like_one_with_the_same_global_batch_and_resume_on_either() {
+    let _serial = serial();
+    if !gpu_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str| dir.path().join(name);
+    if GPU == "wgpu" {
+        let out = train_cmd(&run("refused"), GPU, &["train.devices=2"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && !stderr.contains("panicked"), "{stderr}");
+        assert!(stderr.contains("wgpu trains on one device"), "{stderr}");
+        assert!(!run("refused").exists(), "a refused run leaves no directory");
+        return;
+    }
+    if !second_gpu_available() {
+        report(&format!("skipped: the two-device test (one {GPU} device here)"));
+        return;
+    }
+    let longer = ["train.steps=40", "train.eval_every=10"];
+    // The same global batch of 16 rows: 8 rows x 2 accumulated micro-batches on one device, 8 rows
+    // on each of two devices; step k trains micro-batches 2k and 2k+1 in both.
+    let one_device = [&longer[..], &["train.grad_accumulation=2"]].concat();
+    let two_devices = [&longer[..], &["train.devices=2"]].concat();
+    let started = Instant::now();
+    run_ok(&mut train_cmd(&run("one"), GPU, &one_device));
+    let one_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    run_ok(&mut train_cmd(&run("two"), GPU, &two_devices));
+    let two_s = started.elapsed().as_secs_f64();
+    let summary = |r: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(r.join("train.json")).unwrap()).unwrap()
+    };
+    let (s1, s2) = (summary(&run("one")), summary(&run("two")));
+    assert_eq!((s1["rows_per_step"].as_u64(), s1["devices"].as_u64()), (Some(16), Some(1)), "{s1}");
+    assert_eq!((s2["rows_per_step"].as_u64(), s2["devices"].as_u64()), (Some(16), Some(2)), "{s2}");
+    assert_eq!(s1["tokens_seen"], s2["tokens_seen"]);
+    let two = eval_losses(&run("two"));
+    let worst = assert_losses_close(&eval_losses(&run("one")), &two, TWO_DEVICE_TOLERANCE, "two devices vs one");
+    let tokens = s1["tokens_seen"].as_f64().unwrap();
+    report(&format!(
+        "two {GPU} devices vs one, global batch 16: largest evaluation-loss difference {worst:e} nats; \
+         {:.0} vs {:.0} tokens/s (whole process, kernel compilation included)",
+        tokens / two_s,
+        tokens / one_s
+    ));
+
+    // Killed as round 2 of 4 ends (its cursor written, its checkpoint not yet: the resume falls
+    // back to round 1), then resumed on two devices and, a second run, on one.
+    for (name, resume_on) in [("killed-two", "2"), ("killed-one", "1")] {
+        let killed =
+            kill_when_exists(train_cmd(&run(name), GPU, &two_devices), &run(name).join("checkpoint/cursor-2.json"));
+        assert!(killed, "{name}: the run finished before it was killed");
+        run_ok(bin().arg("train").arg("--resume").arg(run(name)).args(["--backend", GPU, "--devices", resume_on]));
+        let resumed = summary(&run(name));
+        assert!(resumed["resumed_from"].as_u64().is_some(), "{name} did not resume: {resumed}");
+        assert_eq!(resumed["devices"].as_u64(), Some(resume_on.parse().unwrap()));
+        let worst = assert_losses_close(
+            &two,
+            &eval_losses(&run(name)),
+            TWO_DEVICE_TOLERANCE,
+            &format!("{name} vs two devices"),
+        );
+        report(&format!(
+            "two-device run killed and resumed on {resume_on} device(s): largest difference {worst:e} nats"
+        ));
+    }
+    // A device count that cannot keep the global batch is refused with one line.
+    let out = train_cmd(&run("three"), GPU, &two_devices).args(["--devices", "3"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("global batch") && !stderr.contains("panicked"), "{stderr}");
+    assert!(!run("three").exists(), "a refused run leaves no directory");
 }
 
 #[test]

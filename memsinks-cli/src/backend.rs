@@ -48,6 +48,18 @@ impl Runner for BackendChoice {
     }
 }
 
+/// Why wgpu trains on one device only. burn 0.21 moves a tensor to another device through
+/// cubecl's server-to-server path (burn-cubecl's `CubeTensor::to_client` calls
+/// `ComputeClient::to_client_tensor` whatever the runtime), and the wgpu server implements none of
+/// it: `comm_init`, `send` and `recv` keep cubecl-runtime 0.10's `unimplemented!()` defaults
+/// (`SERVER_COMM_ENABLED = false` in cubecl-wgpu, a flag that path does not read). The first copy
+/// of the model to a second device panics on that device's thread, and burn-train's multi-device
+/// step then waits for it forever. cuda implements the path.
+#[cfg(feature = "wgpu")]
+pub const WGPU_MULTI_DEVICE: &str = "wgpu trains on one device: burn 0.21 copies tensors between wgpu devices \
+    through a server-to-server transfer that the wgpu runtime does not implement (the first copy panics \
+    and training hangs); use --devices 1, or cuda for data-parallel training";
+
 /// Runs `task` on the backend called `name` in `precision` on `devices` (GPU backends; the CPU
 /// backends have one device).
 fn run_on<T: BackendTask>(name: &str, precision: Precision, devices: DeviceRange, task: T) -> Result<T::Output> {
@@ -65,12 +77,10 @@ fn run_on<T: BackendTask>(name: &str, precision: Precision, devices: DeviceRange
         bail!("backend `{name}` is not compiled into this binary; rebuild with `--features {name}`");
     }
     if count > 1 && matches!(name, "flex" | "ndarray") {
-        bail!(
-            "{count} devices requested: the CPU backends have one device; use cuda or wgpu for data-parallel training"
-        );
+        bail!("{count} devices requested: the CPU backends have one device; use cuda for data-parallel training");
     }
-    // GPU device indices; unused when only the CPU backends are compiled in.
-    #[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
+    // Device indices of cuda (wgpu trains on one device: WGPU_MULTI_DEVICE).
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
     let indices = first..first + count.max(1);
     match name {
         #[cfg(feature = "flex")]
@@ -87,21 +97,38 @@ fn run_on<T: BackendTask>(name: &str, precision: Precision, devices: DeviceRange
         }
         #[cfg(feature = "wgpu")]
         "wgpu" => {
-            use burn::backend::Wgpu;
+            use burn::backend::{wgpu::WgpuDevice, Wgpu};
             if precision == Precision::Bf16 {
                 // burn's `wgpu` backend compiles WGSL shaders, and WGSL has no bf16 type.
                 bail!("wgpu has no bf16 (its WGSL shaders have no bf16 type); use --precision f16 or f32, or the cuda backend");
             }
-            let devices: Vec<_> = if count <= 1 {
-                vec![burn::backend::wgpu::WgpuDevice::DefaultDevice]
-            } else {
-                indices.map(burn::backend::wgpu::WgpuDevice::DiscreteGpu).collect()
-            };
-            run_checked::<Wgpu, T>("wgpu", precision, devices, task)
+            if count > 1 {
+                bail!("{WGPU_MULTI_DEVICE}");
+            }
+            let device = if first == 0 { WgpuDevice::DefaultDevice } else { WgpuDevice::DiscreteGpu(first) };
+            run_checked::<Wgpu, T>("wgpu", precision, vec![device], task)
         }
         _ => unreachable!("checked above"),
     }
 }
+
+/// A GPU backend the toolkit trains on. With the `ddp` feature, burn's autodiff asks every backend
+/// it wraps for collective operations (`DistributedBackend`), which cubecl's backends have and the
+/// CPU backends lack: a `ddp` binary is GPU-only (checked at compile time below).
+#[cfg(feature = "ddp")]
+trait GpuKernels: memsinks_model::Kernels + burn::tensor::backend::distributed::DistributedBackend {}
+#[cfg(feature = "ddp")]
+impl<G: memsinks_model::Kernels + burn::tensor::backend::distributed::DistributedBackend> GpuKernels for G {}
+#[cfg(all(not(feature = "ddp"), any(feature = "cuda", feature = "wgpu")))]
+trait GpuKernels: memsinks_model::Kernels {}
+#[cfg(all(not(feature = "ddp"), any(feature = "cuda", feature = "wgpu")))]
+impl<G: memsinks_model::Kernels> GpuKernels for G {}
+
+#[cfg(all(feature = "ddp", any(feature = "flex", feature = "ndarray")))]
+compile_error!(
+    "the `ddp` feature builds a GPU-only binary: burn's `distributed` feature makes autodiff require collective \
+     operations, which the CPU backends lack; build with `--no-default-features --features ddp`"
+);
 
 /// Runs `task` on GPU backend `G` after checking, without creating a tensor, that the device
 /// answers and supports the float type `precision` computes in: a missing adapter or driver, or
@@ -111,7 +138,7 @@ fn run_on<T: BackendTask>(name: &str, precision: Precision, devices: DeviceRange
 /// The probe creates no tensor: burn 0.21 fixes a device's default float type at its first
 /// tensor, so nothing may be allocated before the task chooses its backend.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
-fn run_checked<G: memsinks_model::Kernels, T: BackendTask>(
+fn run_checked<G: GpuKernels, T: BackendTask>(
     name: &str,
     precision: Precision,
     devices: Vec<G::Device>,

@@ -44,7 +44,7 @@ pub struct MatmulBenchArgs {
 /// Training-step throughput on random data.
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Examples:\n  memsinks bench train --preset ts-cpu --method memsinks --steps 10\n  memsinks bench train --preset tiny --method standard --backend ndarray"
+    after_help = "Examples:\n  memsinks bench train --preset ts-cpu --method memsinks --steps 10\n  memsinks bench train --config experiments/ts-quick.ron --method standard\n  memsinks bench train --preset tiny --method standard --backend ndarray"
 )]
 pub struct TrainBenchArgs {
     /// Model preset.
@@ -59,10 +59,14 @@ pub struct TrainBenchArgs {
     /// Untimed warm-up steps.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Rows per batch.
-    #[arg(long, default_value_t = 16)]
-    batch: usize,
-    /// Tokens per row (default: the preset's context).
+    /// The model, batch and context of an experiment file instead of `--preset` (its configured
+    /// vocabulary; random tokens), e.g. `experiments/ts-quick.ron` to time the study as trained.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Rows per batch (default 16, or the experiment's `train.batch_size`).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Tokens per row (default: the preset's context, or the experiment's `data.context`).
     #[arg(long)]
     seq: Option<usize>,
     /// Backend: flex, ndarray, cuda, wgpu (those compiled in).
@@ -94,6 +98,10 @@ pub struct TrainBenchArgs {
     /// (default: one per row).
     #[arg(long)]
     ids_per_batch: Option<usize>,
+    /// The device's peak dense rate in TFLOP/s at the precision timed (e.g. 989 for an H100 SXM
+    /// in bf16): the result then gives the model FLOP utilisation (MFU).
+    #[arg(long)]
+    peak_tflops: Option<f64>,
 }
 
 /// Runs the subcommand, printing one JSON line to `out`.
@@ -109,13 +117,18 @@ pub fn run(args: &BenchArgs, out: &mut impl std::io::Write) -> Result<()> {
             return Ok(());
         }
     };
+    let experiment = match &a.config {
+        Some(path) => Some(experiment_shape(path, a.method)?),
+        None => None,
+    };
     let bench = TrainBench {
-        preset: a.preset.clone(),
+        preset: experiment.as_ref().map_or_else(|| a.preset.clone(), |e| e.name.clone()),
+        model: experiment.as_ref().map(|e| e.model.clone()),
         method: a.method,
         steps: a.steps,
         warmup: a.warmup,
-        batch: a.batch,
-        seq: a.seq,
+        batch: a.batch.or(experiment.as_ref().map(|e| e.batch)).unwrap_or(16),
+        seq: a.seq.or(experiment.as_ref().map(|e| e.context)),
         seed: a.seed,
         precision: a.precision,
         sinks: SinkOverrides { p_gen: a.p_gen, p_mem: a.p_mem, d_hidden: a.d_hidden, compact_below: a.compact_below },
@@ -127,6 +140,39 @@ pub fn run(args: &BenchArgs, out: &mut impl std::io::Write) -> Result<()> {
         Precision::F32 => backend.backend().to_string(),
         other => format!("{}-{}", backend.backend(), other.name()),
     };
+    if let Some(peak) = a.peak_tflops {
+        if !(peak > 0.0 && peak.is_finite()) {
+            anyhow::bail!("--peak-tflops {peak}: must be a positive number of TFLOP/s");
+        }
+        result.mfu = Some(result.model_gflops / (peak * 1e3));
+    }
     writeln!(out, "{}", serde_json::to_string(&result)?)?;
     Ok(())
+}
+
+/// What `bench train --config` times of an experiment: its model (with the configured vocabulary
+/// of its tokenizer, or the preset's for a tokenizer file), batch and context.
+struct ExperimentShape {
+    name: String,
+    model: memsinks_model::ModelConfig,
+    batch: usize,
+    context: usize,
+}
+
+fn experiment_shape(path: &std::path::Path, method: Method) -> Result<ExperimentShape> {
+    let mut exp = memsinks_train::ExperimentConfig::load(path, &[])?;
+    exp.train.method = method;
+    let vocab = match &exp.data.tokenizer {
+        memsinks_data::data_config::TokenizerConfig::Train { vocab_size } => *vocab_size,
+        memsinks_data::data_config::TokenizerConfig::File { .. } => {
+            memsinks_model::ModelConfig::preset(&exp.model.preset)?.vocab_size
+        }
+    };
+    let name = path.file_stem().map_or_else(|| "config".to_string(), |s| s.to_string_lossy().into_owned());
+    Ok(ExperimentShape {
+        name,
+        model: exp.model_config(vocab)?,
+        batch: exp.train.batch_size,
+        context: exp.data.context,
+    })
 }

@@ -8,8 +8,8 @@ mod bench;
 mod data;
 mod eval;
 mod generate;
-mod info;
 mod mask;
+mod model_info;
 mod study;
 mod train;
 mod unlearn;
@@ -29,7 +29,7 @@ enum Command {
     /// Print which sink neurons each sequence ID owns.
     Mask(mask::MaskArgs),
     /// Show a model preset's configuration and size.
-    Model(info::ModelArgs),
+    Model(model_info::ModelArgs),
     /// Corpora: prepare, generate, stats, download.
     Data(data::DataArgs),
     /// Train a model of an experiment (standard, dedup, memsinks, gradient masking).
@@ -98,7 +98,7 @@ fn main() {
     let mut stdout = std::io::stdout();
     let result = match &cli.command {
         Command::Mask(args) => mask::run(args, &mut stdout),
-        Command::Model(args) => info::run(args, &mut stdout),
+        Command::Model(args) => model_info::run(args, &mut stdout),
         Command::Bench(args) => bench::run(args, &mut stdout),
         Command::Data(args) => data::run(args, &mut stdout),
         Command::Train(args) => train::run(args, &mut stdout),

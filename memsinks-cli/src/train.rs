@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use memsinks_study::TrainTask;
+use memsinks_study::{DeviceRange, TrainTask};
 use memsinks_train::run::load_run_config;
 use memsinks_train::ExperimentConfig;
 
@@ -13,7 +13,7 @@ use crate::backend::BackendChoice;
 /// Train a model (method from the config's `train.method`).
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Examples:\n  memsinks train --config experiments/ts-quick.ron --set train.method=Standard --out runs/std\n  memsinks train --resume runs/std"
+    after_help = "Examples:\n  memsinks train --config experiments/ts-quick.ron --set train.method=Standard --out runs/std\n  memsinks train --resume runs/std\n  memsinks train --resume runs/two-gpus --devices 1 --backend wgpu"
 )]
 pub struct TrainArgs {
     /// Experiment config (RON).
@@ -37,6 +37,10 @@ pub struct TrainArgs {
     /// First GPU index (GPU backends); `train.devices` consecutive devices are used.
     #[arg(long, default_value_t = 0)]
     pub device: usize,
+    /// Devices for this invocation instead of `train.devices` (e.g. to resume a two-device run
+    /// on one): the global batch of the config stays, the accumulation changes to keep it.
+    #[arg(long)]
+    pub devices: Option<usize>,
 }
 
 /// Runs the subcommand.
@@ -56,8 +60,12 @@ pub fn run(args: &TrainArgs, out: &mut impl std::io::Write) -> Result<()> {
         }
         (None, None) => bail!("give --config FILE or --resume RUN_DIR"),
     };
+    let devices = DeviceRange { first: args.device, count: args.devices.unwrap_or(cfg.train.devices) };
+    if devices.count == 0 {
+        bail!("--devices 0: train on at least one device");
+    }
     let task = TrainTask { cfg, run_dir: run_dir.clone(), data: args.data.clone(), resume };
-    let summary = task.run_on(&BackendChoice::chosen(args.backend.as_deref()), args.device)?;
+    let summary = task.run_on(&BackendChoice::chosen(args.backend.as_deref()), Some(devices))?;
     writeln!(out, "{}", serde_json::to_string(&summary)?)?;
     writeln!(out, "run directory: {}", run_dir.display())?;
     Ok(())

@@ -2,12 +2,14 @@
 //!
 //! The foundation under the domain crates, with no burn dependency: file safety (atomic writes,
 //! locks, checksums, temporary names) in [`files`], RON configuration files with `--set`
-//! overrides in [`overrides`], and catching a library's panic. Every crate of the workspace writes
-//! files and reads configurations through it; their errors wrap [`FileError`] and [`ConfigError`].
+//! overrides in [`overrides`], enums spelled by name in result files in [`named`], and catching a
+//! library's panic. Every crate of the workspace writes files and reads configurations through it;
+//! their errors wrap [`FileError`] and [`ConfigError`].
 //!
 //! Guide (reliability): `docs/reliability.md` in the repository.
 
 pub mod files;
+pub mod named;
 pub mod overrides;
 
 pub use files::FileError;

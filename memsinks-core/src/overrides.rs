@@ -31,6 +31,9 @@ pub enum ConfigError {
     /// A `--set` override that names no key or carries a bad value.
     #[error("{0}")]
     Override(String),
+    /// A setting whose value is out of range: the key and what it must be, in words.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Reads a RON file into `T`, reporting the file and position of any error.

@@ -14,6 +14,27 @@ use crate::corpus::{DocIds, PreparedCorpus};
 use crate::rng::SplitMix64;
 use memsinks_model::LmBatch;
 
+/// A saved data cursor that does not fit the schedule it is resumed on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CursorError {
+    /// The position lies past the schedule's end.
+    #[error("position {position} lies past the schedule's {occurrences} occurrences")]
+    PastSchedule {
+        /// The cursor's position.
+        position: u64,
+        /// Occurrences in the schedule.
+        occurrences: u64,
+    },
+    /// The offset lies past the end of its occurrence.
+    #[error("offset {offset} lies past the end of occurrence {position}")]
+    PastOccurrence {
+        /// The cursor's offset.
+        offset: u32,
+        /// The cursor's position.
+        position: u64,
+    },
+}
+
 /// Where the next batch starts: the epoch, the occurrence in the schedule and, when packing, the
 /// token offset inside that occurrence.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,20 +264,16 @@ impl Batcher {
     ///
     /// # Errors
     /// What is out of range, in words.
-    pub fn check_cursor(&self, cursor: &Cursor) -> Result<(), String> {
+    pub fn check_cursor(&self, cursor: &Cursor) -> Result<(), CursorError> {
         if cursor.position > self.schedule_len() {
-            return Err(format!(
-                "position {} lies past the schedule's {} occurrences",
-                cursor.position,
-                self.schedule_len()
-            ));
+            return Err(CursorError::PastSchedule { position: cursor.position, occurrences: self.schedule_len() });
         }
         let limit = match self.order(cursor.epoch).get(cursor.position as usize) {
             Some(&doc) if self.packing => self.cache.doc_len(doc as usize) + 1,
             _ => 1,
         };
         if cursor.offset as usize >= limit {
-            return Err(format!("offset {} lies past the end of occurrence {}", cursor.offset, cursor.position));
+            return Err(CursorError::PastOccurrence { offset: cursor.offset, position: cursor.position });
         }
         Ok(())
     }
@@ -391,7 +408,7 @@ mod tests {
         let cache = Arc::new(writer.finish().unwrap());
         let batcher = Batcher::new(cache, Arc::new(vec![0, 1, 2]), 8, 2, 49, true);
         let mut bad = Cursor { epoch: 1, position: 0, offset: 3 };
-        assert!(batcher.check_cursor(&bad).unwrap_err().contains("offset 3"));
+        assert!(batcher.check_cursor(&bad).unwrap_err().to_string().contains("offset 3"));
         assert!(batcher.check_cursor(&Cursor { epoch: 0, position: 4, offset: 0 }).is_err());
         assert!(batcher.check_cursor(&Cursor { epoch: 0, position: 1, offset: 3 }).is_ok());
         let mut batches = 0;

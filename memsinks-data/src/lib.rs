@@ -25,7 +25,7 @@ pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
-pub use batcher::{pass_order, Batcher, Consumed, Cursor, DocRows, HostBatch};
+pub use batcher::{pass_order, Batcher, Consumed, Cursor, CursorError, DocRows, HostBatch};
 pub use cache::TokenCache;
 pub use corpus::{prepare, DataConfig, DocIds, Half, Manifest, PreparedCorpus, Split};
 pub use corpus_dir::holds_corpus;
@@ -113,7 +113,9 @@ impl From<memsinks_core::ConfigError> for DataError {
         match e {
             memsinks_core::ConfigError::Io { path, cause } => DataError::Io { path, cause },
             memsinks_core::ConfigError::Format { path, message } => DataError::Format { path, message },
-            memsinks_core::ConfigError::Override(message) => DataError::Config(message),
+            memsinks_core::ConfigError::Override(message) | memsinks_core::ConfigError::Invalid(message) => {
+                DataError::Config(message)
+            }
         }
     }
 }

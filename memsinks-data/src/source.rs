@@ -58,22 +58,41 @@ impl Document {
     }
 }
 
+/// Why a record has no source key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceKeyError {
+    /// The dotted path names no string field.
+    #[error("no string field `{path}`")]
+    NoField {
+        /// The dotted path.
+        path: String,
+    },
+    /// The field holds no URL with a host.
+    #[error("field `{path}` holds no URL with a host: {url:?}")]
+    NoHost {
+        /// The dotted path.
+        path: String,
+        /// What the field holds.
+        url: String,
+    },
+}
+
 /// The source key `key` reads from a JSON `record` (`Field`: a dotted path to a string;
 /// `UrlHost`: the host of the URL such a field holds; `FileName`: `file`'s name).
-pub fn source_key_of(record: &serde_json::Value, key: &SourceKey, file: &Path) -> Result<String, String> {
+pub fn source_key_of(record: &serde_json::Value, key: &SourceKey, file: &Path) -> Result<String, SourceKeyError> {
     let field = |path: &str| {
         let pointer = format!("/{}", path.replace('.', "/"));
         record
             .pointer(&pointer)
             .and_then(|v| v.as_str())
             .map(str::to_string)
-            .ok_or_else(|| format!("no string field `{path}`"))
+            .ok_or_else(|| SourceKeyError::NoField { path: path.to_string() })
     };
     match key {
         SourceKey::Field(path) => field(path),
         SourceKey::UrlHost(path) => {
             let url = field(path)?;
-            url_host(&url).ok_or_else(|| format!("field `{path}` holds no URL with a host: {url:?}"))
+            url_host(&url).ok_or_else(|| SourceKeyError::NoHost { path: path.clone(), url })
         }
         SourceKey::FileName => Ok(file_key(file)),
     }

@@ -21,16 +21,15 @@ pub mod mask;
 pub mod memory;
 pub mod mlp;
 pub mod model;
-pub mod named;
 
 pub use batch::LmBatch;
 pub use config::{ModelConfig, PRESET_NAMES};
 pub use kernels::{AdamWStep, Kernels, TrainBackend};
 pub use layout::SeqLayout;
 pub use mask::{MaskScheme, SinkPool};
-pub use mlp::{mask_build_time, HiddenMask, MemSinkMlp, MlpMode, SinkLayout};
+pub use memsinks_core::named::Named;
+pub use mlp::{mask_build_time, HiddenMask, MemSinkMlp, MlpMode, SinkGeometry};
 pub use model::{Attention, Block, HiddenHook, MemSinkLm, Rope};
-pub use named::Named;
 
 /// Errors of the model crate: bad configurations and unreadable or mismatched weight files.
 #[derive(Debug, thiserror::Error)]

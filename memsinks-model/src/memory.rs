@@ -17,6 +17,9 @@ pub struct MemoryEstimate {
     pub optimizer: u64,
     /// Activations kept for the backward pass, with the attention scores and the logits.
     pub activations: u64,
+    /// The share of `activations` that the materialised attention scores and probabilities take
+    /// (`[rows, heads, context, context]` twice per layer): what a fused attention kernel saves.
+    pub attention_scores: u64,
 }
 
 impl MemoryEstimate {
@@ -39,7 +42,8 @@ impl ModelConfig {
         let per_layer_token = 12 * d + 4 * i + 2 * h * context as u64;
         let logits = 2 * tokens * self.vocab_size as u64;
         let activations = (self.n_layers as u64 * tokens * per_layer_token + logits) * F32;
-        MemoryEstimate { weights, optimizer: 3 * weights, activations }
+        let attention_scores = self.n_layers as u64 * tokens * 2 * h * context as u64 * F32;
+        MemoryEstimate { weights, optimizer: 3 * weights, activations, attention_scores }
     }
 }
 

@@ -72,7 +72,7 @@ impl MlpMode {
     }
 }
 
-impl crate::named::Named for MlpMode {
+impl memsinks_core::named::Named for MlpMode {
     const WHAT: &'static str = "MLP mode";
 
     fn name(&self) -> &'static str {
@@ -105,7 +105,7 @@ static MASK_BUILD_NANOS: AtomicU64 = AtomicU64::new(0);
 
 /// Per-token multipliers of the hidden units, broadcast against `[batch, seq, hidden]`.
 ///
-/// A *compact* mask ([`SinkLayout::compact_hidden_mask`]) keeps only the `active` units, those
+/// A *compact* mask ([`SinkGeometry::compact_hidden_mask`]) keeps only the `active` units, those
 /// with a non-zero multiplier for some token of the batch: with a sparse pool (NULLs' `p_mem`
 /// around 0.01) most sinks are off for every token, and the MLP then computes with the active
 /// columns of its weights alone.
@@ -164,7 +164,7 @@ impl HostMask {
 
 /// The sink-pool geometry of one MLP, shared by all layers.
 #[derive(Clone, Debug)]
-pub struct SinkLayout {
+pub struct SinkGeometry {
     /// Hidden units that are always on (the first ones).
     pub num_general: usize,
     /// The sink pool (the remaining units).
@@ -174,7 +174,7 @@ pub struct SinkLayout {
     /// Probability that a sink is active for a sequence.
     pub p_mem: f64,
     /// A batch whose active units are fewer than this share of the hidden units computes with
-    /// those units alone ([`SinkLayout::compact_hidden_mask`]); 0 never does.
+    /// those units alone ([`SinkGeometry::compact_hidden_mask`]); 0 never does.
     pub compact_below: f64,
 }
 
@@ -192,7 +192,7 @@ pub fn drop_scale(p_gen: f64, p_mem: f64, num_sink: usize) -> f64 {
     }
 }
 
-impl SinkLayout {
+impl SinkGeometry {
     /// The general neurons' factor when the sinks are dropped with rescaling ([`drop_scale`]).
     pub fn drop_scale(&self) -> f64 {
         drop_scale(self.p_gen, self.p_mem, self.pool.len())
@@ -215,7 +215,7 @@ impl SinkLayout {
         self.timed_mask(mode, layout, layer, device, false)
     }
 
-    /// [`SinkLayout::hidden_mask`], compact when the batch's active units are fewer than
+    /// [`SinkGeometry::hidden_mask`], compact when the batch's active units are fewer than
     /// `compact_below` of the hidden units: the mask then covers those units alone, and the MLP
     /// computes with their weights alone (the same values: every other unit is zero for every
     /// token of the batch). With the paper's `p_gen = 0.7` a mask is never compact.

@@ -15,7 +15,7 @@ use crate::config::ModelConfig;
 use crate::kernels::Kernels;
 use crate::layout::SeqLayout;
 use crate::mask::SinkPool;
-use crate::mlp::{normal_linear, HiddenMask, MemSinkMlp, MlpMode, SinkLayout};
+use crate::mlp::{normal_linear, HiddenMask, MemSinkMlp, MlpMode, SinkGeometry};
 use crate::ModelError;
 
 /// Rotary position embedding in the Llama ("rotate half") convention, so exported q/k weights
@@ -188,7 +188,7 @@ pub struct MemSinkLm<B: Backend> {
     /// RoPE tables.
     pub rope: Rope<B>,
     #[module(skip)]
-    sinks: SinkLayout,
+    sinks: SinkGeometry,
 }
 
 impl ModelConfig {
@@ -215,7 +215,7 @@ impl ModelConfig {
             norm: norm(),
             head,
             rope: Rope::new(self.head_dim(), self.max_seq_len, self.rope_theta, device),
-            sinks: self.sink_layout(),
+            sinks: self.sink_geometry(),
         };
         // burn initialises parameters lazily, and a clone of an uninitialised parameter draws its
         // own random values: a saved or forked copy would then differ from the model in use.
@@ -225,8 +225,8 @@ impl ModelConfig {
     }
 
     /// The sink geometry of this configuration.
-    pub fn sink_layout(&self) -> SinkLayout {
-        SinkLayout {
+    pub fn sink_geometry(&self) -> SinkGeometry {
+        SinkGeometry {
             num_general: self.num_general(),
             pool: self.sink_pool(),
             p_gen: self.p_gen,
@@ -262,7 +262,7 @@ impl<B: Kernels> MemSinkLm<B> {
     }
 
     /// The forward pass; without a hook the MLPs may compute with their active units alone
-    /// ([`SinkLayout::compact_hidden_mask`]), with one they keep every unit (hooks index units).
+    /// ([`SinkGeometry::compact_hidden_mask`]), with one they keep every unit (hooks index units).
     fn forward_with(
         &self,
         tokens: Tensor<B, 2, Int>,
@@ -289,7 +289,7 @@ impl<B: Kernels> MemSinkLm<B> {
     }
 
     /// The hidden mask of every block for `mode` (`compact`: gather the active units alone, see
-    /// [`SinkLayout::compact_hidden_mask`]). Masks are built in f32 on the host and computed with
+    /// [`SinkGeometry::compact_hidden_mask`]). Masks are built in f32 on the host and computed with
     /// in the activations' float type `dtype` (a half-precision forward of `cast_params`): burn's
     /// GPU kernels read a mismatched operand as the other type's bits, without an error.
     fn layer_masks(
@@ -400,7 +400,7 @@ impl<B: Backend> MemSinkLm<B> {
     }
 
     /// The sink geometry (general units, pool, `p_gen`, `p_mem`).
-    pub fn sinks(&self) -> &SinkLayout {
+    pub fn sinks(&self) -> &SinkGeometry {
         &self.sinks
     }
 

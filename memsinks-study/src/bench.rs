@@ -22,8 +22,10 @@ use crate::runner::BackendTask;
 /// One benchmark run.
 #[derive(Clone, Debug)]
 pub struct TrainBench {
-    /// Model preset.
+    /// Model preset (the name recorded with the result).
     pub preset: String,
+    /// The model of an experiment file, timed instead of the preset (sink overrides still apply).
+    pub model: Option<ModelConfig>,
     /// `Memsinks` (p_gen 0.7, p_mem 0.3) or `Standard` (p_gen 1, no sinks).
     pub method: Method,
     /// Timed steps.
@@ -68,7 +70,7 @@ pub struct TrainBenchResult {
     /// Model preset.
     pub preset: String,
     /// `memsinks` or `standard`.
-    #[serde(serialize_with = "memsinks_model::named::by_name::serialize")]
+    #[serde(serialize_with = "memsinks_core::named::by_name::serialize")]
     pub method: Method,
     /// Worker threads of the CPU backends' pool.
     pub threads: usize,
@@ -105,6 +107,9 @@ pub struct TrainBenchResult {
     pub model_flops_per_token: f64,
     /// Achieved model GFLOP/s: `model_flops_per_token × tokens_per_s`.
     pub model_gflops: f64,
+    /// Model FLOP utilisation, `model_gflops` over the peak given with `--peak-tflops`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mfu: Option<f64>,
 }
 
 /// The largest `bench matmul --size`: three 8192² f32 matrices are 805 MB.
@@ -182,7 +187,10 @@ impl BackendTask for TrainBench {
 
     fn run<B: TrainBackend>(self, devices: Vec<B::Device>) -> Result<TrainBenchResult> {
         let device = devices.into_iter().next().expect("one device");
-        let mut cfg = ModelConfig::preset(&self.preset)?;
+        let mut cfg = match &self.model {
+            Some(model) => model.clone(),
+            None => ModelConfig::preset(&self.preset)?,
+        };
         let o = &self.sinks;
         cfg.d_hidden = o.d_hidden.unwrap_or(cfg.d_hidden);
         cfg.compact_below = o.compact_below.unwrap_or(cfg.compact_below);
@@ -264,6 +272,7 @@ impl BackendTask for TrainBench {
             loss: losses.iter().sum::<f64>() / losses.len() as f64,
             model_flops_per_token: train_flops_per_token(&cfg, seq),
             model_gflops: train_flops_per_token(&cfg, seq) * (self.steps * self.batch * seq) as f64 / total_s / 1e9,
+            mfu: None,
         })
     }
 }

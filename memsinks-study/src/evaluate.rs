@@ -29,7 +29,7 @@ pub struct EvalFile {
     /// Run id of the evaluated run.
     pub run_id: String,
     /// Training method.
-    #[serde(with = "memsinks_model::named::by_name")]
+    #[serde(with = "memsinks_core::named::by_name")]
     pub method: Method,
     /// Options used.
     pub options: EvalOptions,
@@ -53,7 +53,7 @@ pub struct EvalFile {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModeClosure {
     /// The mode.
-    #[serde(with = "memsinks_model::named::by_name")]
+    #[serde(with = "memsinks_core::named::by_name")]
     pub mode: MlpMode,
     /// `1 - gap(mode) / gap(reference)`.
     pub closure: f64,
@@ -165,7 +165,7 @@ impl BackendTask for EvalRequest {
             batch_size: cfg.train.batch_size,
             context: cfg.data.context,
         };
-        options.validate().map_err(anyhow::Error::msg)?;
+        options.validate()?;
         let reports: Vec<ModeReport> =
             modes.iter().map(|mode| evaluate_mode(&model, &corpus, mode, &options, device)).collect();
         let exclusion_specificity = if model.sink_pool().is_empty() {

@@ -24,7 +24,7 @@ pub mod report;
 pub mod reproduce;
 pub mod results;
 pub mod runner;
-pub mod sources;
+pub mod source_removal;
 pub mod stages;
 pub mod stats;
 pub mod study_dir;

@@ -55,7 +55,7 @@ pub struct SourceRemovalRun {
     /// Training seed.
     pub seed: u64,
     /// The model it acted on.
-    #[serde(with = "memsinks_model::named::by_name")]
+    #[serde(with = "memsinks_core::named::by_name")]
     pub method: Method,
     /// The method's result (its forget set names the source).
     pub result: MethodResult,
@@ -102,10 +102,10 @@ pub struct MainRow {
     /// Row label (`memsinks, sinks dropped (rescaled)`).
     pub label: String,
     /// Training method.
-    #[serde(with = "memsinks_model::named::by_name")]
+    #[serde(with = "memsinks_core::named::by_name")]
     pub method: Method,
     /// MLP mode evaluated.
-    #[serde(with = "memsinks_model::named::by_name")]
+    #[serde(with = "memsinks_core::named::by_name")]
     pub mode: MlpMode,
     /// Per seed.
     pub values: Vec<RowValues>,
@@ -171,7 +171,7 @@ pub struct RowValues {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Dynamics {
     /// Training method.
-    #[serde(with = "memsinks_model::named::by_name")]
+    #[serde(with = "memsinks_core::named::by_name")]
     pub method: Method,
     /// Evaluation points.
     pub points: Vec<DynamicsPoint>,
@@ -203,7 +203,7 @@ pub struct DynamicsPoint {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Forgetting {
     /// Training method.
-    #[serde(with = "memsinks_model::named::by_name")]
+    #[serde(with = "memsinks_core::named::by_name")]
     pub method: Method,
     /// Documents.
     pub docs: Vec<TrackedDoc>,

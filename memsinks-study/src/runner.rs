@@ -59,12 +59,14 @@ pub struct TrainTask {
 }
 
 impl TrainTask {
-    /// Trains on `runner` in the precision and device count of the config, from device `first`.
+    /// Trains on `runner` in the precision of the config, on `devices` (default: the config's
+    /// `train.devices`, from device 0). Another device count keeps the config's global batch
+    /// ([`memsinks_train::parallel`]).
     ///
     /// # Errors
     /// As [`memsinks_train::train`].
-    pub fn run_on(self, runner: &impl Runner, first: usize) -> Result<TrainSummary> {
-        let devices = DeviceRange { first, count: self.cfg.train.devices };
+    pub fn run_on(self, runner: &impl Runner, devices: Option<DeviceRange>) -> Result<TrainSummary> {
+        let devices = devices.unwrap_or(DeviceRange { first: 0, count: self.cfg.train.devices });
         runner.run(self.cfg.train.precision, devices, self)
     }
 }

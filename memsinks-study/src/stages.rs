@@ -204,7 +204,7 @@ impl Stages {
         self.starting(&stage);
         let resume = rerun.resume && dir.checkpoints().exists();
         let task = TrainTask { cfg: cfg.clone(), run_dir: path.to_path_buf(), data: Some(data.to_path_buf()), resume };
-        let summary = task.run_on(runner, 0)?;
+        let summary = task.run_on(runner, None)?;
         self.finished(Timing { stage, seconds: summary.wall_s, cached: false });
         Ok(summary)
     }

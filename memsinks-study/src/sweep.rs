@@ -18,7 +18,7 @@ use crate::report::{estimate, l_val_ratio, row, write_report};
 use crate::reproduce::{reproduce, ReproduceRequest};
 use crate::results::Results;
 use crate::runner::Runner;
-use crate::sources::outcomes;
+use crate::source_removal::outcomes;
 use crate::stats::Estimate;
 
 /// The file a sweep writes beside its report.
@@ -156,7 +156,7 @@ pub fn table(sweep: &SweepResults) -> String {
         );
         if with_sources {
             let o = outcomes(r);
-            let of = |f: &dyn Fn(&crate::sources::SourceOutcome) -> Option<f64>| {
+            let of = |f: &dyn Fn(&crate::source_removal::SourceOutcome) -> Option<f64>| {
                 Estimate::of(&o.iter().filter_map(f).collect::<Vec<_>>())
             };
             let _ = write!(

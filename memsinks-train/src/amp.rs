@@ -22,6 +22,7 @@
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Tensor, TensorData};
+use memsinks_core::ConfigError;
 use memsinks_model::MemSinkLm;
 use serde::{Deserialize, Serialize};
 
@@ -71,12 +72,17 @@ impl Default for LossScaleConfig {
 
 impl LossScaleConfig {
     /// Checks value ranges (`train.loss_scale.*`).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !(self.initial.is_finite() && self.initial > 0.0) {
-            return Err(format!("train.loss_scale.initial {} must be a positive number", self.initial));
+            return Err(ConfigError::Invalid(format!(
+                "train.loss_scale.initial {} must be a positive number",
+                self.initial
+            )));
         }
         if self.growth_interval == 0 || self.max_skips_in_a_row == 0 {
-            return Err("train.loss_scale.growth_interval and max_skips_in_a_row must be at least 1".into());
+            return Err(ConfigError::Invalid(
+                "train.loss_scale.growth_interval and max_skips_in_a_row must be at least 1".into(),
+            ));
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::amp::LossScaleConfig;
 use crate::optim::OptimConfig;
+use crate::parallel::{Parallel, StepLayout};
 use crate::TrainError;
 
 /// The models the study compares: the paper's four, and deduplication with fresh data.
@@ -219,9 +220,17 @@ pub struct TrainConfig {
     /// Checkpoints kept.
     #[serde(default = "default_keep")]
     pub keep_checkpoints: usize,
-    /// Devices for data-parallel training (burn-train's multi-device strategy).
+    /// Devices for data-parallel training (GPU backends); see [`crate::parallel`].
     #[serde(default = "one")]
     pub devices: usize,
+    /// How several devices train together.
+    #[serde(default, skip_serializing_if = "omitted")]
+    pub parallel: Parallel,
+    /// Rows per optimizer step over all devices, `batch_size × grad_accumulation × devices`:
+    /// optional, and checked against them when given, so that a config edited for another
+    /// device count cannot change the effective batch unnoticed.
+    #[serde(default, skip_serializing_if = "omitted")]
+    pub global_batch: Option<usize>,
     /// Token budget rule of the deduplicated models.
     #[serde(default)]
     pub dedup_budget: DedupBudget,
@@ -340,6 +349,26 @@ impl ExperimentConfig {
         if t.batch_size == 0 || t.grad_accumulation == 0 || t.eval_every == 0 || t.devices == 0 || t.log_every == 0 {
             return bad("train.batch_size, grad_accumulation, eval_every, log_every and devices must be positive");
         }
+        let layout = StepLayout::of_config(t);
+        if let Some(global) = t.global_batch.filter(|&g| g != layout.global_batch()) {
+            let per_step = t.batch_size * t.devices;
+            let hint = if global.is_multiple_of(per_step) {
+                format!("train.grad_accumulation = {} gives it", global / per_step)
+            } else {
+                format!(
+                    "no whole grad_accumulation gives it with batch_size {} on {} device(s)",
+                    t.batch_size, t.devices
+                )
+            };
+            return Err(TrainError::Config(format!(
+                "train.global_batch = {global}, but batch_size {} x grad_accumulation {} x devices {} = {} rows per \
+                 optimizer step: {hint}",
+                t.batch_size,
+                t.grad_accumulation,
+                t.devices,
+                layout.global_batch()
+            )));
+        }
         if !(t.lr > 0.0 && t.lr.is_finite()) || t.min_lr < 0.0 || t.min_lr > t.lr {
             return bad("train.lr must be positive and train.min_lr in [0, lr]");
         }
@@ -368,7 +397,7 @@ impl ExperimentConfig {
         if let Some(c) = t.clip_norm {
             range("train.clip_norm", c, c > 0.0, "positive (or None to disable clipping)")?;
         }
-        t.loss_scale.validate().map_err(TrainError::Config)?;
+        t.loss_scale.validate()?;
         ModelConfig::preset(&self.model.preset).map_err(|e| TrainError::Config(format!("model.preset: {e}")))?;
         // The model's own checks (p_gen, p_mem, widths), before any corpus is built; the
         // vocabulary comes from the tokenizer later.

@@ -1,6 +1,6 @@
 //! The model as burn-train sees it: a module wrapping [`MemSinkLm`] with the causal-LM train and
 //! evaluation steps, their outputs, and the metrics shown on burn-train's dashboard. Both steps
-//! report to the run's [`RunLog`].
+//! report to the run's [`RunState`].
 
 use memsinks_model::{Kernels, TrainBackend};
 use std::collections::BTreeSet;
@@ -22,7 +22,7 @@ use memsinks_model::{MemSinkLm, MlpMode};
 use crate::amp::{LossScale, LossScaleConfig, ScaleState, ScaleVerdict};
 use crate::config::Precision;
 use crate::optim::{clip_global_norm, unscale_and_clip};
-use crate::run_log::RunLog;
+use crate::run_state::RunState;
 use memsinks_model::loss::{lm_loss, token_nll};
 
 /// An evaluation batch: one document per row, all of one split, with each row's document index.
@@ -119,7 +119,7 @@ pub struct TrainingLm<B: Backend> {
     /// carry it.
     pub loss_scale: LossScale<B>,
     #[module(skip)]
-    log: Option<Arc<RunLog>>,
+    log: Option<Arc<RunState>>,
     #[module(skip)]
     clip_norm: Option<f64>,
     /// The float type steps compute in ([`crate::amp`]).
@@ -127,6 +127,10 @@ pub struct TrainingLm<B: Backend> {
     precision: Precision,
     #[module(skip)]
     scaling: LossScaleConfig,
+    /// Micro-batches per optimizer step over all devices: each one's loss is divided by it
+    /// before the backward pass, since burn-train sums their gradients ([`crate::parallel`]).
+    #[module(skip)]
+    micro_per_step: usize,
     /// Repeated documents whose own losses are logged at every evaluation, and the dev half.
     #[module(skip)]
     docs: Arc<EvalDocs>,
@@ -144,10 +148,16 @@ pub struct EvalDocs {
 impl<B: Backend> TrainingLm<B> {
     /// Wraps `lm` for training with `log`, global gradient clipping at `clip_norm`, and the
     /// repeated documents logged one by one and by half.
-    pub fn new(lm: MemSinkLm<B>, log: Arc<RunLog>, clip_norm: Option<f64>, docs: Arc<EvalDocs>) -> Self {
+    pub fn new(lm: MemSinkLm<B>, log: Arc<RunState>, clip_norm: Option<f64>, docs: Arc<EvalDocs>) -> Self {
         let scaling = LossScaleConfig::default();
         let loss_scale = LossScale::new(ScaleState::new(&scaling), &lm.embed.weight.val().device());
-        Self { lm, loss_scale, log: Some(log), clip_norm, precision: Precision::F32, scaling, docs }
+        Self { lm, loss_scale, log: Some(log), clip_norm, precision: Precision::F32, scaling, docs, micro_per_step: 1 }
+    }
+
+    /// Each optimizer step sums the gradients of `micro_per_step` micro-batches (accumulated and
+    /// over devices); the step's gradient is their mean.
+    pub fn with_micro_batches_per_step(self, micro_per_step: usize) -> Self {
+        Self { micro_per_step: micro_per_step.max(1), ..self }
     }
 
     /// Steps compute in `precision`, with `scaling` for f16 ([`crate::amp`]).
@@ -176,11 +186,12 @@ impl<B: TrainBackend> TrainStep for TrainingLm<B> {
         if let Some(log) = &self.log {
             log.after_train(value, tokens);
         }
-        let grads = if self.precision.scales_loss() {
-            (loss * self.loss_scale.get().scale).backward()
-        } else {
-            loss.backward()
-        };
+        let mut factor = 1.0 / self.micro_per_step as f64;
+        if self.precision.scales_loss() {
+            factor *= self.loss_scale.get().scale;
+        }
+        // One step of one micro-batch in f32 leaves the loss as it is (bit for bit).
+        let grads = if factor == 1.0 { loss.backward() } else { (loss * factor).backward() };
         TrainOutput::new(self, grads, StepOutput { losses: vec![("loss", value, tokens as usize)] })
     }
 
@@ -284,7 +295,7 @@ impl<B: Kernels> InferenceStep for TrainingLm<B> {
 }
 
 /// The renderer used when stdout is not a terminal: burn-train's plain renderer prints a debug
-/// line per iteration, so this one stays silent and the run log's JSON lines (echoed to stderr)
+/// line per iteration, so this one stays silent and the run state's JSON lines (echoed to stderr)
 /// are the progress report. On a terminal burn-train's dashboard is used instead.
 pub struct QuietRenderer;
 

@@ -9,20 +9,22 @@
 
 pub mod amp;
 pub mod checkpoint;
-pub mod claim;
 pub mod config;
 pub mod learner;
 pub mod loader;
 pub mod metrics;
 pub mod optim;
+pub mod ownership;
+pub mod parallel;
 pub mod run;
 pub mod run_dir;
-pub mod run_log;
+pub mod run_state;
 
 use std::path::{Path, PathBuf};
 
 pub use config::{ExperimentConfig, Method};
 pub use optim::OptimConfig;
+pub use parallel::{Parallel, StepLayout};
 pub use run::{train, TrainSummary};
 pub use run_dir::RunDir;
 

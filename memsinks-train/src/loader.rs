@@ -13,7 +13,7 @@ use memsinks_data::{Batcher, Cursor, HostBatch, Split};
 
 use crate::learner::EvalBatch;
 use crate::run_dir::RunDir;
-use crate::run_log::RunLog;
+use crate::run_state::RunState;
 
 #[derive(Debug)]
 struct RoundState {
@@ -149,16 +149,16 @@ impl<B: Backend> DataLoader<B, memsinks_data::LmBatch<B>> for TrainLoader<B> {
 }
 
 /// The evaluation loader: fixed batches of validation, repeated and canary documents. When a pass
-/// ends it asks the run log to write the evaluation line.
+/// ends it asks the run state to write the evaluation line.
 pub struct EvalLoader<B: Backend> {
     batches: Arc<Vec<(HostBatch, Split, Vec<usize>)>>,
-    log: Arc<RunLog>,
+    log: Arc<RunState>,
     device: B::Device,
 }
 
 impl<B: Backend> EvalLoader<B> {
     /// A loader over host batches.
-    pub fn new(batches: Vec<(HostBatch, Split, Vec<usize>)>, log: Arc<RunLog>, device: B::Device) -> Self {
+    pub fn new(batches: Vec<(HostBatch, Split, Vec<usize>)>, log: Arc<RunState>, device: B::Device) -> Self {
         Self { batches: Arc::new(batches), log, device }
     }
 }

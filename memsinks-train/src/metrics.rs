@@ -1,5 +1,5 @@
 //! `metrics.jsonl`: the typed records a run appends during training, shared by the writer
-//! ([`crate::run_log::RunLog`]) and every reader (the study, the tests).
+//! ([`crate::run_state::RunState`]) and every reader (the study, the tests).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -197,7 +197,7 @@ pub(crate) fn truncate_metrics(path: &Path, max_step: u64, max_round: u64) -> Re
 }
 
 /// burn-train's metric logger slot, filled with one that keeps nothing: the run's metrics are
-/// written by [`crate::run_log::RunLog`] (`metrics.jsonl`), and burn-train's file logger panics
+/// written by [`crate::run_state::RunState`] (`metrics.jsonl`), and burn-train's file logger panics
 /// when a write fails. Nothing of burn-train reads metrics back here (no metric-based
 /// checkpointing or early stopping).
 pub struct DiscardMetrics;

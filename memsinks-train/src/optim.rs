@@ -206,6 +206,11 @@ pub struct WarmupCosine {
     pub total: usize,
     /// Steps taken so far.
     pub step: usize,
+    /// Scheduler steps per optimizer step: burn-train steps the scheduler once per iteration,
+    /// and an optimizer step takes `grad_accumulation` iterations (one micro-batch per device
+    /// each). The record counts optimizer steps, so that a run resumed on another number of
+    /// devices (another accumulation) continues at the same point of the schedule.
+    pub iterations_per_step: usize,
 }
 
 impl WarmupCosine {
@@ -230,11 +235,12 @@ impl LrScheduler for WarmupCosine {
     }
 
     fn to_record<B: Backend>(&self) -> Self::Record<B> {
-        self.step
+        // Checkpoints are written at round ends, which are optimizer-step boundaries.
+        self.step / self.iterations_per_step.max(1)
     }
 
     fn load_record<B: Backend>(mut self, record: Self::Record<B>) -> Self {
-        self.step = record;
+        self.step = record * self.iterations_per_step.max(1);
         self
     }
 }
@@ -245,7 +251,7 @@ mod tests {
 
     #[test]
     fn schedule_warms_up_then_decays_to_min() {
-        let s = WarmupCosine { peak: 1e-3, min: 1e-4, warmup: 10, total: 110, step: 0 };
+        let s = WarmupCosine { peak: 1e-3, min: 1e-4, warmup: 10, total: 110, step: 0, iterations_per_step: 1 };
         assert!((s.lr_at(5) - 5e-4).abs() < 1e-12);
         assert!((s.lr_at(10) - 1e-3).abs() < 1e-12);
         assert!((s.lr_at(60) - 5.5e-4).abs() < 1e-9);
@@ -257,5 +263,10 @@ mod tests {
         let restored =
             WarmupCosine { step: 0, ..s }.load_record::<burn::backend::Flex>(live.to_record::<burn::backend::Flex>());
         assert_eq!(restored.step, 20);
+        // Written with 2 iterations per step (accumulation 2), resumed with 1 (two devices).
+        let accumulated = WarmupCosine { step: 40, iterations_per_step: 2, ..s.clone() };
+        let resumed = WarmupCosine { step: 0, ..s }
+            .load_record::<burn::backend::Flex>(accumulated.to_record::<burn::backend::Flex>());
+        assert_eq!(resumed.step, 20);
     }
 }

@@ -17,14 +17,15 @@ use memsinks_model::{MemSinkLm, ModelConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{remove_stale_checkpoint_files, AtomicFileRecorder, CheckpointBarrier, KeepCompleteRounds};
-use crate::claim::{set_up_run_dir, RunCorpus};
 use crate::config::{DedupBudget, ExperimentConfig, Method, TrainConfig};
 use crate::learner::{EvalDocs, NamedLoss, QuietRenderer, TrainingLm};
 use crate::loader::{EvalLoader, TrainLoader};
 use crate::metrics::{truncate_metrics, DiscardMetrics, EVAL_KEYS, TRACKED_DOCS};
 use crate::optim::WarmupCosine;
+use crate::ownership::{set_up_run_dir, RunCorpus};
+use crate::parallel::{Parallel, StepLayout};
 use crate::run_dir::RunDir;
-use crate::run_log::{Progress, RunLog, StepCounting};
+use crate::run_state::{Progress, RunState, StepCounting};
 use crate::TrainError;
 
 /// What a finished run trained.
@@ -33,12 +34,19 @@ pub struct TrainSummary {
     /// Run id (hash of the resolved config).
     pub run_id: String,
     /// Method.
-    #[serde(with = "memsinks_model::named::by_name")]
+    #[serde(with = "memsinks_core::named::by_name")]
     pub method: Method,
     /// Optimizer steps.
     pub steps: usize,
-    /// Rows per optimizer step (batch × accumulation × devices).
+    /// Rows per optimizer step over all devices (the global batch: batch × accumulation ×
+    /// devices), the same whatever the device count.
     pub rows_per_step: usize,
+    /// Devices this invocation trained on (absent in runs from before it was recorded).
+    #[serde(default)]
+    pub devices: Option<usize>,
+    /// Micro-batches each device accumulated per optimizer step in this invocation.
+    #[serde(default)]
+    pub grad_accumulation: Option<usize>,
     /// Tokens trained on (rows × context, padding included).
     pub tokens_seen: u64,
     /// Real (non-padding) target tokens trained on (absent in runs from before it was recorded).
@@ -109,9 +117,12 @@ impl Budget {
     /// Every method takes as many optimizer steps as the standard model's schedule needs, unless
     /// the dedup rule says otherwise; `train.steps` sets the standard model's steps (and, but for
     /// `SameRealTokens`, the dedup model's).
-    fn of(cfg: &ExperimentConfig, corpus: &PreparedCorpus, devices: usize) -> Result<Self, TrainError> {
+    fn of(cfg: &ExperimentConfig, corpus: &PreparedCorpus) -> Result<Self, TrainError> {
         let t = &cfg.train;
-        let micro_per_step = (t.grad_accumulation * devices) as u64;
+        // The config's layout: the global batch, and so the budget, do not depend on the devices
+        // a run is given (crate::parallel).
+        let layout = StepLayout::of_config(t);
+        let micro_per_step = layout.micro_per_step() as u64;
         let own = training_batcher(cfg, corpus)?;
         let pass = |b: &Batcher| b.consume(1, |_| false);
         let steps_for = |pass_batches: u64| {
@@ -123,11 +134,12 @@ impl Budget {
         let standard_pass = pass(&standard).batches;
         if t.steps.is_none() && micro_per_step > t.epochs as u64 * standard_pass {
             return Err(TrainError::Config(format!(
-                "one optimizer step takes {micro_per_step} batches (train.grad_accumulation {} x {devices} \
+                "one optimizer step takes {micro_per_step} batches (train.grad_accumulation {} x {} \
                  device(s)), more than train.epochs {} pass(es) of the schedule hold ({} batches): the run \
                  would train on far more passes than asked; lower grad_accumulation or batch_size, or set \
                  train.steps",
                 t.grad_accumulation,
+                t.devices,
                 t.epochs,
                 t.epochs as u64 * standard_pass
             )));
@@ -147,7 +159,7 @@ impl Budget {
         };
         let batches = total_steps as u64 * micro_per_step;
         let consumed = own.consume(MAX_BUDGET_PASSES, |c| c.batches >= batches);
-        let rows_per_step = t.batch_size * t.grad_accumulation * devices;
+        let rows_per_step = layout.global_batch();
         Ok(Self { total_steps, rows_per_step, consumed, own_rows: pass(&own).rows, rule })
     }
 
@@ -217,11 +229,21 @@ pub fn train<B: TrainBackend>(
     let files = RunDir::new(run_dir);
     let device = devices.first().cloned().ok_or_else(|| TrainError::Config("no device".into()))?;
     cfg.validate()?;
-    let (_lock, resume_round, corpus, model_cfg) = set_up_run_dir(cfg, run_dir, data_dir, resume)?;
     let t = &cfg.train;
-    let budget = Budget::of(cfg, &corpus, devices.len())?;
+    let layout = StepLayout::on(t, devices.len())?;
+    // Checked before anything is written, also on one device: the config asks for a strategy this
+    // backend cannot run.
+    let strategy = match (t.parallel, devices.len()) {
+        (Parallel::Ddp, _) => Some(crate::parallel::ddp_strategy::<B>(devices.clone())?),
+        (Parallel::MultiDevice, 1) => None,
+        (Parallel::MultiDevice, _) => {
+            Some(ExecutionStrategy::MultiDevice(devices.clone(), MultiDeviceOptim::OptimMainDevice))
+        }
+    };
+    let (_lock, resume_round, corpus, model_cfg) = set_up_run_dir(cfg, run_dir, data_dir, resume)?;
+    let budget = Budget::of(cfg, &corpus)?;
     let rounds = budget.total_steps.div_ceil(t.eval_every);
-    let micro_per_step = (t.grad_accumulation * devices.len()) as u64;
+    let micro_per_step = layout.micro_per_step() as u64;
     let batcher = training_batcher(cfg, &corpus)?;
     let (cursor, round) = starting_cursor(&files, &batcher, resume_round)?;
     let metrics = files.metrics();
@@ -232,13 +254,14 @@ pub fn train<B: TrainBackend>(
     }
     // burn-train steps the scheduler once per iteration (one micro-batch per device), so with
     // gradient accumulation the schedule is laid out in iterations, not optimizer steps.
-    let accum = t.grad_accumulation;
+    let accum = layout.grad_accumulation;
     let schedule_lr = WarmupCosine {
         peak: t.lr,
         min: t.min_lr,
         warmup: t.warmup_steps * accum,
         total: budget.total_steps * accum,
         step: 0,
+        iterations_per_step: accum,
     };
     let interrupter = Interrupter::new();
     let micro_per_round = t.eval_every as u64 * micro_per_step;
@@ -250,10 +273,11 @@ pub fn train<B: TrainBackend>(
         iterations_per_step: accum as u64,
         log_every: t.log_every as u64,
         schedule: schedule_lr.clone(),
+        tokens_per_micro: (t.batch_size * cfg.data.context) as u64,
     };
     let start = Progress { micro_done: (round * t.eval_every) as u64 * micro_per_step, rounds_done: round as u64 };
     let log = Arc::new(
-        RunLog::new(metrics, counting, start, interrupter.clone())
+        RunState::new(metrics, counting, start, interrupter.clone())
             .with_checkpoint_barrier(checkpoints.clone(), micro_per_round),
     );
     let train_loader = TrainLoader::<B>::new(
@@ -284,7 +308,8 @@ pub fn train<B: TrainBackend>(
         dev: m.repeated_half(Half::Dev).into_iter().collect(),
     };
     let model = TrainingLm::new(lm, log.clone(), optim_cfg.clip_norm.map(f64::from), Arc::new(docs))
-        .with_precision(t.precision, t.loss_scale.clone());
+        .with_precision(t.precision, t.loss_scale.clone())
+        .with_micro_batches_per_step(layout.micro_per_step());
     let optim = optim_cfg.init::<B, TrainingLm<B>>();
 
     let mut training = SupervisedTraining::new(run_dir, Arc::new(train_loader), Arc::new(eval_loader))
@@ -307,12 +332,11 @@ pub fn train<B: TrainBackend>(
     if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         training = training.renderer(QuietRenderer);
     }
-    if t.grad_accumulation > 1 {
-        training = training.grads_accumulation(t.grad_accumulation);
+    if accum > 1 {
+        training = training.grads_accumulation(accum);
     }
-    if devices.len() > 1 {
-        training = training
-            .with_training_strategy(ExecutionStrategy::MultiDevice(devices, MultiDeviceOptim::OptimMainDevice).into());
+    if let Some(strategy) = strategy {
+        training = training.with_training_strategy(strategy.into());
     }
     if let Some(r) = resume_round {
         training = training.checkpoint(r);
@@ -332,6 +356,8 @@ pub fn train<B: TrainBackend>(
         method: t.method,
         steps: budget.total_steps,
         rows_per_step: budget.rows_per_step,
+        devices: Some(layout.devices),
+        grad_accumulation: Some(layout.grad_accumulation),
         tokens_seen: rows * cfg.data.context as u64,
         real_tokens: Some(budget.consumed.real_tokens),
         views_per_repeated: budget.mean_views(&corpus, Split::Repeated),

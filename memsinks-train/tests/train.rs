@@ -160,6 +160,89 @@ fn gradient_accumulation_takes_the_same_steps_with_more_rows() {
     assert_eq!(metric_lines(dir.path(), "eval").last().unwrap()["step"], 8);
 }
 
+/// Copies the files of run directory `from` (not its corpus) to `to`.
+fn copy_run(from: &Path, to: &Path) {
+    for entry in walk(from) {
+        let target = to.join(entry.strip_prefix(from).unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, target).unwrap();
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// Leaves in run directory `run` what a run killed after round `round`'s checkpoint leaves: no
+/// summary or final model, no checkpoint or cursor of a later round.
+fn cut_back_to_round(run: &Path, round: usize) {
+    for file in walk(run) {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let later = name
+            .split(['-', '.'])
+            .nth(1)
+            .and_then(|r| r.parse::<usize>().ok())
+            .is_some_and(|r| r > round && file.parent().unwrap().ends_with("checkpoint"));
+        if later || name.starts_with("train.json") || file.parent().unwrap().ends_with("final") {
+            std::fs::remove_file(file).unwrap();
+        }
+    }
+}
+
+/// burn-train's multi-device strategy on the CPU. flex has one device, and burn-train runs one
+/// worker per entry of the device list, so the same device twice runs the whole multi-device
+/// path — a model copy and a slice of the loader per worker, gradients summed on the main device,
+/// one optimizer step — that two cuda GPUs take (minus the copies between them). With the same
+/// global batch (8 rows x 2 workers, or 8 rows x 2 accumulated micro-batches) the same
+/// micro-batches make each step, so the runs agree; a two-worker run cut back to round 2 resumes
+/// on two workers and on one device where the whole run ended.
+#[test]
+fn two_workers_train_like_one_device_with_the_same_global_batch_and_resume_on_either() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let base = ["train.steps=40", "train.eval_every=10", "train.keep_checkpoints=10"];
+    let one_cfg = smoke(&[&base[..], &["train.grad_accumulation=2"]].concat());
+    let two_cfg = smoke(&[&base[..], &["train.devices=2"]].concat());
+    let one_device = || vec![Default::default()];
+    let two_workers = || vec![Default::default(), Default::default()];
+    let run = |name: &str| dir.path().join(name);
+    let one = train::<AD>(&one_cfg, &run("one"), Some(&data), false, one_device()).unwrap();
+    let two = train::<AD>(&two_cfg, &run("two"), Some(&data), false, two_workers()).unwrap();
+    assert_eq!((one.rows_per_step, one.devices, one.grad_accumulation), (16, Some(1), Some(2)));
+    assert_eq!((two.rows_per_step, two.devices, two.grad_accumulation), (16, Some(2), Some(1)));
+    assert_eq!(one.tokens_seen, two.tokens_seen);
+    let reference = eval_losses(&run("two"));
+    assert_eq!(reference.len(), 4 * 5);
+    let gap = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let worst = gap(&eval_losses(&run("one")), &reference);
+    eprintln!("two workers vs one device, global batch 16: largest evaluation-loss difference {worst:e} nats");
+    assert!(worst <= 1e-5, "two workers vs one device: {worst} nats");
+
+    for (name, devices) in [("resumed-on-two", two_workers()), ("resumed-on-one", one_device())] {
+        copy_run(&run("two"), &run(name));
+        cut_back_to_round(&run(name), 2);
+        let resumed = train::<AD>(&two_cfg, &run(name), Some(&data), true, devices).unwrap();
+        assert_eq!(resumed.resumed_from, Some(2), "{name}");
+        let worst = gap(&eval_losses(&run(name)), &reference);
+        eprintln!("two-worker run resumed from round 2 ({name}): largest difference {worst:e} nats");
+        assert!(worst <= 1e-5, "{name}: {worst} nats from the uninterrupted run");
+    }
+    // Three workers cannot hold a global batch of 16 rows of 8: refused before anything is written.
+    let three = vec![Default::default(); 3];
+    let err = train::<AD>(&two_cfg, &run("three"), Some(&data), false, three).unwrap_err().to_string();
+    assert!(err.contains("global batch") && err.contains("use 1, 2 device(s)"), "{err}");
+    assert!(!run("three").exists());
+}
+
 /// The default dedup budget is the paper's: as many optimizer steps as the standard model, so the
 /// deduplicated schedule (each repeated document once, nothing added) is passed over more often;
 /// with the fresh fill the schedule is longer and passed over less. The other rules stay available

@@ -30,17 +30,20 @@ impl EvalOptions {
     ///
     /// # Errors
     /// A zero count, or extraction that does not fit one context window.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), memsinks_core::ConfigError> {
+        use memsinks_core::ConfigError::Invalid;
         let (k, m) = (self.extract_prompt, self.extract_continuation);
         if self.max_docs == 0 || k == 0 || m == 0 || self.batch_size == 0 {
-            return Err("documents per split, prompt (k) and continuation (m) tokens must be at least 1".into());
+            return Err(Invalid(
+                "documents per split, prompt (k) and continuation (m) tokens must be at least 1".into(),
+            ));
         }
         if k + m > self.context {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "extraction of k = {} prompt + m = {} continuation tokens exceeds the run's context of {} tokens: \
                  k + m must be at most {}",
                 k, m, self.context, self.context
-            ));
+            )));
         }
         Ok(())
     }
@@ -106,7 +109,7 @@ impl From<&SetScore> for SetSummary {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModeReport {
     /// The mode (`activate-seq`, `all`, `drop-sinks`, `drop-sinks-plain`, `train`).
-    #[serde(with = "memsinks_model::named::by_name")]
+    #[serde(with = "memsinks_core::named::by_name")]
     pub mode: MlpMode,
     /// Held-out documents.
     pub validation: SetSummary,

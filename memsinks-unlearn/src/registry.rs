@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use memsinks_core::overrides::apply_overrides;
+use memsinks_core::ConfigError;
 use memsinks_data::PreparedCorpus;
 use memsinks_model::{MemSinkLm, MlpMode};
 use serde::{Deserialize, Serialize};
@@ -71,7 +72,12 @@ impl MethodFile {
     ///
     /// # Errors
     /// The first value out of range.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check().map_err(ConfigError::Invalid)
+    }
+
+    /// [`Self::validate`]'s checks, each naming its key.
+    fn check(&self) -> Result<(), String> {
         let positive =
             |key: &str, v: usize| if v == 0 { Err(format!("{key} = 0: must be at least 1")) } else { Ok(()) };
         let rate = |key: &str, v: f64| {
@@ -143,7 +149,7 @@ pub struct MethodResult {
     pub forget: ForgetSet,
     /// The MLP mode the method acted in (`train` for a plain model, `drop-sinks` for a MemSinks
     /// model's deployed form).
-    #[serde(with = "memsinks_model::named::by_name")]
+    #[serde(with = "memsinks_core::named::by_name")]
     pub mode: MlpMode,
     /// The trade-off curve; its first point is the untreated model.
     pub curve: Vec<TradeoffPoint>,

@@ -1,4 +1,4 @@
-//! The run log: state shared by the train step, the evaluation step and the loaders of one run
+//! The run state: what is shared by the train step, the evaluation step and the loaders of one run
 //! (step count, evaluation accumulators, the non-finite-loss stop, the checkpoint barrier), and
 //! the writer of `metrics.jsonl`.
 
@@ -19,12 +19,13 @@ use crate::optim::WarmupCosine;
 
 /// State shared by the train step, the evaluation step and the loaders of one run: step count,
 /// the JSON-lines metric log, evaluation accumulators and the non-finite-loss stop.
-pub struct RunLog {
+pub struct RunState {
     path: PathBuf,
     micro_per_step: u64,
     iterations_per_step: u64,
     log_every: u64,
     schedule: WarmupCosine,
+    tokens_per_micro: u64,
     /// Micro-batches trained so far.
     micro: AtomicU64,
     window: Mutex<LogWindow>,
@@ -42,9 +43,9 @@ pub struct RunLog {
     checkpoints: Option<(Arc<CheckpointBarrier>, u64)>,
 }
 
-impl std::fmt::Debug for RunLog {
+impl std::fmt::Debug for RunState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunLog").field("path", &self.path).field("step", &self.step()).finish()
+        f.debug_struct("RunState").field("path", &self.path).field("step", &self.step()).finish()
     }
 }
 
@@ -72,7 +73,7 @@ struct EvalAccumulator {
     rounds: u64,
 }
 
-/// How a run counts its steps, for its [`RunLog`].
+/// How a run counts its steps, for its [`RunState`].
 #[derive(Clone, Debug)]
 pub struct StepCounting {
     /// Micro-batches per optimizer step, over all devices.
@@ -83,6 +84,9 @@ pub struct StepCounting {
     pub log_every: u64,
     /// The learning-rate schedule (its rate is logged).
     pub schedule: WarmupCosine,
+    /// Tokens of one full micro-batch (rows × context, padding included), as `tokens_seen`
+    /// counts them: the micro-batch that ends a pass over the schedule may hold fewer rows.
+    pub tokens_per_micro: u64,
 }
 
 /// Where a run starts: from scratch, or after `micro_done` micro-batches and `rounds_done`
@@ -95,17 +99,18 @@ pub struct Progress {
     pub rounds_done: u64,
 }
 
-impl RunLog {
+impl RunState {
     /// A log appending to `path`, counting steps as `counting` says from `start`; `interrupter`
     /// stops training on a non-finite loss.
     pub fn new(path: PathBuf, counting: StepCounting, start: Progress, interrupter: Interrupter) -> Self {
-        let StepCounting { micro_per_step, iterations_per_step, log_every, schedule } = counting;
+        let StepCounting { micro_per_step, iterations_per_step, log_every, schedule, tokens_per_micro } = counting;
         Self {
             path,
             micro_per_step,
             iterations_per_step,
             log_every,
             schedule,
+            tokens_per_micro,
             micro: AtomicU64::new(start.micro_done),
             window: Mutex::new(LogWindow::new()),
             eval: Mutex::new(EvalAccumulator { rounds: start.rounds_done, ..Default::default() }),
@@ -119,7 +124,7 @@ impl RunLog {
         }
     }
 
-    /// Makes [`RunLog::wait_for_checkpoints`] wait on `barrier`; burn-train saves a round every
+    /// Makes [`RunState::wait_for_checkpoints`] wait on `barrier`; burn-train saves a round every
     /// `micro_per_round` micro-batches.
     pub fn with_checkpoint_barrier(mut self, barrier: Arc<CheckpointBarrier>, micro_per_round: u64) -> Self {
         self.checkpoints = Some((barrier, micro_per_round.max(1)));
@@ -174,7 +179,7 @@ impl RunLog {
                 loss: w.loss_sum / w.micro_batches as f64,
                 lr: self.schedule.lr_at((step.max(1) * self.iterations_per_step) as usize),
                 tokens_per_s: w.tokens as f64 / secs.max(1e-9),
-                tokens_seen: micro * tokens,
+                tokens_seen: micro * self.tokens_per_micro,
                 loss_scale: w.scaling.map(|(scale, _)| scale),
                 skipped_steps: w.scaling.map(|(_, skipped)| skipped),
             });

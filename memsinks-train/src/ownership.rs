@@ -1,4 +1,4 @@
-//! Claiming a run directory for `train`: what it may write into (never a user's directory,
+//! Who owns a run directory when `train` starts: what it may write into (never a user's directory,
 //! another run or a finished one), undoing a fresh claim that failed before training, and the
 //! corpus a run trains on (`corpus.json`), reopened on resume.
 
