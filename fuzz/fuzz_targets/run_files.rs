@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use memsinks_data::cache::{CacheKey, TokenCache};
 use memsinks_data::{Batcher, Cursor, Manifest, Split};
-use memsinks_train::claim::RunCorpus;
+use memsinks_train::ownership::RunCorpus;
 use memsinks_train::run::TrainSummary;
 
 /// A small token cache (5 documents of lengths 1..=9) built once per process.
