@@ -223,6 +223,12 @@ fn reproduce_writes_the_report_and_report_regenerates_it() {
     assert!(!stdout.contains("| model |"), "{stdout}");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("| memsinks, sinks dropped (rescaled) |"), "{report}");
+    assert!(report.contains("| memsinks, sinks dropped (activity-matched) |"), "{report}");
+    // The dev half chose the drop-sinks scale, and the findings say which among what.
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["deployed"]["candidates"].as_array().map(Vec::len), Some(3), "{}", results["deployed"]);
+    assert!(report.contains("chosen on the dev half of the repeated documents"), "{report}");
     // Two seeds: every number of the main table is a mean ± its 95 % interval (the two closures:
     // none for the standard model itself).
     let standard = report.lines().find(|l| l.starts_with("| standard |")).unwrap();

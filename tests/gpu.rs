@@ -43,7 +43,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use memsinks_data::LmBatch;
 use memsinks_model::io::{load_model, named_tensors, save_model};
-use memsinks_model::{MemSinkLm, MlpMode, ModelConfig, SeqLayout};
+use memsinks_model::{DropScale, MemSinkLm, MlpMode, ModelConfig, SeqLayout};
 use memsinks_study::report::load_results;
 use memsinks_train::metrics::read_evals;
 use memsinks_train::RunDir;
@@ -173,8 +173,8 @@ fn modes() -> Vec<MlpMode> {
     vec![
         MlpMode::Train,
         MlpMode::All { exclude: vec![22] },
-        MlpMode::DropSinks { rescale: true },
-        MlpMode::DropSinks { rescale: false },
+        MlpMode::DropSinks { scale: DropScale::Reference },
+        MlpMode::DropSinks { scale: DropScale::Plain },
         MlpMode::ActivateSeq { exclude: vec![11] },
     ]
 }

@@ -275,6 +275,11 @@ fn bad_values_are_clear_errors_before_any_work() {
     let nan = dir.path().join("nan.ron");
     std::fs::write(&nan, std::fs::read_to_string(smoke()).unwrap().replace("lr: 3e-3", "lr: NaN")).unwrap();
     refused(memsinks(&["train", "--config", nan.to_str().unwrap(), "--out", o]), &["nan.ron", "line", "`lr`"]);
+    // A micro-batch that cannot fit the stated device memory is refused before training.
+    let small = dir.path().join("small-device");
+    let refusal = train(&small, &["train.device_memory_gib=0.00001"]).output().unwrap();
+    refused(refusal, &["train.device_memory_gib", "not even one row fits"]);
+    refused(train_with("train.device_memory_gib=-1"), &["train.device_memory_gib", "positive"]);
     // Sizes that used to abort on allocation.
     refused(memsinks(&["mask", "--seq-ids", "1", "--sink-neurons", "100000000000"]), &["--sink-neurons"]);
     refused(memsinks(&["mask", "--seq-ids", "1-100000000000", "--sink-neurons", "8"]), &["more than"]);
@@ -319,4 +324,34 @@ fn bad_values_are_clear_errors_before_any_work() {
         assert!(cells[1].parse::<f64>().is_ok(), "L_val is there: {table}");
     }
     assert!(!table.contains("gap closure"), "a closure of no gap: {table}");
+}
+
+/// Every file the toolkit writes carries a `schema_version`: files written before versions were
+/// recorded are read as they are, a file from a newer version is refused with a message that
+/// says so instead of being misread.
+#[test]
+fn files_from_a_newer_version_are_refused_and_older_ones_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/reports/ts-quick/results.json");
+    let mut results: serde_json::Value = serde_json::from_slice(&std::fs::read(shipped).unwrap()).unwrap();
+    assert!(results.get("schema_version").is_none(), "the shipped results predate the version field");
+    let old = dir.path().join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("results.json"), serde_json::to_vec(&results).unwrap()).unwrap();
+    ok(memsinks(&["report", old.to_str().unwrap()]));
+    results["schema_version"] = serde_json::json!(99);
+    let newer = dir.path().join("newer");
+    std::fs::create_dir_all(&newer).unwrap();
+    std::fs::write(newer.join("results.json"), serde_json::to_vec(&results).unwrap()).unwrap();
+    refused(memsinks(&["report", newer.to_str().unwrap()]), &["results.json", "newer memsinks", "99"]);
+    assert!(!newer.join("report.md").exists(), "a refused file was reported on");
+
+    // A run's train.json and corpus manifest record their versions.
+    let run = dir.path().join("run");
+    ok(train(&run, &["train.steps=2"]).output().unwrap());
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("train.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("data/manifest.json")).unwrap()).unwrap();
+    assert_eq!(summary["schema_version"], 1, "{summary}");
+    assert_eq!(manifest["schema_version"], 2, "{manifest}");
 }

@@ -2,49 +2,50 @@
 //! `cuda`). Everything below the CLI is generic; this is the one place that names backends.
 
 use anyhow::{bail, Result};
-use memsinks_study::{BackendTask, DeviceRange, Runner};
+use memsinks_study::{BackendName, BackendTask, DeviceRange, Runner};
 use memsinks_train::config::Precision;
 
-/// Backend names, in order of preference for the default: the CPU backends first (flex trains
-/// fastest on CPU here: see experiments/bench/RESULTS.md).
-pub const BACKENDS: [&str; 4] = ["flex", "ndarray", "cuda", "wgpu"];
-
-/// Whether `name` was compiled into this binary.
-pub fn is_compiled(name: &str) -> bool {
-    match name {
-        "flex" => cfg!(feature = "flex"),
-        "ndarray" => cfg!(feature = "ndarray"),
-        "wgpu" => cfg!(feature = "wgpu"),
-        "cuda" => cfg!(feature = "cuda"),
-        _ => false,
+/// Whether `backend` was compiled into this binary.
+pub fn is_compiled(backend: BackendName) -> bool {
+    match backend {
+        BackendName::Flex => cfg!(feature = "flex"),
+        BackendName::Ndarray => cfg!(feature = "ndarray"),
+        BackendName::Wgpu => cfg!(feature = "wgpu"),
+        BackendName::Cuda => cfg!(feature = "cuda"),
     }
 }
 
-/// The backend used when `--backend` is not given: the first compiled one of [`BACKENDS`].
-pub fn default_backend() -> &'static str {
-    BACKENDS.into_iter().find(|b| is_compiled(b)).unwrap_or("flex")
+/// The backend used when `--backend` is not given: the first compiled one of
+/// [`BackendName::ALL`].
+pub fn default_backend() -> BackendName {
+    BackendName::ALL.into_iter().find(|&b| is_compiled(b)).unwrap_or(BackendName::Flex)
+}
+
+/// Parses `--backend` (clap's value parser): an unknown name lists the allowed ones.
+pub fn parse_backend(name: &str) -> Result<BackendName, String> {
+    BackendName::parse(name)
 }
 
 /// The backend a command runs on: `--backend NAME`, or the default.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct BackendChoice {
-    name: String,
+    backend: BackendName,
 }
 
 impl BackendChoice {
-    /// The backend called `name`, or the default one.
-    pub fn chosen(name: Option<&str>) -> Self {
-        Self { name: name.unwrap_or(default_backend()).to_string() }
+    /// `backend`, or the default one.
+    pub fn chosen(backend: Option<BackendName>) -> Self {
+        Self { backend: backend.unwrap_or_else(default_backend) }
     }
 }
 
 impl Runner for BackendChoice {
-    fn backend(&self) -> &str {
-        &self.name
+    fn backend(&self) -> BackendName {
+        self.backend
     }
 
     fn run<T: BackendTask>(&self, precision: Precision, devices: DeviceRange, task: T) -> Result<T::Output> {
-        run_on(&self.name, precision, devices, task)
+        run_on(self.backend, precision, devices, task)
     }
 }
 
@@ -60,43 +61,45 @@ pub const WGPU_MULTI_DEVICE: &str = "wgpu trains on one device: burn 0.21 copies
     through a server-to-server transfer that the wgpu runtime does not implement (the first copy panics \
     and training hangs); use --devices 1, or cuda for data-parallel training";
 
-/// Runs `task` on the backend called `name` in `precision` on `devices` (GPU backends; the CPU
-/// backends have one device).
-fn run_on<T: BackendTask>(name: &str, precision: Precision, devices: DeviceRange, task: T) -> Result<T::Output> {
+/// Runs `task` on `backend` in `precision` on `devices` (GPU backends; the CPU backends have one
+/// device).
+fn run_on<T: BackendTask>(
+    backend: BackendName,
+    precision: Precision,
+    devices: DeviceRange,
+    task: T,
+) -> Result<T::Output> {
     let DeviceRange { first, count } = devices;
-    if precision != Precision::F32 && name == "ndarray" {
+    if precision != Precision::F32 && backend == BackendName::Ndarray {
         bail!(
             "precision {} (mixed precision) needs half-precision tensors, which ndarray lacks; use flex, cuda or wgpu, or f32",
             precision.name()
         );
     }
-    if !BACKENDS.contains(&name) {
-        bail!("unknown backend `{name}`; allowed: {}", BACKENDS.join(", "));
+    if !is_compiled(backend) {
+        bail!("backend `{backend}` is not compiled into this binary; rebuild with `--features {backend}`");
     }
-    if !is_compiled(name) {
-        bail!("backend `{name}` is not compiled into this binary; rebuild with `--features {name}`");
-    }
-    if count > 1 && matches!(name, "flex" | "ndarray") {
+    if count > 1 && backend.is_cpu() {
         bail!("{count} devices requested: the CPU backends have one device; use cuda for data-parallel training");
     }
     // Device indices of cuda (wgpu trains on one device: WGPU_MULTI_DEVICE).
     #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
     let indices = first..first + count.max(1);
-    match name {
+    match backend {
         #[cfg(feature = "flex")]
-        "flex" => task.run::<burn::backend::Autodiff<burn::backend::Flex>>(vec![Default::default()]),
+        BackendName::Flex => task.run::<burn::backend::Autodiff<burn::backend::Flex>>(vec![Default::default()]),
         #[cfg(feature = "ndarray")]
-        "ndarray" => task.run::<burn::backend::Autodiff<burn::backend::NdArray>>(vec![Default::default()]),
+        BackendName::Ndarray => task.run::<burn::backend::Autodiff<burn::backend::NdArray>>(vec![Default::default()]),
         // Every precision runs on the f32 backend: f16 and bf16 are mixed precision (f32 weights
         // and optimizer state, half-precision compute; memsinks_train::amp).
         #[cfg(feature = "cuda")]
-        "cuda" => {
+        BackendName::Cuda => {
             use burn::backend::{cuda::CudaDevice, Cuda};
             let devices: Vec<CudaDevice> = indices.map(CudaDevice::new).collect();
             run_checked::<Cuda, T>("cuda", precision, devices, task)
         }
         #[cfg(feature = "wgpu")]
-        "wgpu" => {
+        BackendName::Wgpu => {
             use burn::backend::{wgpu::WgpuDevice, Wgpu};
             if precision == Precision::Bf16 {
                 // burn's `wgpu` backend compiles WGSL shaders, and WGSL has no bf16 type.
@@ -108,7 +111,8 @@ fn run_on<T: BackendTask>(name: &str, precision: Precision, devices: DeviceRange
             let device = if first == 0 { WgpuDevice::DefaultDevice } else { WgpuDevice::DiscreteGpu(first) };
             run_checked::<Wgpu, T>("wgpu", precision, vec![device], task)
         }
-        _ => unreachable!("checked above"),
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("checked above: {backend} is compiled in"),
     }
 }
 

@@ -37,8 +37,8 @@ pub struct MatmulBenchArgs {
     #[arg(long, default_value_t = 5)]
     reps: usize,
     /// Backend.
-    #[arg(long)]
-    backend: Option<String>,
+    #[arg(long, value_parser = crate::backend::parse_backend)]
+    backend: Option<memsinks_study::BackendName>,
 }
 
 /// Training-step throughput on random data.
@@ -70,8 +70,8 @@ pub struct TrainBenchArgs {
     #[arg(long)]
     seq: Option<usize>,
     /// Backend: flex, ndarray, cuda, wgpu (those compiled in).
-    #[arg(long)]
-    backend: Option<String>,
+    #[arg(long, value_parser = crate::backend::parse_backend)]
+    backend: Option<memsinks_study::BackendName>,
     /// Float precision: f32, or mixed precision computing in f16 (cuda, wgpu, flex) / bf16 (cuda, flex).
     #[arg(long, value_enum, default_value = "f32")]
     precision: Precision,
@@ -109,7 +109,7 @@ pub fn run(args: &BenchArgs, out: &mut impl std::io::Write) -> Result<()> {
     let a = match &args.what {
         BenchWhat::Train(a) => a,
         BenchWhat::Matmul(m) => {
-            let backend = BackendChoice::chosen(m.backend.as_deref());
+            let backend = BackendChoice::chosen(m.backend);
             let mut result =
                 backend.run(Precision::F32, DeviceRange::ONE, MatmulBench { size: m.size, reps: m.reps })?;
             result.backend = backend.backend().to_string();
@@ -134,7 +134,7 @@ pub fn run(args: &BenchArgs, out: &mut impl std::io::Write) -> Result<()> {
         sinks: SinkOverrides { p_gen: a.p_gen, p_mem: a.p_mem, d_hidden: a.d_hidden, compact_below: a.compact_below },
         ids_per_batch: a.ids_per_batch,
     };
-    let backend = BackendChoice::chosen(a.backend.as_deref());
+    let backend = BackendChoice::chosen(a.backend);
     let mut result = backend.run(a.precision, DeviceRange { first: a.device, count: 1 }, bench)?;
     result.backend = match a.precision {
         Precision::F32 => backend.backend().to_string(),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 use memsinks_core::files::{is_empty_dir, DirLock};
-use memsinks_model::MlpMode;
+use memsinks_model::{DropScale, MlpMode};
 use memsinks_study::{load_eval, DeviceRange, EvalRequest, ExportRequest, Runner};
 use memsinks_train::config::Precision;
 use memsinks_train::RunDir;
@@ -46,8 +46,8 @@ pub struct EvalArgs {
     #[arg(long, visible_alias = "m", default_value_t = 32)]
     extract_continuation: usize,
     /// Backend.
-    #[arg(long)]
-    backend: Option<String>,
+    #[arg(long, value_parser = crate::backend::parse_backend)]
+    backend: Option<memsinks_study::BackendName>,
     /// Replace an existing RUN/eval.json.
     #[arg(long)]
     force: bool,
@@ -87,7 +87,7 @@ pub fn run_eval(args: &EvalArgs, out: &mut impl std::io::Write) -> Result<()> {
         extract_continuation: args.extract_continuation,
         reference,
     };
-    let file = BackendChoice::chosen(args.backend.as_deref()).run(Precision::F32, DeviceRange::ONE, request)?;
+    let file = BackendChoice::chosen(args.backend).run(Precision::F32, DeviceRange::ONE, request)?;
     file.write(&args.run)?;
     writeln!(
         out,
@@ -169,12 +169,17 @@ pub struct ExportArgs {
     /// Output directory.
     #[arg(long)]
     out: PathBuf,
-    /// Fold the model with sinks dropped into a plain Llama (sink neurons removed, rescale folded).
+    /// Fold the model with sinks dropped into a plain Llama (sink neurons removed, the general
+    /// neurons' factor folded into the down projection).
     #[arg(long)]
     drop_sinks: bool,
-    /// With --drop-sinks: do not rescale the general neurons.
-    #[arg(long, requires = "drop_sinks")]
+    /// With --drop-sinks: do not rescale the general neurons (`drop-sinks-plain`).
+    #[arg(long, requires = "drop_sinks", conflicts_with = "matched")]
     plain: bool,
+    /// With --drop-sinks: the activity-matched factor (`drop-sinks-matched`) instead of the
+    /// reference code's.
+    #[arg(long, requires = "drop_sinks")]
+    matched: bool,
     /// Write into a non-empty --out (replacing the exported files).
     #[arg(long)]
     force: bool,
@@ -197,7 +202,11 @@ pub fn run_export(args: &ExportArgs, out: &mut impl std::io::Write) -> Result<()
         run: args.run.clone(),
         out: args.out.clone(),
         drop_sinks: args.drop_sinks,
-        rescale: !args.plain,
+        scale: match (args.plain, args.matched) {
+            (true, _) => DropScale::Plain,
+            (false, true) => DropScale::ActivityMatched,
+            (false, false) => DropScale::Reference,
+        },
     };
     let exported = match BackendChoice::chosen(None).run(Precision::F32, DeviceRange::ONE, request) {
         Ok(exported) => exported,

@@ -56,8 +56,8 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Backend.
-    #[arg(long)]
-    backend: Option<String>,
+    #[arg(long, value_parser = crate::backend::parse_backend)]
+    backend: Option<memsinks_study::BackendName>,
 }
 
 struct GenerateTask {
@@ -121,7 +121,7 @@ pub fn run(args: &GenerateArgs, out: &mut impl std::io::Write) -> Result<()> {
         bail!("--temperature must be positive (or use --greedy)");
     }
     let task = GenerateTask { args: args.clone() };
-    let g = BackendChoice::chosen(args.backend.as_deref()).run(Precision::F32, DeviceRange::ONE, task)?;
+    let g = BackendChoice::chosen(args.backend).run(Precision::F32, DeviceRange::ONE, task)?;
     writeln!(out, "{}\u{2192}{}", g.prompt, g.continuation)?;
     if let Some(truth) = g.truth {
         writeln!(out, "\n[the document continues]\n{}{}", g.prompt, truth)?;

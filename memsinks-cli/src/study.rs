@@ -38,8 +38,8 @@ pub struct ReproduceArgs {
     #[arg(long)]
     force: bool,
     /// Backend.
-    #[arg(long)]
-    backend: Option<String>,
+    #[arg(long, value_parser = crate::backend::parse_backend)]
+    backend: Option<memsinks_study::BackendName>,
 }
 
 /// Redraw `report.md` and the plots of a reproduction from its `results.json`.
@@ -81,7 +81,7 @@ pub fn run_reproduce(args: &ReproduceArgs, out: &mut impl std::io::Write) -> Res
     if let Some(dir) = &args.out {
         request.out = dir.clone();
     }
-    match reproduce_any(&request, &BackendChoice::chosen(args.backend.as_deref()))? {
+    match reproduce_any(&request, &BackendChoice::chosen(args.backend))? {
         Reproduced::Study(results) => write!(out, "{}", summary(&results))?,
         Reproduced::Sweep(sweep) => writeln!(out, "{}", sweep_table(&sweep))?,
     }

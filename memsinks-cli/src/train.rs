@@ -32,8 +32,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Backend: flex, ndarray, cuda, wgpu (those compiled in).
-    #[arg(long)]
-    pub backend: Option<String>,
+    #[arg(long, value_parser = crate::backend::parse_backend)]
+    pub backend: Option<memsinks_study::BackendName>,
     /// First GPU index (GPU backends); `train.devices` consecutive devices are used.
     #[arg(long, default_value_t = 0)]
     pub device: usize,
@@ -65,7 +65,7 @@ pub fn run(args: &TrainArgs, out: &mut impl std::io::Write) -> Result<()> {
         bail!("--devices 0: train on at least one device");
     }
     let task = TrainTask { cfg, run_dir: run_dir.clone(), data: args.data.clone(), resume };
-    let summary = task.run_on(&BackendChoice::chosen(args.backend.as_deref()), Some(devices))?;
+    let summary = task.run_on(&BackendChoice::chosen(args.backend), Some(devices))?;
     writeln!(out, "{}", serde_json::to_string(&summary)?)?;
     writeln!(out, "run directory: {}", run_dir.display())?;
     Ok(())

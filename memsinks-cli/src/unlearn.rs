@@ -46,8 +46,8 @@ pub struct UnlearnArgs {
     #[arg(long)]
     list: bool,
     /// Backend.
-    #[arg(long)]
-    backend: Option<String>,
+    #[arg(long, value_parser = crate::backend::parse_backend)]
+    backend: Option<memsinks_study::BackendName>,
 }
 
 /// Runs the subcommand.
@@ -69,7 +69,7 @@ pub fn run(args: &UnlearnArgs, out: &mut impl std::io::Write) -> Result<()> {
     if path.exists() && !args.force {
         anyhow::bail!("{} exists: pass --force to replace it, or --out another file", path.display());
     }
-    let result = BackendChoice::chosen(args.backend.as_deref()).run(Precision::F32, DeviceRange::ONE, task)?;
+    let result = BackendChoice::chosen(args.backend).run(Precision::F32, DeviceRange::ONE, task)?;
     write_atomic(&path, &serde_json::to_vec_pretty(&result)?)?;
     writeln!(out, "{} on {} ({} mode), {:.1} s", result.method, forget.name(), result.mode.name(), result.wall_s)?;
     writeln!(

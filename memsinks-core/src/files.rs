@@ -17,6 +17,19 @@ pub enum FileError {
         /// The underlying error (shown in the message, not chained: it would print twice).
         cause: std::io::Error,
     },
+    /// A file written by a newer version of the toolkit, whose meaning this build cannot know.
+    #[error(
+        "{path} was written by a newer memsinks (schema version {found}; this build reads versions up to \
+         {current}): read it with that version, or rerun what wrote it with this one"
+    )]
+    NewerSchema {
+        /// The file.
+        path: PathBuf,
+        /// Its `schema_version`.
+        found: u32,
+        /// The newest version this build reads.
+        current: u32,
+    },
     /// Another process holds the directory's lock.
     #[error("{dir} is in use by {holder}; wait for it to finish or use another directory")]
     Locked {
@@ -241,9 +254,27 @@ pub fn file_sha256(path: &Path) -> Result<String, FileError> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
+/// Checks the `schema_version` of a file the toolkit wrote (`results.json`, `eval.json`,
+/// `train.json`, `manifest.json`): versions up to `current` are read (0 is a file written before
+/// versions were recorded; serde's defaults fill the fields it lacks), a newer one is refused.
+pub fn check_schema(path: &Path, found: u32, current: u32) -> Result<(), FileError> {
+    if found > current {
+        return Err(FileError::NewerSchema { path: path.to_path_buf(), found, current });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schema_versions_up_to_the_current_are_read_newer_ones_refused() {
+        let path = Path::new("results.json");
+        assert!(check_schema(path, 0, 1).is_ok() && check_schema(path, 1, 1).is_ok());
+        let err = check_schema(path, 2, 1).unwrap_err().to_string();
+        assert!(err.contains("results.json") && err.contains("version 2") && err.contains("up to 1"), "{err}");
+    }
 
     #[test]
     fn a_second_lock_on_a_directory_names_the_holder() {

@@ -2,13 +2,14 @@
 //!
 //! The foundation under the domain crates, with no burn dependency: file safety (atomic writes,
 //! locks, checksums, temporary names) in [`files`], RON configuration files with `--set`
-//! overrides in [`overrides`], enums spelled by name in result files in [`named`], and catching a
-//! library's panic. Every crate of the workspace writes files and reads configurations through it;
+//! overrides in [`overrides`], enums spelled by name in result files in [`named`], the shared hash
+//! functions in [`hash`], and catching a library's panic. Every crate of the workspace writes files and reads configurations through it;
 //! their errors wrap [`FileError`] and [`ConfigError`].
 //!
 //! Guide (reliability): `docs/reliability.md` in the repository.
 
 pub mod files;
+pub mod hash;
 pub mod named;
 pub mod overrides;
 

@@ -107,8 +107,9 @@ pub struct SourceEntry {
 /// The description of a prepared corpus that every later stage reads.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// Format version.
-    pub version: u32,
+    /// Format version ([`MANIFEST_SCHEMA`]; written as `version` before it was named so).
+    #[serde(alias = "version")]
+    pub schema_version: u32,
     /// Hash of the [`DataConfig`].
     pub config_hash: String,
     /// The configuration itself.
@@ -230,6 +231,10 @@ impl Manifest {
 
 /// File names inside a prepared directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// The manifest's current `schema_version`: version 2 is the first whose `schedule_dedup.bin`
+/// holds no fresh fill ([`DEDUP_WITHOUT_FILL_VERSION`]).
+pub const MANIFEST_SCHEMA: u32 = DEDUP_WITHOUT_FILL_VERSION;
 /// The tokenizer inside a prepared directory.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// Each document's source (a little-endian `u32` index into [`Manifest::sources`] per cache
@@ -309,6 +314,7 @@ impl PreparedCorpus {
             path: path.clone(),
             message: format!("not a memsinks manifest: {e}; rerun `memsinks data prepare`"),
         })?;
+        memsinks_core::files::check_schema(&path, manifest.schema_version, MANIFEST_SCHEMA)?;
         let cache = TokenCache::open(&dir.join("cache"))?;
         if cache.num_docs() != manifest.num_docs() {
             return Err(DataError::Format {
@@ -376,7 +382,7 @@ impl PreparedCorpus {
     /// When the file is unreadable, truncated, or names a document the cache does not hold; and
     /// for a deduplicated schedule of a corpus prepared before it stopped holding the fresh fill.
     pub fn schedule(&self, kind: ScheduleKind) -> Result<Vec<u32>, DataError> {
-        if kind != ScheduleKind::Full && self.manifest.version < DEDUP_WITHOUT_FILL_VERSION {
+        if kind != ScheduleKind::Full && self.manifest.schema_version < DEDUP_WITHOUT_FILL_VERSION {
             return Err(DataError::Config(format!(
                 "{} was prepared by an older memsinks whose deduplicated schedule holds fresh stories: \
                  prepare the corpus again into a new directory to train a deduplicated model",

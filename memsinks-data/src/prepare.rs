@@ -137,7 +137,7 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
 
     let (schedule, dedup) = write_schedules(cfg, out, &mut documents, (unique_count, fill_count), &mut rng)?;
     let manifest = Manifest {
-        version: crate::schedules::DEDUP_WITHOUT_FILL_VERSION,
+        schema_version: crate::corpus::MANIFEST_SCHEMA,
         config_hash,
         source_fingerprint: fingerprint,
         config: cfg.clone(),

@@ -45,7 +45,7 @@ impl SplitMix64 {
     }
 }
 
-pub use memsinks_model::mask::mix64;
+pub use memsinks_core::hash::mix64;
 
 #[cfg(test)]
 mod tests {

@@ -28,7 +28,7 @@ pub use kernels::{AdamWStep, Kernels, TrainBackend};
 pub use layout::SeqLayout;
 pub use mask::{MaskScheme, SinkPool};
 pub use memsinks_core::named::Named;
-pub use mlp::{mask_build_time, HiddenMask, MemSinkMlp, MlpMode, SinkGeometry};
+pub use mlp::{mask_build_time, DropScale, HiddenMask, MemSinkMlp, MlpMode, SinkGeometry};
 pub use model::{Attention, Block, HiddenHook, MemSinkLm, Rope};
 
 /// Errors of the model crate: bad configurations and unreadable or mismatched weight files.

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use memsinks_core::hash::splitmix64;
 use serde::{Deserialize, Serialize};
 
 /// Multiplier of the reference hash.
@@ -97,17 +98,6 @@ pub fn reference_powers(n: usize) -> Vec<i64> {
         acc = acc.wrapping_mul(REFERENCE_A);
     }
     out
-}
-
-/// The SplitMix64 finaliser (Steele, Lea, Flood 2014): a bijective, well-mixed map of 64 bits.
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn splitmix64(z: u64) -> u64 {
-    mix64(z.wrapping_add(0x9E37_79B9_7F4A_7C15))
 }
 
 /// The fixed parameters of a sink pool: everything but the sequence ID and the layer.

@@ -108,6 +108,42 @@ pub fn check_host_memory(needed: u64, what: &str, hint: &str) -> Result<(), Mode
     Ok(())
 }
 
+/// Refuses a training step whose estimate ([`ModelConfig::training_memory`]) exceeds the memory
+/// of the device it runs on, `device_gib` (`train.device_memory_gib`: burn offers no portable
+/// query of a GPU's free memory, so the run states it). The error names the micro-batch and
+/// accumulation that would fit with the same rows per optimizer step and device
+/// (`batch × accumulation`).
+///
+/// # Errors
+/// When one micro-batch of `batch` rows needs more than `device_gib`.
+pub fn check_device_memory(
+    cfg: &ModelConfig,
+    batch: usize,
+    accumulation: usize,
+    context: usize,
+    device_gib: f64,
+) -> Result<(), ModelError> {
+    let device = (device_gib * (1u64 << 30) as f64) as u64;
+    let fits = |rows: usize| cfg.training_memory(rows, context).total() <= device;
+    if fits(batch) {
+        return Ok(());
+    }
+    let per_device = batch * accumulation;
+    let hint = match (1..batch).rev().find(|&b| per_device.is_multiple_of(b) && fits(b)) {
+        Some(b) => format!(
+            "train.batch_size={b} with train.grad_accumulation={} fits and keeps {per_device} rows per step and device",
+            per_device / b
+        ),
+        None => "not even one row fits: use a shorter data.context, a smaller model or a larger device".to_string(),
+    };
+    Err(ModelError::Config(format!(
+        "one micro-batch of {batch} rows x {context} tokens needs about {} on the device, which has {} \
+         (train.device_memory_gib): {hint}",
+        gib(cfg.training_memory(batch, context).total()),
+        gib(device)
+    )))
+}
+
 /// Bytes as GiB with two decimals.
 pub fn gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
@@ -130,5 +166,19 @@ mod tests {
         assert_eq!(kib_field("MemTotal: 10 kB\nMemAvailable:   3 kB\n", "MemAvailable:"), Some(3072));
         let err = check_host_memory(u64::MAX / 2, "training x", "use a smaller preset").unwrap_err().to_string();
         assert!(err.contains("training x") && err.contains("smaller preset"), "{err}");
+    }
+
+    #[test]
+    fn a_micro_batch_too_large_for_the_device_is_refused_with_one_that_fits() {
+        let cfg = ModelConfig::preset("smollm2-360m").unwrap();
+        let gib_of = |rows: usize| cfg.training_memory(rows, 2048).total() as f64 / (1u64 << 30) as f64;
+        // A device that holds 4 rows but not 5: 16 rows x 2 accumulation becomes 4 x 8.
+        let device = (gib_of(4) + gib_of(5)) / 2.0;
+        assert!(check_device_memory(&cfg, 4, 8, 2048, device).is_ok());
+        let err = check_device_memory(&cfg, 16, 2, 2048, device).unwrap_err().to_string();
+        assert!(err.contains("train.batch_size=4 with train.grad_accumulation=8"), "{err}");
+        // Nothing fits: said so.
+        let err = check_device_memory(&cfg, 2, 1, 2048, gib_of(1) / 2.0).unwrap_err().to_string();
+        assert!(err.contains("not even one row fits"), "{err}");
     }
 }

@@ -25,11 +25,10 @@ pub enum MlpMode {
         /// Sequence IDs whose sink subsets are switched off.
         exclude: Vec<i64>,
     },
-    /// Sinks × 0. With `rescale`, general × `(p_gen + p_mem) / p_gen` ([`drop_scale`], the
-    /// reference code's factor); otherwise general × 1.
+    /// Sinks × 0, general units × the factor of `scale` ([`DropScale::factor`]).
     DropSinks {
-        /// Scale the general neurons by the reference code's factor.
-        rescale: bool,
+        /// How the general units are scaled once the sinks are gone.
+        scale: DropScale,
     },
     /// Each token uses its own sequence's training mask, minus the sinks of `exclude`d IDs.
     ActivateSeq {
@@ -39,13 +38,15 @@ pub enum MlpMode {
 }
 
 impl MlpMode {
-    /// Parses the CLI spelling: `train`, `all`, `drop-sinks`, `drop-sinks-plain`, `activate-seq`.
+    /// Parses the CLI spelling: `train`, `all`, `drop-sinks`, `drop-sinks-plain`,
+    /// `drop-sinks-matched`, `activate-seq`.
     pub fn parse(name: &str) -> Option<Self> {
         Some(match name {
             "train" => MlpMode::Train,
             "all" => MlpMode::All { exclude: vec![] },
-            "drop-sinks" => MlpMode::DropSinks { rescale: true },
-            "drop-sinks-plain" => MlpMode::DropSinks { rescale: false },
+            "drop-sinks" => MlpMode::DropSinks { scale: DropScale::Reference },
+            "drop-sinks-plain" => MlpMode::DropSinks { scale: DropScale::Plain },
+            "drop-sinks-matched" => MlpMode::DropSinks { scale: DropScale::ActivityMatched },
             "activate-seq" => MlpMode::ActivateSeq { exclude: vec![] },
             _ => return None,
         })
@@ -55,8 +56,9 @@ impl MlpMode {
     pub const ALL: &'static [MlpMode] = &[
         MlpMode::Train,
         MlpMode::All { exclude: Vec::new() },
-        MlpMode::DropSinks { rescale: true },
-        MlpMode::DropSinks { rescale: false },
+        MlpMode::DropSinks { scale: DropScale::Reference },
+        MlpMode::DropSinks { scale: DropScale::Plain },
+        MlpMode::DropSinks { scale: DropScale::ActivityMatched },
         MlpMode::ActivateSeq { exclude: Vec::new() },
     ];
 
@@ -65,8 +67,9 @@ impl MlpMode {
         match self {
             MlpMode::Train => "train",
             MlpMode::All { .. } => "all",
-            MlpMode::DropSinks { rescale: true } => "drop-sinks",
-            MlpMode::DropSinks { rescale: false } => "drop-sinks-plain",
+            MlpMode::DropSinks { scale: DropScale::Reference } => "drop-sinks",
+            MlpMode::DropSinks { scale: DropScale::Plain } => "drop-sinks-plain",
+            MlpMode::DropSinks { scale: DropScale::ActivityMatched } => "drop-sinks-matched",
             MlpMode::ActivateSeq { .. } => "activate-seq",
         }
     }
@@ -178,24 +181,53 @@ pub struct SinkGeometry {
     pub compact_below: f64,
 }
 
-/// The factor dropping the sinks scales the general neurons by, `(p_gen + p_mem) / p_gen`: the
-/// reference code's, kept for fidelity. It is not the factor that matches training's expected
-/// hidden activity: in training a share `p_gen + (1 − p_gen) · p_mem` of the hidden units is on
-/// (0.79 at the paper's setting), which general units alone match at `× (p_gen + (1 − p_gen) ·
-/// p_mem) / p_gen` (≈ 1.13), not 1.43; the study reports the plain mode (× 1) next to it. 1 when
-/// there are no sinks. The one definition: the drop-sinks mode, folding and exports use it.
-pub fn drop_scale(p_gen: f64, p_mem: f64, num_sink: usize) -> f64 {
-    if num_sink == 0 {
-        1.0
-    } else {
-        (p_gen + p_mem) / p_gen
+/// How the general neurons are scaled when the sinks are dropped. The study evaluates all three
+/// and lets the dev half of the repeated documents choose the one its headline uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum DropScale {
+    /// General × 1.
+    Plain,
+    /// General × `(p_gen + p_mem) / p_gen` (1.43 at the paper's setting): the reference code's
+    /// factor, kept for fidelity. It matches no activity of training.
+    #[default]
+    Reference,
+    /// General × `(p_gen + (1 − p_gen) · p_mem) / p_gen` (≈ 1.13 at the paper's setting): in
+    /// training a share `p_gen + (1 − p_gen) · p_mem` of the hidden units is on in expectation
+    /// (0.79), which the general units alone (a share `p_gen`) match at this factor.
+    ActivityMatched,
+}
+
+impl DropScale {
+    /// The general neurons' factor; 1 when there are no sinks (nothing was dropped). The one
+    /// definition: the drop-sinks modes, folding and exports use it.
+    pub fn factor(self, p_gen: f64, p_mem: f64, num_sink: usize) -> f64 {
+        if num_sink == 0 {
+            return 1.0;
+        }
+        match self {
+            DropScale::Plain => 1.0,
+            DropScale::Reference => (p_gen + p_mem) / p_gen,
+            DropScale::ActivityMatched => (p_gen + (1.0 - p_gen) * p_mem) / p_gen,
+        }
     }
 }
 
+/// The reference code's factor ([`DropScale::Reference`]), `(p_gen + p_mem) / p_gen`; 1 when
+/// there are no sinks.
+pub fn drop_scale(p_gen: f64, p_mem: f64, num_sink: usize) -> f64 {
+    DropScale::Reference.factor(p_gen, p_mem, num_sink)
+}
+
 impl SinkGeometry {
-    /// The general neurons' factor when the sinks are dropped with rescaling ([`drop_scale`]).
+    /// The general neurons' factor when the sinks are dropped with the reference code's
+    /// rescaling ([`drop_scale`]).
     pub fn drop_scale(&self) -> f64 {
         drop_scale(self.p_gen, self.p_mem, self.pool.len())
+    }
+
+    /// The general neurons' factor when the sinks are dropped with `scale`.
+    pub fn drop_factor(&self, scale: DropScale) -> f64 {
+        scale.factor(self.p_gen, self.p_mem, self.pool.len())
     }
 
     /// Total hidden width.
@@ -263,8 +295,8 @@ impl SinkGeometry {
                 let sinks = excluded.iter().map(|&off| if off { 0.0 } else { self.p_mem as f32 });
                 self.constant_scale(1.0, sinks)
             }
-            MlpMode::DropSinks { rescale } => {
-                let general = if *rescale { self.drop_scale() as f32 } else { 1.0 };
+            MlpMode::DropSinks { scale } => {
+                let general = self.drop_factor(*scale) as f32;
                 self.constant_scale(general, std::iter::repeat_n(0.0, self.pool.len()))
             }
         };

@@ -8,7 +8,7 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 use memsinks_model::io::{export_safetensors, load_model, save_model};
-use memsinks_model::{MemSinkLm, MlpMode, ModelConfig, SeqLayout};
+use memsinks_model::{DropScale, MemSinkLm, MlpMode, ModelConfig, SeqLayout};
 
 type B = Flex;
 type AD = Autodiff<Flex>;
@@ -182,6 +182,9 @@ fn matches_reference_in_every_mode_and_with_packing() {
         v
     };
     let rescale = ((cfg.p_gen + cfg.p_mem) / cfg.p_gen) as f32;
+    // Training's expected active share over the general share: 1 + (1 − p_gen) p_mem / p_gen.
+    let matched = (1.0 + (1.0 - cfg.p_gen) * cfg.p_mem / cfg.p_gen) as f32;
+    assert!((matched - rescale).abs() > 0.05, "the two factors must differ for this test to tell them apart");
     type Expected<'a> = Box<dyn Fn(usize) -> Vec<f32> + 'a>;
     let cases: Vec<(MlpMode, Expected)> = vec![
         (MlpMode::Train, Box::new(|t| own(t, &[]))),
@@ -191,12 +194,16 @@ fn matches_reference_in_every_mode_and_with_packing() {
             Box::new(|_| (0..hidden).map(|j| if j < n_gen { 1.0 } else { cfg.p_mem as f32 }).collect()),
         ),
         (
-            MlpMode::DropSinks { rescale: true },
+            MlpMode::DropSinks { scale: DropScale::Reference },
             Box::new(|_| (0..hidden).map(|j| if j < n_gen { rescale } else { 0.0 }).collect()),
         ),
         (
-            MlpMode::DropSinks { rescale: false },
+            MlpMode::DropSinks { scale: DropScale::Plain },
             Box::new(|_| (0..hidden).map(|j| if j < n_gen { 1.0 } else { 0.0 }).collect()),
+        ),
+        (
+            MlpMode::DropSinks { scale: DropScale::ActivityMatched },
+            Box::new(|_| (0..hidden).map(|j| if j < n_gen { matched } else { 0.0 }).collect()),
         ),
     ];
     for (mode, scale) in cases {
@@ -213,7 +220,8 @@ fn p_gen_one_is_a_plain_swiglu_model_in_every_mode() {
     let row: Vec<i64> = (0..10).map(|i| (i * 5 + 1) % 64).collect();
     let layout = SeqLayout::per_row(&[99], 10);
     let want = reference_logits(&model, &cfg, &row, &[0; 10], &|_| vec![1.0; cfg.d_hidden]).concat();
-    for mode in [MlpMode::Train, MlpMode::All { exclude: vec![99] }, MlpMode::DropSinks { rescale: true }] {
+    for mode in [MlpMode::Train, MlpMode::All { exclude: vec![99] }, MlpMode::DropSinks { scale: DropScale::Reference }]
+    {
         let got = values(model.forward(tokens(std::slice::from_ref(&row)), &layout, &mode));
         assert_close(&got, &want, 2e-4, &format!("p_gen=1 {mode:?}"));
     }
@@ -518,7 +526,7 @@ fn compact_masks_compute_what_full_masks_compute() {
     // The paper's setting never compacts: the dense path (and its numbers) stay as they were.
     let paper = ModelConfig::preset("tiny").unwrap().init::<AD>(&Default::default()).unwrap();
     let mask = paper.sinks().compact_hidden_mask::<AD>(
-        &MlpMode::DropSinks { rescale: true },
+        &MlpMode::DropSinks { scale: DropScale::Reference },
         &per_row,
         0,
         &Default::default(),

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use memsinks_data::{pass_order, Half, PreparedCorpus, Split};
-use memsinks_model::MlpMode;
+use memsinks_model::{DropScale, MlpMode};
 use memsinks_train::metrics::{read_evals, EvalRecord};
 use memsinks_train::{ExperimentConfig, Method};
 use memsinks_unlearn::metrics::gap_closure;
@@ -11,9 +11,10 @@ use memsinks_unlearn::MethodResult;
 
 use crate::config::{experiment_ron, LengthRule, StudyConfig};
 use crate::results::{
-    Dynamics, DynamicsPoint, Forgetting, MainRow, Results, RowValues, SelectedStep, SourceRemovalRun, Timing,
-    TrackedDoc, Versions,
+    DeployedChoice, DropCandidate, Dynamics, DynamicsPoint, Forgetting, MainRow, Results, RowValues, SelectedStep,
+    SourceRemovalRun, Timing, TrackedDoc, Versions, L_VAL_TOLERANCE, RESULTS_SCHEMA,
 };
+use crate::runner::BackendName;
 use crate::stages::Trained;
 
 /// Tracked documents drawn per model in the forgetting plots (a readable number of curves).
@@ -34,7 +35,7 @@ pub struct StudyOutputs {
 }
 
 /// The rows of the main table: label, training method, MLP mode evaluated.
-const MAIN_ROWS: [(&str, Method, MlpMode); 8] = [
+const MAIN_ROWS: [(&str, Method, MlpMode); 9] = [
     ("standard", Method::Standard, MlpMode::Train),
     ("dedup", Method::Dedup, MlpMode::Train),
     ("dedup + fresh data", Method::DedupFresh, MlpMode::Train),
@@ -42,14 +43,21 @@ const MAIN_ROWS: [(&str, Method, MlpMode); 8] = [
     ("gradient masking, sinks dropped", Method::GradientMasking, SINKS_DROPPED),
     ("memsinks, sinks on", Method::Memsinks, SINKS_ON),
     ("memsinks, sinks dropped (rescaled)", Method::Memsinks, SINKS_DROPPED),
-    ("memsinks, sinks dropped (plain)", Method::Memsinks, MlpMode::DropSinks { rescale: false }),
+    ("memsinks, sinks dropped (plain)", Method::Memsinks, MlpMode::DropSinks { scale: DropScale::Plain }),
+    (
+        "memsinks, sinks dropped (activity-matched)",
+        Method::Memsinks,
+        MlpMode::DropSinks { scale: DropScale::ActivityMatched },
+    ),
 ];
 
 /// Each sequence with its own sinks on.
 pub(crate) const SINKS_ON: MlpMode = MlpMode::ActivateSeq { exclude: Vec::new() };
 
-/// Every sink dropped, general units rescaled: the deployed MemSinks model.
-pub(crate) const SINKS_DROPPED: MlpMode = MlpMode::DropSinks { rescale: true };
+/// Every sink dropped, general units scaled by the reference code's factor: the deployed
+/// MemSinks model of results that record no dev-half choice ([`Results::deployed_mode`]), and
+/// the gradient-masking model's dropped mode.
+pub(crate) const SINKS_DROPPED: MlpMode = MlpMode::DropSinks { scale: DropScale::Reference };
 
 /// Builds `results.json` of experiment `name` from the stages' outputs.
 ///
@@ -60,7 +68,7 @@ pub fn assemble(
     cfg: &ExperimentConfig,
     study: &StudyConfig,
     seeds: &[u64],
-    backend: &str,
+    backend: BackendName,
     outputs: StudyOutputs,
     corpus: &PreparedCorpus,
 ) -> Result<Results> {
@@ -95,7 +103,9 @@ pub fn assemble(
         LengthRule::Fixed => Vec::new(),
         LengthRule::BestDevStep { max_l_val_ratio } => best_dev_steps(&trained, max_l_val_ratio)?,
     };
+    let deployed = choose_drop_scale(&rows);
     Ok(Results {
+        schema_version: RESULTS_SCHEMA,
         experiment: name.to_string(),
         config_hash: short_hash(&experiment_ron(cfg, study)),
         config: experiment_ron(cfg, study),
@@ -112,7 +122,32 @@ pub fn assemble(
         specificity,
         selected_steps,
         sources,
+        deployed,
     })
+}
+
+/// The dev half's choice among the drop-sinks scales of the MemSinks model: the one with the
+/// highest mean dev-half gap closure among those whose mean L_val is within
+/// [`L_VAL_TOLERANCE`] of the standard model's; without any, the reference code's. `None`
+/// when the table has no dropped MemSinks row with a dev-half closure.
+fn choose_drop_scale(rows: &[MainRow]) -> Option<DeployedChoice> {
+    let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let candidates: Vec<DropCandidate> = rows
+        .iter()
+        .filter(|r| r.method == Method::Memsinks)
+        .filter_map(|r| {
+            let MlpMode::DropSinks { scale } = r.mode else { return None };
+            Some(DropCandidate {
+                scale,
+                dev_closure: mean(r.values.iter().filter_map(|v| v.closure_dev).collect())?,
+                l_val_ratio: mean(r.values.iter().filter_map(|v| v.l_val_vs_standard).collect())?,
+            })
+        })
+        .collect();
+    let eligible = candidates.iter().filter(|c| c.l_val_ratio <= L_VAL_TOLERANCE && c.dev_closure.is_finite());
+    let chosen =
+        eligible.max_by(|a, b| a.dev_closure.total_cmp(&b.dev_closure)).map_or(DropScale::Reference, |c| c.scale);
+    (!candidates.is_empty()).then_some(DeployedChoice { scale: chosen, candidates })
 }
 
 /// Per seed, the evaluation step of the MemSinks run with the highest dev-half gap closure
@@ -235,4 +270,62 @@ fn tracked_docs(evals: &[EvalRecord], t: &Trained, corpus: &PreparedCorpus) -> R
             TrackedDoc { doc, seen_at, losses }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(seed: u64, closure_dev: f64, l_val_ratio: f64) -> RowValues {
+        RowValues {
+            seed,
+            l_rep: 0.5,
+            l_canary: None,
+            l_canary_held_out: None,
+            canary_closure: None,
+            l_val: l_val_ratio,
+            gap: 0.3,
+            closure_vs_standard: Some(closure_dev),
+            closure_dev: Some(closure_dev),
+            closure_test: Some(closure_dev),
+            l_val_vs_standard: Some(l_val_ratio),
+            extraction: 0.0,
+            extraction_heldout: 0.0,
+            verbatim: 0.0,
+            mia_auc: 0.5,
+            tokens_seen: 0,
+            real_tokens: None,
+            passes: None,
+            views_per_repeated: None,
+            wall_s: 0.0,
+        }
+    }
+
+    fn dropped(scale: DropScale, per_seed: &[(f64, f64)]) -> MainRow {
+        let values = per_seed.iter().enumerate().map(|(i, &(c, r))| values(i as u64, c, r)).collect();
+        MainRow { label: String::new(), method: Method::Memsinks, mode: MlpMode::DropSinks { scale }, values }
+    }
+
+    #[test]
+    fn the_dev_half_chooses_the_best_closure_among_scales_that_keep_the_model() {
+        let on = MainRow { mode: SINKS_ON, ..dropped(DropScale::Plain, &[(0.9, 1.0)]) };
+        let rows = vec![
+            on,
+            // The highest dev closure, bought with a worse model: not eligible.
+            dropped(DropScale::Reference, &[(0.8, 1.04), (0.8, 1.08)]),
+            dropped(DropScale::Plain, &[(0.5, 1.00), (0.6, 1.00)]),
+            dropped(DropScale::ActivityMatched, &[(0.6, 1.01), (0.7, 1.02)]),
+        ];
+        let choice = choose_drop_scale(&rows).unwrap();
+        assert_eq!(choice.scale, DropScale::ActivityMatched);
+        assert_eq!(choice.candidates.len(), 3, "only the dropped MemSinks rows are candidates");
+        let reference = choice.candidates.iter().find(|c| c.scale == DropScale::Reference).unwrap();
+        assert!((reference.dev_closure - 0.8).abs() < 1e-12 && (reference.l_val_ratio - 1.06).abs() < 1e-12);
+
+        // No eligible scale: the reference code's, the faithful default.
+        let worse = vec![dropped(DropScale::Plain, &[(0.9, 1.2)]), dropped(DropScale::ActivityMatched, &[(0.9, 1.3)])];
+        assert_eq!(choose_drop_scale(&worse).unwrap().scale, DropScale::Reference);
+        // No dropped rows at all (a study without MemSinks): no choice recorded.
+        assert!(choose_drop_scale(&rows[..1]).is_none());
+    }
 }

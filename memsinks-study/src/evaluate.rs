@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use memsinks_core::files::write_atomic;
-use memsinks_model::MlpMode;
+use memsinks_model::{DropScale, MlpMode};
 use memsinks_train::run::FinishedRun;
 use memsinks_train::{Method, RunDir};
 use memsinks_unlearn::eval::{
@@ -23,9 +23,15 @@ use crate::runner::BackendTask;
 /// Repeated documents whose sinks are switched off one at a time to measure specificity.
 const SPECIFICITY_DOCS: usize = 8;
 
+/// The current `schema_version` of `eval.json`.
+pub const EVAL_SCHEMA: u32 = 1;
+
 /// The content of `eval.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvalFile {
+    /// Format version ([`EVAL_SCHEMA`]; 0 in files written before it was recorded).
+    #[serde(default)]
+    pub schema_version: u32,
     /// Run id of the evaluated run.
     pub run_id: String,
     /// Training method.
@@ -92,7 +98,9 @@ impl EvalFile {
 pub fn load_eval(run: &Path) -> Result<EvalFile> {
     let path = RunDir::new(run).eval();
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}: evaluate the run first", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}", path.display()))
+    let file: EvalFile = serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    memsinks_core::files::check_schema(&path, file.schema_version, EVAL_SCHEMA)?;
+    Ok(file)
 }
 
 /// Evaluation of one run: which modes, which documents, and what to compare against.
@@ -177,6 +185,7 @@ impl BackendTask for EvalRequest {
             .then(|| source_removal(&model, &corpus, &self.exclude_sources, &options, device))
             .transpose()?;
         let mut file = EvalFile {
+            schema_version: EVAL_SCHEMA,
             exclusion_specificity,
             source_removal,
             run_id: summary.run_id,
@@ -187,7 +196,7 @@ impl BackendTask for EvalRequest {
             gap_closure_vs_reference: None,
         };
         file.gap_closure_vs_sinks_on = file
-            .gap_of(&MlpMode::DropSinks { rescale: true })
+            .gap_of(&MlpMode::DropSinks { scale: DropScale::Reference })
             .zip(file.gap_of(&MlpMode::ActivateSeq { exclude: vec![] }))
             .map(|(d, a)| gap_closure(d, a));
         if let Some(reference) = &self.reference {

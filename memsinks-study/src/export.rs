@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use memsinks_core::files::write_atomic;
 use memsinks_data::{PreparedCorpus, Split};
 use memsinks_model::io::export_safetensors;
-use memsinks_model::ModelConfig;
+use memsinks_model::{DropScale, MlpMode, ModelConfig};
 use memsinks_train::run::FinishedRun;
 use memsinks_unlearn::fold_drop_sinks;
 
@@ -29,9 +29,8 @@ pub struct ExportRequest {
     pub out: PathBuf,
     /// Fold the model with its sinks dropped into a plain Llama (sink neurons removed).
     pub drop_sinks: bool,
-    /// With `drop_sinks`: scale the general neurons by `(p_gen + p_mem) / p_gen`, as
-    /// `MlpMode::DropSinks { rescale: true }` does.
-    pub rescale: bool,
+    /// With `drop_sinks`: how the general neurons are scaled, as `MlpMode::DropSinks { scale }`.
+    pub scale: DropScale,
 }
 
 /// What was exported.
@@ -51,7 +50,7 @@ impl BackendTask for ExportRequest {
         let run = FinishedRun::open(&self.run)?;
         let (model, trained_cfg) = run.model::<B::InnerBackend>(device)?;
         let (model, cfg) = if self.drop_sinks {
-            fold_drop_sinks(&model, &trained_cfg, self.rescale, device)?
+            fold_drop_sinks(&model, &trained_cfg, self.scale, device)?
         } else if trained_cfg.num_sink() > 0 {
             bail!("this model has sinks, which a Llama reader would run at full strength: export with --drop-sinks");
         } else {
@@ -97,7 +96,7 @@ fn model_card(run: &FinishedRun, trained: &ModelConfig, exported: &ModelConfig, 
     let removal = if !request.drop_sinks {
         "The model was trained without sinks; the weights are exported as trained.".to_string()
     } else {
-        let scale = if request.rescale { trained.drop_scale() } else { 1.0 };
+        let factor = request.scale.factor(trained.p_gen, trained.p_mem, trained.num_sink());
         format!(
             "Exported with its **sinks dropped**: of the {} hidden units per MLP, the {} sink neurons were removed and \
              the first {} general neurons kept{}. This is `memsinks generate --mode {}`: the model without the \
@@ -105,12 +104,14 @@ fn model_card(run: &FinishedRun, trained: &ModelConfig, exported: &ModelConfig, 
             trained.d_hidden,
             trained.num_sink(),
             exported.d_hidden,
-            if request.rescale {
-                format!(", with the down projection scaled by (p_gen + p_mem) / p_gen = {scale:.4}")
-            } else {
-                String::new()
+            match request.scale {
+                DropScale::Plain => String::new(),
+                DropScale::Reference => format!(", with the down projection scaled by (p_gen + p_mem) / p_gen = {factor:.4}"),
+                DropScale::ActivityMatched => format!(
+                    ", with the down projection scaled by (p_gen + (1 − p_gen) p_mem) / p_gen = {factor:.4}"
+                ),
             },
-            if request.rescale { "drop-sinks" } else { "drop-sinks-plain" }
+            MlpMode::DropSinks { scale: request.scale }.name()
         )
     };
     format!(

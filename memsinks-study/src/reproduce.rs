@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use memsinks_core::files::{is_empty_dir, write_atomic, DirLock};
 use memsinks_data::{DataConfig, PreparedCorpus, Split};
 use memsinks_train::{ExperimentConfig, Method};
-use memsinks_unlearn::ForgetSet;
+use memsinks_unlearn::{ForgetSet, MethodResult};
 
 use crate::assemble::{assemble, StudyOutputs};
 use crate::config::{load_experiment, PosthocEntry, StudyConfig};
@@ -82,6 +82,19 @@ pub fn reproduce_any(request: &ReproduceRequest, runner: &impl Runner) -> Result
     })
 }
 
+/// One seed of a study: its data configuration and where its corpus lives.
+struct SeedPlan {
+    seed: u64,
+    data: DataConfig,
+    data_dir: PathBuf,
+}
+
+/// A seed's corpus, prepared once however many seeds share it.
+struct SeedCorpus {
+    data_dir: PathBuf,
+    corpus: PreparedCorpus,
+}
+
 /// Runs the study of `request` on `runner`; writes `results.json`, `report.md` and the plots
 /// into the output directory and returns the results.
 ///
@@ -109,66 +122,92 @@ pub fn reproduce(request: &ReproduceRequest, runner: &impl Runner) -> Result<Res
     // generated stories themselves) when `study.vary_data` is on: seed `s` uses data seed
     // `data.seed + s` (`StudyConfig::data_for_seed`), so a seed's corpus is the same in every
     // study that lists it.
-    let plan: Vec<(u64, DataConfig, PathBuf)> = seeds
+    let plan: Vec<SeedPlan> = seeds
         .iter()
         .map(|&seed| {
             let data = study.data_for_seed(&cfg.data, seed);
             let data_dir = dir.data_for(&data, &cfg.data);
-            (seed, data, data_dir)
+            SeedPlan { seed, data, data_dir }
         })
         .collect();
-    // Corpora, then per seed: training and evaluation of each method, dropping the sinks and
-    // every post-hoc method for each forget set (two with canaries, counted once the first
-    // corpus says so); source removals are added when their sources are known.
-    let distinct_corpora = plan.iter().map(|(_, _, d)| d).collect::<std::collections::BTreeSet<_>>().len();
-    stages.show_progress((distinct_corpora + seeds.len() * study.methods.len() * 2) as u64);
-    let mut corpora: Vec<(&PathBuf, PreparedCorpus)> = Vec::new();
-    for (_, data, data_dir) in &plan {
-        if corpora.iter().any(|(d, _)| *d == data_dir) {
+    let corpora = prepare_corpora(&mut stages, &plan, study)?;
+    let corpus = &corpora[0].corpus;
+    let forget_sets: Vec<ForgetSet> = if corpus.manifest.indices(Split::Canary).is_empty() {
+        vec![ForgetSet::Repeated]
+    } else {
+        vec![ForgetSet::Repeated, ForgetSet::Canary]
+    };
+    let drops = usize::from(study.methods.contains(&Method::Memsinks));
+    stages.more_stages((seeds.len() * forget_sets.len() * (drops + study.posthoc.len())) as u64);
+
+    let mut trained = Vec::new();
+    for p in &plan {
+        for &method in &study.methods {
+            let mut run_cfg = cfg.clone();
+            run_cfg.data = p.data.clone();
+            run_cfg.train.method = method;
+            run_cfg.train.seed = p.seed;
+            let run_dir = dir.run(method, p.seed);
+            let summary = stages.train(&run_cfg, &run_dir, &p.data_dir, request.rerun, runner)?;
+            let eval = stages.evaluate(&dir, &run_cfg, study, &run_dir, runner)?;
+            trained.push(Trained { method, seed: p.seed, dir: run_dir, summary, eval });
+        }
+    }
+    let (by_design, posthoc) = removals(&mut stages, &dir, study, &trained, &seeds, &forget_sets, runner)?;
+    let sources = remove_sources(&mut stages, &dir, study, &trained, &corpora, &plan, runner)?;
+
+    stages.close_progress();
+    let outputs = StudyOutputs { timings: stages.timings, trained, posthoc, by_design, sources };
+    let results = assemble(&request.name, cfg, study, &seeds, runner.backend(), outputs, corpus)?;
+    write_atomic(&dir.results(), &serde_json::to_vec_pretty(&results)?)?;
+    report::write_report(dir.path(), &results)?;
+    Ok(results)
+}
+
+/// Prepares (or reuses) each distinct corpus of the plan, in plan order, and starts the progress
+/// bar over the stages known so far: corpora, then training and evaluating each method of each
+/// seed (removals are added once the first corpus says whether there are canaries).
+fn prepare_corpora(stages: &mut Stages, plan: &[SeedPlan], study: &StudyConfig) -> Result<Vec<SeedCorpus>> {
+    let distinct = plan.iter().map(|p| &p.data_dir).collect::<std::collections::BTreeSet<_>>().len();
+    stages.show_progress((distinct + plan.len() * study.methods.len() * 2) as u64);
+    let mut corpora: Vec<SeedCorpus> = Vec::new();
+    for p in plan {
+        if corpora.iter().any(|c| c.data_dir == p.data_dir) {
             continue;
         }
         let started = Instant::now();
-        let corpus = memsinks_data::prepare(data, data_dir, true)?;
-        let name = data_dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let corpus = memsinks_data::prepare(&p.data, &p.data_dir, true)?;
+        let name = p.data_dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         stages.finished(Timing {
             stage: format!("prepare corpus ({name})"),
             seconds: started.elapsed().as_secs_f64(),
             cached: false,
         });
-        corpora.push((data_dir, corpus));
+        corpora.push(SeedCorpus { data_dir: p.data_dir.clone(), corpus });
     }
-    let corpus = &corpora[0].1;
-    let has_canaries = !corpus.manifest.indices(Split::Canary).is_empty();
-    let forget_sets_count = if has_canaries { 2 } else { 1 };
-    let drops = usize::from(study.methods.contains(&Method::Memsinks));
-    stages.more_stages((seeds.len() * forget_sets_count * (drops + study.posthoc.len())) as u64);
+    Ok(corpora)
+}
 
-    let mut trained = Vec::new();
-    for (seed, data, data_dir) in &plan {
-        for &method in &study.methods {
-            let mut run_cfg = cfg.clone();
-            run_cfg.data = data.clone();
-            run_cfg.train.method = method;
-            run_cfg.train.seed = *seed;
-            let run_dir = dir.run(method, *seed);
-            let summary = stages.train(&run_cfg, &run_dir, data_dir, request.rerun, runner)?;
-            let eval = stages.evaluate(&dir, &run_cfg, study, &run_dir, runner)?;
-            trained.push(Trained { method, seed: *seed, dir: run_dir, summary, eval });
-        }
-    }
-
-    // Post-hoc methods on the standard model and dropping the sinks of the MemSinks model, in
-    // every seed, so that their comparisons get intervals over seeds.
-    let forget_sets: Vec<ForgetSet> =
-        if has_canaries { vec![ForgetSet::Repeated, ForgetSet::Canary] } else { vec![ForgetSet::Repeated] };
+/// Dropping the sinks of the MemSinks model and every post-hoc method on the standard model, in
+/// every seed and for every forget set, so that their comparisons get intervals over seeds:
+/// `(by design, post-hoc)`.
+fn removals(
+    stages: &mut Stages,
+    dir: &StudyDir,
+    study: &StudyConfig,
+    trained: &[Trained],
+    seeds: &[u64],
+    forget_sets: &[ForgetSet],
+    runner: &impl Runner,
+) -> Result<(Vec<MethodResult>, Vec<MethodResult>)> {
     let (mut by_design, mut posthoc) = (Vec::new(), Vec::new());
-    for &seed in &seeds {
+    for &seed in seeds {
         let of = |m: Method| trained.iter().find(|t| t.method == m && t.seed == seed);
         let mut dropped = Vec::new();
         if let Some(mem) = of(Method::Memsinks) {
-            for forget in &forget_sets {
+            for forget in forget_sets {
                 let task = MethodTask::new(mem.dir.path(), "drop-sinks", &[], forget.clone())?;
-                dropped.push(stages.removal(&dir, mem, task, runner)?);
+                dropped.push(stages.removal(dir, mem, task, runner)?);
             }
         }
         // Post-hoc relearning starts where the method forgot as much as dropping the sinks did
@@ -178,24 +217,17 @@ pub fn reproduce(request: &ReproduceRequest, runner: &impl Runner) -> Result<Res
         };
         let standard = of(Method::Standard).with_context(|| format!("the standard model of seed {seed}"))?;
         for entry in &study.posthoc {
-            for forget in &forget_sets {
+            for forget in forget_sets {
                 let mut task = MethodTask::new(standard.dir.path(), &entry.method, &entry.sets, forget.clone())?;
                 if let Some(relearn) = task.file.relearn.as_mut() {
                     relearn.start_at_delta_forget = relearn.start_at_delta_forget.or(matched(forget));
                 }
-                posthoc.push(stages.removal(&dir, standard, task, runner)?);
+                posthoc.push(stages.removal(dir, standard, task, runner)?);
             }
         }
         by_design.extend(dropped);
     }
-    let sources = remove_sources(&mut stages, &dir, study, &trained, &corpora, &plan, runner)?;
-
-    stages.close_progress();
-    let outputs = StudyOutputs { timings: stages.timings, trained, posthoc, by_design, sources };
-    let results = assemble(&request.name, cfg, study, &seeds, runner.backend(), outputs, corpus)?;
-    write_atomic(&dir.results(), &serde_json::to_vec_pretty(&results)?)?;
-    report::write_report(dir.path(), &results)?;
-    Ok(results)
+    Ok((by_design, posthoc))
 }
 
 /// With a corpus of sources (`data.source_key`) and `study.forget_sources`: in every seed, each
@@ -207,13 +239,13 @@ fn remove_sources(
     dir: &StudyDir,
     study: &StudyConfig,
     trained: &[Trained],
-    corpora: &[(&PathBuf, PreparedCorpus)],
-    plan: &[(u64, DataConfig, PathBuf)],
+    corpora: &[SeedCorpus],
+    plan: &[SeedPlan],
     runner: &impl Runner,
 ) -> Result<Vec<SourceRemovalRun>> {
     let mut out = Vec::new();
-    for (seed, _, data_dir) in plan {
-        let corpus = &corpora.iter().find(|(d, _)| *d == data_dir).context("the seed's corpus")?.1;
+    for p in plan {
+        let corpus = &corpora.iter().find(|c| c.data_dir == p.data_dir).context("the seed's corpus")?.corpus;
         let keys: Vec<String> = corpus
             .manifest
             .sources
@@ -224,7 +256,7 @@ fn remove_sources(
             .collect();
         for key in keys {
             let forget = ForgetSet::Source(key);
-            for t in trained.iter().filter(|t| t.seed == *seed) {
+            for t in trained.iter().filter(|t| t.seed == p.seed) {
                 let by_design = [PosthocEntry { method: "drop-source-sinks".into(), sets: Vec::new() }];
                 let methods: &[PosthocEntry] = match t.method {
                     Method::Memsinks => &by_design,
@@ -236,7 +268,7 @@ fn remove_sources(
                     let mut task = MethodTask::new(t.dir.path(), &entry.method, &entry.sets, forget.clone())?;
                     task.file.relearn = None;
                     let result = stages.removal(dir, t, task, runner)?;
-                    out.push(SourceRemovalRun { seed: *seed, method: t.method, result });
+                    out.push(SourceRemovalRun { seed: p.seed, method: t.method, result });
                 }
             }
         }

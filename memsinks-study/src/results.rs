@@ -1,14 +1,20 @@
 //! `results.json`: every number of a reproduction, enough to redraw the report without the runs.
 
-use memsinks_model::MlpMode;
+use memsinks_model::{DropScale, MlpMode};
 use memsinks_train::Method;
 use serde::{Deserialize, Serialize};
 
 use memsinks_unlearn::MethodResult;
 
+/// The current `schema_version` of `results.json`.
+pub const RESULTS_SCHEMA: u32 = 1;
+
 /// The whole study.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Results {
+    /// Format version ([`RESULTS_SCHEMA`]; 0 in files written before it was recorded).
+    #[serde(default)]
+    pub schema_version: u32,
     /// Experiment name (the config file's stem).
     pub experiment: String,
     /// Short hash of the resolved configuration (data, model, training and study).
@@ -47,6 +53,43 @@ pub struct Results {
     /// the MemSinks model and the post-hoc methods forgetting it on the standard model.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceRemovalRun>,
+    /// The drop-sinks scale the headline uses, chosen on the dev half. Results written before
+    /// the choice was made carry none: their headline is the reference code's scale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed: Option<DeployedChoice>,
+}
+
+impl Results {
+    /// The mode of the MemSinks model the headline and the findings use: the dev half's choice,
+    /// or the reference code's scale in results that record none.
+    pub fn deployed_mode(&self) -> MlpMode {
+        MlpMode::DropSinks { scale: self.deployed.as_ref().map_or(DropScale::Reference, |d| d.scale) }
+    }
+}
+
+/// A closure bought with a validation loss this many times the standard model's is flagged in
+/// the report (the gap closed because the model got worse, not because memorization was
+/// isolated), and a drop-sinks scale whose mean L_val ÷ standard exceeds it cannot be chosen.
+pub const L_VAL_TOLERANCE: f64 = 1.05;
+
+/// The dev half's choice of the drop-sinks scale, with what it chose among.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeployedChoice {
+    /// The chosen scale.
+    pub scale: DropScale,
+    /// Every scale the table evaluated.
+    pub candidates: Vec<DropCandidate>,
+}
+
+/// One drop-sinks scale as the choice saw it (means over seeds).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DropCandidate {
+    /// The scale.
+    pub scale: DropScale,
+    /// Mean gap closure on the dev half of the repeated documents.
+    pub dev_closure: f64,
+    /// Mean L_val ÷ standard.
+    pub l_val_ratio: f64,
 }
 
 /// One removal of a source in one seed.

@@ -35,10 +35,61 @@ impl DeviceRange {
     pub const ONE: DeviceRange = DeviceRange { first: 0, count: 1 };
 }
 
+/// The backends the toolkit runs on, each a cargo feature of the same name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendName {
+    /// burn's flex CPU backend with the toolkit's fused kernels (the default).
+    Flex,
+    /// burn's ndarray CPU backend.
+    Ndarray,
+    /// NVIDIA GPUs through CubeCL.
+    Cuda,
+    /// Vulkan, Metal or DirectX GPUs (and the software Vulkan adapter) through wgpu.
+    Wgpu,
+}
+
+impl BackendName {
+    /// Every backend, in order of preference for the default: the CPU backends first (flex trains
+    /// fastest on CPU: see experiments/bench/RESULTS.md).
+    pub const ALL: [BackendName; 4] = [BackendName::Flex, BackendName::Ndarray, BackendName::Cuda, BackendName::Wgpu];
+
+    /// The name of the cargo feature and of `--backend`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendName::Flex => "flex",
+            BackendName::Ndarray => "ndarray",
+            BackendName::Cuda => "cuda",
+            BackendName::Wgpu => "wgpu",
+        }
+    }
+
+    /// The backend called `name`.
+    ///
+    /// # Errors
+    /// An unknown name, with the allowed ones.
+    pub fn parse(name: &str) -> std::result::Result<Self, String> {
+        Self::ALL.into_iter().find(|b| b.name() == name).ok_or_else(|| {
+            let all: Vec<&str> = Self::ALL.iter().map(|b| b.name()).collect();
+            format!("unknown backend `{name}`; allowed: {}", all.join(", "))
+        })
+    }
+
+    /// Whether it computes on the CPU (one device, host memory).
+    pub fn is_cpu(self) -> bool {
+        matches!(self, BackendName::Flex | BackendName::Ndarray)
+    }
+}
+
+impl std::fmt::Display for BackendName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Runs [`BackendTask`]s on the backend chosen at run time.
 pub trait Runner {
-    /// The backend's name, as recorded in results.
-    fn backend(&self) -> &str;
+    /// The backend, as recorded in results.
+    fn backend(&self) -> BackendName;
     /// Runs `task` in `precision` on `devices`.
     ///
     /// # Errors

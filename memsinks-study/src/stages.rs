@@ -20,12 +20,54 @@ use crate::results::Timing;
 use crate::runner::{DeviceRange, MethodTask, Runner, TrainTask};
 use crate::study_dir::StudyDir;
 
-/// A cached stage's output with the key it was computed for.
+/// A cached stage's output with the key it was computed for. A file whose key does not parse
+/// as a [`StageKey`] (one written before keys were typed) is recomputed.
 #[derive(Serialize, Deserialize)]
 struct Cached<T> {
-    key: String,
+    key: StageKey,
     value: T,
     seconds: f64,
+}
+
+/// What a cached stage's output was computed from: it is reused only for an equal key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum StageKey {
+    /// Evaluating a trained run ([`crate::evaluate::EvalFile`]): a new `schema_version` of
+    /// eval.json (another set of modes, say) recomputes it.
+    Eval {
+        /// The run.
+        run: TrainedInputs,
+        /// eval.json's schema version.
+        eval_schema: u32,
+        /// Documents per set.
+        eval_docs: usize,
+        /// Greedy extraction: prompt tokens.
+        extract_prompt: usize,
+        /// Greedy extraction: continuation tokens.
+        extract_continuation: usize,
+    },
+    /// A removal method on a trained run.
+    Removal {
+        /// The run.
+        run: TrainedInputs,
+        /// The method file after overrides (RON).
+        method_file: String,
+        /// The forget set's name.
+        forget: String,
+    },
+}
+
+/// The identity of what a trained run hands to the stages after it: its run ID and the digests
+/// of its `train.json` and final weights. Part of every later stage's key, so a stage whose
+/// model or summary changed is recomputed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainedInputs {
+    /// The run ID (hash of the resolved configuration).
+    pub run_id: String,
+    /// SHA-256 of `train.json`.
+    pub summary_sha256: String,
+    /// SHA-256 of the final weights.
+    pub weights_sha256: String,
 }
 
 /// What a reproduction may do with the training runs it finds in its directory.
@@ -115,7 +157,7 @@ impl Stages {
     pub fn cached<T: Serialize + for<'de> Deserialize<'de>>(
         &mut self,
         path: &Path,
-        key: &str,
+        key: &StageKey,
         stage: String,
         compute: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
@@ -123,7 +165,7 @@ impl Stages {
             match check_checksum(path, None) {
                 Ok(ChecksumCheck::Matches) => {
                     if let Ok(c) = serde_json::from_str::<Cached<T>>(&text) {
-                        if c.key == key {
+                        if c.key == *key {
                             self.finished(Timing { stage, seconds: c.seconds, cached: true });
                             return Ok(c.value);
                         }
@@ -138,7 +180,7 @@ impl Stages {
         let started = Instant::now();
         let value = compute()?;
         let seconds = started.elapsed().as_secs_f64();
-        let entry = Cached { key: key.to_string(), value, seconds };
+        let entry = Cached { key: key.clone(), value, seconds };
         write_atomic_checked(path, &serde_json::to_vec_pretty(&entry)?)?;
         self.finished(Timing { stage, seconds, cached: false });
         Ok(entry.value)
@@ -167,7 +209,7 @@ impl Stages {
             let same = recorded.as_ref().is_ok_and(|c| c.run_id() == cfg.run_id());
             if same {
                 if let Ok(summary) = load_summary(path) {
-                    trained_inputs(dir).with_context(|| {
+                    trained_inputs(dir, &summary.run_id).with_context(|| {
                         format!(
                             "{} is finished but its model cannot be used; rerun with --force to train it again",
                             path.display()
@@ -222,8 +264,13 @@ impl Stages {
         dir: &RunDir,
         runner: &impl Runner,
     ) -> Result<EvalFile> {
-        let inputs = trained_inputs(dir)?;
-        let key = format!("{} {} {} {} {inputs}", cfg.run_id(), s.eval_docs, s.extract_prompt, s.extract_continuation);
+        let key = StageKey::Eval {
+            run: trained_inputs(dir, &cfg.run_id())?,
+            eval_schema: crate::evaluate::EVAL_SCHEMA,
+            eval_docs: s.eval_docs,
+            extract_prompt: s.extract_prompt,
+            extract_continuation: s.extract_continuation,
+        };
         let stage = format!("eval {} seed {}", cfg.train.method.name(), cfg.train.seed);
         let request = EvalRequest {
             run: dir.path().to_path_buf(),
@@ -255,8 +302,11 @@ impl Stages {
         runner: &impl Runner,
     ) -> Result<MethodResult> {
         let forget = task.forget.clone();
-        let inputs = trained_inputs(&on.dir)?;
-        let key = format!("{} {} {} {inputs}", on.summary.run_id, ron::to_string(&task.file)?, forget.name());
+        let key = StageKey::Removal {
+            run: trained_inputs(&on.dir, &on.summary.run_id)?,
+            method_file: ron::to_string(&task.file)?,
+            forget: forget.name(),
+        };
         let stage = format!("{} on {} seed {} ({})", task.name, on.method.name(), on.seed, forget.name());
         let path = study.posthoc(&task.name, on.method, Some(on.seed), &forget);
         let result = self.cached(&path, &key, stage, || runner.run(Precision::F32, DeviceRange::ONE, task))?;
@@ -264,13 +314,11 @@ impl Stages {
     }
 }
 
-/// The identity of what a trained run hands to the stages after it: the digests of its
-/// `train.json` and final weights. Part of every later stage's key, so a stage whose model or
-/// summary changed is recomputed.
+/// The [`TrainedInputs`] of the finished run in `dir` with ID `run_id`.
 ///
 /// # Errors
 /// When the final weights are missing or do not match their checksum.
-fn trained_inputs(dir: &RunDir) -> Result<String> {
+fn trained_inputs(dir: &RunDir, run_id: &str) -> Result<TrainedInputs> {
     let weights = dir.final_model().join(memsinks_model::io::WEIGHTS_FILE);
     if !weights.exists() {
         bail!("{} is missing", weights.display());
@@ -279,5 +327,9 @@ fn trained_inputs(dir: &RunDir) -> Result<String> {
         bail!("{} does not match its checksum (damaged or edited)", weights.display());
     }
     let digest = |p: &Path| memsinks_core::files::file_sha256(p);
-    Ok(format!("{}+{}", digest(&dir.summary())?, digest(&weights)?))
+    Ok(TrainedInputs {
+        run_id: run_id.to_string(),
+        summary_sha256: digest(&dir.summary())?,
+        weights_sha256: digest(&weights)?,
+    })
 }

@@ -231,6 +231,12 @@ pub struct TrainConfig {
     /// device count cannot change the effective batch unnoticed.
     #[serde(default, skip_serializing_if = "omitted")]
     pub global_batch: Option<usize>,
+    /// Memory of each device in GiB: training refuses a micro-batch whose estimate
+    /// (`memsinks model --memory`) exceeds it, naming the batch and accumulation that fit. burn
+    /// offers no portable query of a GPU's memory, so a GPU run states it (78 for an 80 GB card);
+    /// without it only the host-memory check of the CPU backends applies.
+    #[serde(default, skip_serializing_if = "omitted")]
+    pub device_memory_gib: Option<f64>,
     /// Token budget rule of the deduplicated models.
     #[serde(default)]
     pub dedup_budget: DedupBudget,
@@ -368,6 +374,9 @@ impl ExperimentConfig {
                 t.devices,
                 layout.global_batch()
             )));
+        }
+        if t.device_memory_gib.is_some_and(|g| !(g > 0.0 && g.is_finite())) {
+            return bad("train.device_memory_gib must be a positive number of GiB");
         }
         if !(t.lr > 0.0 && t.lr.is_finite()) || t.min_lr < 0.0 || t.min_lr > t.lr {
             return bad("train.lr must be positive and train.min_lr in [0, lr]");

@@ -17,10 +17,11 @@ use burn::train::metric::{
 };
 use burn::train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
 use memsinks_data::{LmBatch, Split};
-use memsinks_model::{MemSinkLm, MlpMode};
+use memsinks_model::{DropScale, MemSinkLm, MlpMode};
 
 use crate::amp::{LossScale, LossScaleConfig, ScaleState, ScaleVerdict};
 use crate::config::Precision;
+use crate::metrics::EvalKey;
 use crate::optim::{clip_global_norm, unscale_and_clip};
 use crate::run_state::RunState;
 use memsinks_model::loss::{lm_loss, token_nll};
@@ -36,11 +37,30 @@ pub struct EvalBatch<B: Backend> {
     pub docs: Vec<usize>,
 }
 
-/// Host-side results of one step: named mean losses with their token counts.
+/// Which loss a [`StepOutput`] entry is: the training loss, or one of the evaluation losses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossKey {
+    /// The training loss of a step.
+    Training,
+    /// An evaluation loss.
+    Eval(EvalKey),
+}
+
+impl LossKey {
+    /// The metric's name on burn-train's dashboard.
+    pub fn name(self) -> &'static str {
+        match self {
+            LossKey::Training => "loss",
+            LossKey::Eval(key) => key.name(),
+        }
+    }
+}
+
+/// Host-side results of one step: mean losses with their token counts.
 #[derive(Clone, Debug, Default)]
 pub struct StepOutput {
-    /// `(metric name, mean NLL, tokens)`.
-    pub losses: Vec<(&'static str, f64, usize)>,
+    /// `(loss, mean NLL, tokens)`.
+    pub losses: Vec<(LossKey, f64, usize)>,
 }
 
 impl ItemLazy for StepOutput {
@@ -59,15 +79,15 @@ impl Adaptor<StepOutput> for StepOutput {
 /// A numeric metric that reads one named loss of [`StepOutput`], weighted by tokens.
 #[derive(Clone)]
 pub struct NamedLoss {
-    key: &'static str,
+    key: LossKey,
     name: MetricName,
     state: NumericMetricState,
 }
 
 impl NamedLoss {
     /// The metric for loss `key`.
-    pub fn new(key: &'static str) -> Self {
-        Self { key, name: Arc::new(key.to_string()), state: NumericMetricState::default() }
+    pub fn new(key: LossKey) -> Self {
+        Self { key, name: Arc::new(key.name().to_string()), state: NumericMetricState::default() }
     }
 }
 
@@ -83,7 +103,7 @@ impl Metric for NamedLoss {
                     NumericEntry::Value(v) => v,
                     NumericEntry::Aggregated { aggregated_value, .. } => aggregated_value,
                 };
-                SerializedEntry::new(format!("{}: {current:.4}", self.key), current.to_string())
+                SerializedEntry::new(format!("{}: {current:.4}", self.key.name()), current.to_string())
             }
         }
     }
@@ -192,7 +212,7 @@ impl<B: TrainBackend> TrainStep for TrainingLm<B> {
         }
         // One step of one micro-batch in f32 leaves the loss as it is (bit for bit).
         let grads = if factor == 1.0 { loss.backward() } else { (loss * factor).backward() };
-        TrainOutput::new(self, grads, StepOutput { losses: vec![("loss", value, tokens as usize)] })
+        TrainOutput::new(self, grads, StepOutput { losses: vec![(LossKey::Training, value, tokens as usize)] })
     }
 
     fn optimize<BB, O>(self, optim: &mut O, lr: f64, mut grads: GradientsParams) -> Self
@@ -228,14 +248,15 @@ impl<B: Kernels> InferenceStep for TrainingLm<B> {
 
     fn step(&self, item: EvalBatch<B>) -> StepOutput {
         let sinks = self.has_sinks();
-        let drop = MlpMode::DropSinks { rescale: true };
+        let drop = MlpMode::DropSinks { scale: DropScale::Reference };
         let own = MlpMode::ActivateSeq { exclude: vec![] };
+        // The keys of the split's loss with its sinks and without; unique text is not evaluated.
         let (with_key, without_key) = match item.split {
-            Split::Repeated => ("rep_loss_sinks", "rep_loss_nosinks"),
-            Split::Unique | Split::DedupFill => ("unique_loss", "unique_loss"),
-            Split::Canary => ("canary_loss_sinks", "canary_loss_nosinks"),
-            Split::Validation => ("val_loss", "val_loss"),
-            Split::CanaryHeldOut => ("canary_heldout_loss", "canary_heldout_loss"),
+            Split::Repeated => (EvalKey::RepLossSinks, EvalKey::RepLossNosinks),
+            Split::Canary => (EvalKey::CanaryLossSinks, EvalKey::CanaryLossNosinks),
+            Split::Validation => (EvalKey::ValLoss, EvalKey::ValLoss),
+            Split::CanaryHeldOut => (EvalKey::CanaryHeldoutLoss, EvalKey::CanaryHeldoutLoss),
+            Split::Unique | Split::DedupFill => return StepOutput::default(),
         };
         // Per-row mean NLL in one mode.
         let rows = |mode: &MlpMode| -> (Vec<f64>, Vec<usize>) {
@@ -257,14 +278,16 @@ impl<B: Kernels> InferenceStep for TrainingLm<B> {
         let with = if sinks && !held_out { rows(&own).0 } else { without.clone() };
         let (m_without, n) = mean(&without, &counts);
         let (m_with, _) = mean(&with, &counts);
-        out.losses.push((without_key, m_without, n));
+        out.losses.push((LossKey::Eval(without_key), m_without, n));
         if with_key != without_key {
-            out.losses.push((with_key, m_with, n));
+            out.losses.push((LossKey::Eval(with_key), m_with, n));
         }
         if item.split == Split::Repeated {
             // The dev and test halves of the repeated documents, with and without sinks.
-            let halves =
-                [(true, ["rep_dev_sinks", "rep_dev_nosinks"]), (false, ["rep_test_sinks", "rep_test_nosinks"])];
+            let halves = [
+                (true, [EvalKey::RepDevSinks, EvalKey::RepDevNosinks]),
+                (false, [EvalKey::RepTestSinks, EvalKey::RepTestNosinks]),
+            ];
             for (dev, keys) in halves {
                 let rows: Vec<usize> =
                     (0..item.docs.len()).filter(|&r| self.docs.dev.contains(&item.docs[r]) == dev).collect();
@@ -272,7 +295,7 @@ impl<B: Kernels> InferenceStep for TrainingLm<B> {
                 for (key, losses) in keys.into_iter().zip([&with, &without]) {
                     let (m, n) = mean(&rows.iter().map(|&r| losses[r]).collect::<Vec<_>>(), &counts);
                     if n > 0 {
-                        out.losses.push((key, m, n));
+                        out.losses.push((LossKey::Eval(key), m, n));
                     }
                 }
             }

@@ -12,19 +12,64 @@ use crate::TrainError;
 /// manifest's repeated split.
 pub const TRACKED_DOCS: usize = 16;
 
-/// Names of the evaluation losses (burn-train's dashboard metrics and [`EvalRecord`]'s fields).
-pub const EVAL_KEYS: [&str; 10] = [
-    "val_loss",
-    "rep_loss_sinks",
-    "rep_loss_nosinks",
-    "canary_loss_sinks",
-    "canary_loss_nosinks",
-    "canary_heldout_loss",
-    "rep_dev_sinks",
-    "rep_dev_nosinks",
-    "rep_test_sinks",
-    "rep_test_nosinks",
-];
+/// The evaluation losses a run logs: the one list behind burn-train's dashboard metrics, the
+/// learner that computes them and [`EvalRecord`]'s fields (each key's [`EvalKey::name`] is its
+/// field's name in `metrics.jsonl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EvalKey {
+    /// Held-out documents.
+    ValLoss,
+    /// Repeated documents, each with its own sinks.
+    RepLossSinks,
+    /// Repeated documents with the sinks dropped.
+    RepLossNosinks,
+    /// Canaries, each with its own sinks.
+    CanaryLossSinks,
+    /// Canaries with the sinks dropped.
+    CanaryLossNosinks,
+    /// Held-out canaries, never trained on.
+    CanaryHeldoutLoss,
+    /// The dev half of the repeated documents, each with its own sinks.
+    RepDevSinks,
+    /// The dev half with the sinks dropped.
+    RepDevNosinks,
+    /// The test half, each with its own sinks.
+    RepTestSinks,
+    /// The test half with the sinks dropped.
+    RepTestNosinks,
+}
+
+impl EvalKey {
+    /// Every key.
+    pub const ALL: [EvalKey; 10] = [
+        EvalKey::ValLoss,
+        EvalKey::RepLossSinks,
+        EvalKey::RepLossNosinks,
+        EvalKey::CanaryLossSinks,
+        EvalKey::CanaryLossNosinks,
+        EvalKey::CanaryHeldoutLoss,
+        EvalKey::RepDevSinks,
+        EvalKey::RepDevNosinks,
+        EvalKey::RepTestSinks,
+        EvalKey::RepTestNosinks,
+    ];
+
+    /// The metric's name: its field in `metrics.jsonl` and its label on burn-train's dashboard.
+    pub fn name(self) -> &'static str {
+        match self {
+            EvalKey::ValLoss => "val_loss",
+            EvalKey::RepLossSinks => "rep_loss_sinks",
+            EvalKey::RepLossNosinks => "rep_loss_nosinks",
+            EvalKey::CanaryLossSinks => "canary_loss_sinks",
+            EvalKey::CanaryLossNosinks => "canary_loss_nosinks",
+            EvalKey::CanaryHeldoutLoss => "canary_heldout_loss",
+            EvalKey::RepDevSinks => "rep_dev_sinks",
+            EvalKey::RepDevNosinks => "rep_dev_nosinks",
+            EvalKey::RepTestSinks => "rep_test_sinks",
+            EvalKey::RepTestNosinks => "rep_test_nosinks",
+        }
+    }
+}
 
 /// One line of `metrics.jsonl`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -121,27 +166,25 @@ fn doc_index_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<usi
 }
 
 impl EvalRecord {
-    /// The losses in [`EVAL_KEYS`] order.
-    fn slots(&mut self) -> [&mut Option<f64>; EVAL_KEYS.len()] {
-        [
-            &mut self.val_loss,
-            &mut self.rep_loss_sinks,
-            &mut self.rep_loss_nosinks,
-            &mut self.canary_loss_sinks,
-            &mut self.canary_loss_nosinks,
-            &mut self.canary_heldout_loss,
-            &mut self.rep_dev_sinks,
-            &mut self.rep_dev_nosinks,
-            &mut self.rep_test_sinks,
-            &mut self.rep_test_nosinks,
-        ]
+    /// The field of `key`.
+    fn slot(&mut self, key: EvalKey) -> &mut Option<f64> {
+        match key {
+            EvalKey::ValLoss => &mut self.val_loss,
+            EvalKey::RepLossSinks => &mut self.rep_loss_sinks,
+            EvalKey::RepLossNosinks => &mut self.rep_loss_nosinks,
+            EvalKey::CanaryLossSinks => &mut self.canary_loss_sinks,
+            EvalKey::CanaryLossNosinks => &mut self.canary_loss_nosinks,
+            EvalKey::CanaryHeldoutLoss => &mut self.canary_heldout_loss,
+            EvalKey::RepDevSinks => &mut self.rep_dev_sinks,
+            EvalKey::RepDevNosinks => &mut self.rep_dev_nosinks,
+            EvalKey::RepTestSinks => &mut self.rep_test_sinks,
+            EvalKey::RepTestNosinks => &mut self.rep_test_nosinks,
+        }
     }
 
-    /// Sets the loss named `key` (one of [`EVAL_KEYS`]); other keys are ignored.
-    pub fn set(&mut self, key: &str, value: f64) {
-        if let Some(i) = EVAL_KEYS.iter().position(|k| *k == key) {
-            *self.slots()[i] = Some(value);
-        }
+    /// Sets the loss of `key`.
+    pub fn set(&mut self, key: EvalKey, value: f64) {
+        *self.slot(key) = Some(value);
     }
 }
 
@@ -232,8 +275,8 @@ mod tests {
     #[test]
     fn records_round_trip_and_keep_the_old_layout() {
         let mut e = EvalRecord { round: 2, step: 40, ..Default::default() };
-        e.set("val_loss", 3.5);
-        e.set("rep_loss_sinks", 1.25);
+        e.set(EvalKey::ValLoss, 3.5);
+        e.set(EvalKey::RepLossSinks, 1.25);
         e.rep_doc_losses.insert(7, (1.0, 2.0));
         let line = serde_json::to_string(&MetricsLine::Eval(e.clone())).unwrap();
         // The layout older runs wrote: a `kind` tag, flat losses, documents keyed by index.
@@ -246,11 +289,14 @@ mod tests {
 
     #[test]
     fn every_eval_key_sets_the_field_of_that_name() {
-        for (i, key) in EVAL_KEYS.iter().enumerate() {
+        for (i, key) in EvalKey::ALL.into_iter().enumerate() {
             let mut e = EvalRecord::default();
             e.set(key, i as f64 + 0.5);
             let v = serde_json::to_value(&e).unwrap();
-            assert_eq!(v[key], serde_json::json!(i as f64 + 0.5), "{key}");
+            assert_eq!(v[key.name()], serde_json::json!(i as f64 + 0.5), "{key:?}");
+            let set: Vec<&str> =
+                v.as_object().unwrap().iter().filter(|(_, x)| x.is_f64()).map(|(k, _)| k.as_str()).collect();
+            assert_eq!(set, [key.name()], "{key:?} sets one field");
         }
     }
 

@@ -18,9 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{remove_stale_checkpoint_files, AtomicFileRecorder, CheckpointBarrier, KeepCompleteRounds};
 use crate::config::{DedupBudget, ExperimentConfig, Method, TrainConfig};
-use crate::learner::{EvalDocs, NamedLoss, QuietRenderer, TrainingLm};
+use crate::learner::{EvalDocs, LossKey, NamedLoss, QuietRenderer, TrainingLm};
 use crate::loader::{EvalLoader, TrainLoader};
-use crate::metrics::{truncate_metrics, DiscardMetrics, EVAL_KEYS, TRACKED_DOCS};
+use crate::metrics::{truncate_metrics, DiscardMetrics, EvalKey, TRACKED_DOCS};
 use crate::optim::WarmupCosine;
 use crate::ownership::{set_up_run_dir, RunCorpus};
 use crate::parallel::{Parallel, StepLayout};
@@ -28,9 +28,15 @@ use crate::run_dir::RunDir;
 use crate::run_state::{Progress, RunState, StepCounting};
 use crate::TrainError;
 
+/// The current `schema_version` of `train.json`.
+pub const TRAIN_SCHEMA: u32 = 1;
+
 /// What a finished run trained.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TrainSummary {
+    /// Format version ([`TRAIN_SCHEMA`]; 0 in files written before it was recorded).
+    #[serde(default)]
+    pub schema_version: u32,
     /// Run id (hash of the resolved config).
     pub run_id: String,
     /// Method.
@@ -218,6 +224,11 @@ fn starting_cursor(files: &RunDir, batcher: &Batcher, round: Option<usize>) -> R
 /// Trains `cfg` into `run_dir` on `devices` (the first is the main device). With `resume`, the
 /// run continues from its newest complete checkpoint. `data_dir` shares a prepared corpus
 /// between runs (default: `run_dir/data`).
+///
+/// One function on purpose: it is the single place that wires burn-train's learner (loaders,
+/// schedule, checkpointing, metrics, strategy), and those pieces share the step layout, the
+/// budget and the run state; the parts with a meaning of their own (directory set-up, budget,
+/// cursor, memory checks) are functions of their own.
 pub fn train<B: TrainBackend>(
     cfg: &ExperimentConfig,
     run_dir: &Path,
@@ -291,14 +302,7 @@ pub fn train<B: TrainBackend>(
     );
     let eval_loader = EvalLoader::<B::InnerBackend>::new(eval_batches(&corpus, cfg), log.clone(), device.clone());
 
-    if memsinks_model::memory::computes_on_host::<B>() {
-        let needed = model_cfg.training_memory(t.batch_size, cfg.data.context).total();
-        memsinks_model::memory::check_host_memory(
-            needed,
-            "training this model",
-            "use a smaller model, train.batch_size (grad_accumulation keeps the effective batch) or data.context",
-        )?;
-    }
+    check_memory::<B>(cfg, &model_cfg)?;
     B::seed(&device, t.seed);
     let lm = model_cfg.init::<B>(&device)?;
     let optim_cfg = t.optim();
@@ -324,10 +328,10 @@ pub fn train<B: TrainBackend>(
         .with_metric_logger(DiscardMetrics)
         .with_interrupter(interrupter)
         .num_epochs(rounds)
-        .metric_train_numeric(NamedLoss::new("loss"))
+        .metric_train_numeric(NamedLoss::new(LossKey::Training))
         .metric_train_numeric(LearningRateMetric::new());
-    for key in EVAL_KEYS {
-        training = training.metric_valid_numeric(NamedLoss::new(key));
+    for key in EvalKey::ALL {
+        training = training.metric_valid_numeric(NamedLoss::new(LossKey::Eval(key)));
     }
     if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         training = training.renderer(QuietRenderer);
@@ -352,6 +356,7 @@ pub fn train<B: TrainBackend>(
     remove_stale_checkpoint_files(run_dir);
     let rows = budget.consumed.rows;
     let summary = TrainSummary {
+        schema_version: TRAIN_SCHEMA,
         run_id: cfg.run_id(),
         method: t.method,
         steps: budget.total_steps,
@@ -373,6 +378,24 @@ pub fn train<B: TrainBackend>(
     Ok(summary)
 }
 
+/// Refuses, before the model is built, a step that cannot fit: the device memory the run states
+/// (`train.device_memory_gib`), and on the CPU backends the host's.
+fn check_memory<B: TrainBackend>(cfg: &ExperimentConfig, model_cfg: &ModelConfig) -> Result<(), TrainError> {
+    let t = &cfg.train;
+    let context = cfg.data.context;
+    if let Some(device_gib) = t.device_memory_gib {
+        memsinks_model::memory::check_device_memory(model_cfg, t.batch_size, t.grad_accumulation, context, device_gib)?;
+    }
+    if memsinks_model::memory::computes_on_host::<B>() {
+        memsinks_model::memory::check_host_memory(
+            model_cfg.training_memory(t.batch_size, context).total(),
+            "training this model",
+            "use a smaller model, train.batch_size (grad_accumulation keeps the effective batch) or data.context",
+        )?;
+    }
+    Ok(())
+}
+
 /// Reads `train.json` of a finished run.
 pub fn load_summary(run_dir: &Path) -> Result<TrainSummary, TrainError> {
     let path = RunDir::new(run_dir).summary();
@@ -385,8 +408,10 @@ pub fn load_summary(run_dir: &Path) -> Result<TrainSummary, TrainError> {
             path.display()
         )));
     }
-    serde_json::from_str(&text)
-        .map_err(|e| TrainError::Config(format!("{}: {e}; the run did not finish", path.display())))
+    let summary: TrainSummary = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Config(format!("{}: {e}; the run did not finish", path.display())))?;
+    memsinks_core::files::check_schema(&path, summary.schema_version, TRAIN_SCHEMA)?;
+    Ok(summary)
 }
 
 /// A finished run, opened for evaluation, unlearning or generation: its configuration, summary

@@ -13,8 +13,8 @@ use burn::train::Interrupter;
 
 use crate::amp::{ScaleState, ScaleVerdict};
 use crate::checkpoint::CheckpointBarrier;
-use crate::learner::StepOutput;
-use crate::metrics::{EvalRecord, MetricsLine, TrainRecord};
+use crate::learner::{LossKey, StepOutput};
+use crate::metrics::{EvalKey, EvalRecord, MetricsLine, TrainRecord};
 use crate::optim::WarmupCosine;
 
 /// State shared by the train step, the evaluation step and the loaders of one run: step count,
@@ -68,7 +68,7 @@ impl LogWindow {
 
 #[derive(Debug, Default)]
 struct EvalAccumulator {
-    sums: BTreeMap<&'static str, (f64, usize)>,
+    sums: BTreeMap<EvalKey, (f64, usize)>,
     per_doc: BTreeMap<usize, (f64, f64)>,
     rounds: u64,
 }
@@ -229,6 +229,7 @@ impl RunState {
     pub(crate) fn add_eval(&self, out: &StepOutput, per_doc: &[(usize, f64, f64)]) {
         let mut acc = self.eval.lock().expect("poisoned");
         for &(k, mean, n) in &out.losses {
+            let LossKey::Eval(k) = k else { continue };
             let e = acc.sums.entry(k).or_default();
             e.0 += mean * n as f64;
             e.1 += n;
@@ -244,7 +245,7 @@ impl RunState {
         acc.rounds += 1;
         let mut record = EvalRecord { round: acc.rounds, step: self.step(), ..Default::default() };
         for (k, (sum, n)) in &acc.sums {
-            record.set(k, sum / (*n).max(1) as f64);
+            record.set(*k, sum / (*n).max(1) as f64);
         }
         record.rep_doc_losses = std::mem::take(&mut acc.per_doc);
         acc.sums.clear();

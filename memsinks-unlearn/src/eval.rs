@@ -3,7 +3,7 @@
 use burn::tensor::backend::Backend;
 use memsinks_data::{DocRows, Half, PreparedCorpus, Split};
 use memsinks_model::Kernels;
-use memsinks_model::{MemSinkLm, MlpMode};
+use memsinks_model::{DropScale, MemSinkLm, MlpMode};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{gap, greedy_extraction, loss_mia_auc, score_docs, DocScore, Extraction, SetScore};
@@ -214,8 +214,8 @@ pub fn evaluate_mode<B: Kernels>(
     }
 }
 
-/// The modes worth reporting for a model: its own subset, all sinks, dropped (rescaled and
-/// plain) for a MemSinks model; the plain forward for a model without sinks.
+/// The modes worth reporting for a model: its own subset, all sinks, dropped (each
+/// [`DropScale`]) for a MemSinks model; the plain forward for a model without sinks.
 pub fn default_modes<B: Backend>(model: &MemSinkLm<B>) -> Vec<MlpMode> {
     if model.sink_pool().is_empty() {
         vec![MlpMode::Train]
@@ -223,8 +223,9 @@ pub fn default_modes<B: Backend>(model: &MemSinkLm<B>) -> Vec<MlpMode> {
         vec![
             MlpMode::ActivateSeq { exclude: vec![] },
             MlpMode::All { exclude: vec![] },
-            MlpMode::DropSinks { rescale: true },
-            MlpMode::DropSinks { rescale: false },
+            MlpMode::DropSinks { scale: DropScale::Reference },
+            MlpMode::DropSinks { scale: DropScale::Plain },
+            MlpMode::DropSinks { scale: DropScale::ActivityMatched },
         ]
     }
 }

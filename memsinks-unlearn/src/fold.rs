@@ -4,18 +4,18 @@
 
 use burn::module::Param;
 use burn::tensor::backend::Backend;
-use memsinks_model::{MemSinkLm, ModelConfig, ModelError};
+use memsinks_model::{DropScale, MemSinkLm, ModelConfig, ModelError};
 
 /// The folded model and its configuration (`p_gen = 1`, `d_hidden = floor(I * p_gen)`).
 pub fn fold_drop_sinks<B: Backend>(
     model: &MemSinkLm<B>,
     cfg: &ModelConfig,
-    rescale: bool,
+    scale: DropScale,
     device: &B::Device,
 ) -> Result<(MemSinkLm<B>, ModelConfig), ModelError> {
     let sinks = model.sinks();
     let keep = sinks.num_general;
-    let scale = if rescale { sinks.drop_scale() } else { 1.0 };
+    let scale = sinks.drop_factor(scale);
     let mut folded_cfg = cfg.clone();
     folded_cfg.d_hidden = keep;
     folded_cfg.p_gen = 1.0;

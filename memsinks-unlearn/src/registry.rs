@@ -11,7 +11,7 @@ use burn::module::AutodiffModule;
 use memsinks_core::overrides::apply_overrides;
 use memsinks_core::ConfigError;
 use memsinks_data::PreparedCorpus;
-use memsinks_model::{MemSinkLm, MlpMode};
+use memsinks_model::{DropScale, MemSinkLm, MlpMode};
 use serde::{Deserialize, Serialize};
 
 use crate::finetune::{unlearn, FinetuneConfig, Treated};
@@ -44,8 +44,14 @@ pub enum MethodSpec {
     /// Removal by design: a MemSinks model with its sinks dropped, against the same model with
     /// each sequence's sinks on.
     DropSinks {
-        /// Rescale the general units (`DropSinks { rescale }`).
-        rescale: bool,
+        /// How the general units are scaled (`Reference`, `Plain` or `ActivityMatched`).
+        #[serde(default)]
+        scale: DropScale,
+        /// The flag of files written when there were two scales (results embed their method
+        /// file): `true` is `Reference`, `false` is `Plain`. Read, never written; it wins over
+        /// `scale` when present.
+        #[serde(default, skip_serializing)]
+        rescale: Option<bool>,
         /// Documents per set in each evaluation.
         eval_docs: usize,
         /// Rows per forward pass.
@@ -221,7 +227,7 @@ pub fn run_method<B: TrainBackend>(
     let started = Instant::now();
     let has_sinks = !model.sink_pool().is_empty();
     // Post-hoc methods act on the deployed model: for a MemSinks run, with its sinks dropped.
-    let deployed = if has_sinks { MlpMode::DropSinks { rescale: true } } else { MlpMode::Train };
+    let deployed = if has_sinks { MlpMode::DropSinks { scale: DropScale::Reference } } else { MlpMode::Train };
     // The mode the untreated model memorized in: what "removed" is measured from, for every method.
     let memorizing = if has_sinks { MlpMode::ActivateSeq { exclude: vec![] } } else { MlpMode::Train };
     let original = model.valid();
@@ -236,12 +242,13 @@ pub fn run_method<B: TrainBackend>(
             let probe = Probe::new(corpus, forget, context, cfg.batch_size, cfg.eval_docs)?;
             (prune_sweep(&model, &probe, cfg, &deployed, keep_at, device), deployed, probe)
         }
-        MethodSpec::DropSinks { rescale, eval_docs, batch_size } => {
+        MethodSpec::DropSinks { scale, rescale, eval_docs, batch_size } => {
+            let scale = rescale.map_or(*scale, |r| if r { DropScale::Reference } else { DropScale::Plain });
             if !has_sinks {
                 return Err(UnlearnError::NoSinks);
             }
             let probe = Probe::new(corpus, forget, context, *batch_size, *eval_docs)?;
-            let dropped = MlpMode::DropSinks { rescale: *rescale };
+            let dropped = MlpMode::DropSinks { scale };
             let base = probe.losses(&original, &memorizing, device);
             let curve = vec![point(0.0, base, base), point(1.0, probe.losses(&original, &dropped, device), base)];
             (Treated { curve, model, matched: None }, dropped, probe)
@@ -349,6 +356,29 @@ mod tests {
         for name in names {
             load_method(name, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
+    }
+
+    #[test]
+    fn the_drop_scale_is_read_in_both_spellings() {
+        let scale_of = |file: MethodFile| match file.spec {
+            MethodSpec::DropSinks { scale, rescale: None, .. } => scale,
+            MethodSpec::DropSinks { rescale: Some(true), .. } => DropScale::Reference,
+            MethodSpec::DropSinks { rescale: Some(false), .. } => DropScale::Plain,
+            other => panic!("{other:?}"),
+        };
+        let (_, file) = load_method("drop-sinks", &[]).unwrap();
+        assert_eq!(scale_of(file), DropScale::Reference);
+        let (_, file) = load_method("drop-sinks", &["scale=ActivityMatched".into()]).unwrap();
+        assert_eq!(scale_of(file.clone()), DropScale::ActivityMatched);
+        // Results files embed the method file as JSON: the new form round-trips, the old
+        // `rescale` flag of two-scale files still reads.
+        let json = serde_json::to_string(&file).unwrap();
+        assert_eq!(scale_of(serde_json::from_str(&json).unwrap()), DropScale::ActivityMatched);
+        let old = json.replace(r#""scale":"ActivityMatched""#, r#""rescale":false"#);
+        assert_ne!(old, json);
+        assert_eq!(scale_of(serde_json::from_str(&old).unwrap()), DropScale::Plain);
+        let old = json.replace(r#""scale":"ActivityMatched""#, r#""rescale":true"#);
+        assert_eq!(scale_of(serde_json::from_str(&old).unwrap()), DropScale::Reference);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use memsinks_data::cache::{CacheKey, TokenCache};
 use memsinks_data::corpus::PER_DOCUMENT;
 use memsinks_data::{DocRows, LmBatch};
 use memsinks_model::loss::lm_loss;
-use memsinks_model::{MemSinkLm, MlpMode, ModelConfig, SeqLayout};
+use memsinks_model::{DropScale, MemSinkLm, MlpMode, ModelConfig, SeqLayout};
 use memsinks_train::optim::step;
 use memsinks_train::OptimConfig;
 use memsinks_unlearn::metrics::{greedy_extraction, loss_mia_auc, score_docs};
@@ -99,14 +99,14 @@ fn folded_model_equals_drop_sinks_mode() {
     let rows: Vec<i64> = (0..24).map(|i| (i * 5 + 2) % 64).collect();
     let tokens = || Tensor::<Flex, 2, Int>::from_data(TensorData::new(rows.clone(), [2, 12]), &Default::default());
     let layout = SeqLayout::per_row(&[3, 77], 12);
-    for rescale in [true, false] {
-        let want = model.forward(tokens(), &layout, &MlpMode::DropSinks { rescale });
-        let (folded, folded_cfg) = fold_drop_sinks(&model, &cfg, rescale, &Default::default()).unwrap();
+    for scale in [DropScale::Reference, DropScale::Plain, DropScale::ActivityMatched] {
+        let want = model.forward(tokens(), &layout, &MlpMode::DropSinks { scale });
+        let (folded, folded_cfg) = fold_drop_sinks(&model, &cfg, scale, &Default::default()).unwrap();
         assert_eq!(folded_cfg.d_hidden, cfg.num_general());
         assert_eq!(folded_cfg.num_sink(), 0);
         let got = folded.forward(tokens(), &layout, &MlpMode::Train);
         let diff: f32 = (got - want).abs().max().into_scalar();
-        assert!(diff < 1e-5, "rescale {rescale}: max difference {diff}");
+        assert!(diff < 1e-5, "{scale:?}: max difference {diff}");
     }
 }
 
