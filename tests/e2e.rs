@@ -121,7 +121,7 @@ fn train_eval_and_export_a_folded_model() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let eval = load_eval(&run).unwrap();
     let modes: Vec<&str> = eval.modes.iter().map(|m| m.mode.name()).collect();
-    assert_eq!(modes, ["activate-seq", "all", "drop-sinks", "drop-sinks-plain"]);
+    assert_eq!(modes, ["activate-seq", "all", "drop-sinks", "drop-sinks-plain", "drop-sinks-matched"]);
     assert!(eval.gap_closure_vs_sinks_on.unwrap().is_finite());
     assert_eq!(eval.exclusion_specificity.len(), 8);
     // Excluding one repeated document's sinks raises its own loss more than the others'.
@@ -228,7 +228,8 @@ fn reproduce_writes_the_report_and_report_regenerates_it() {
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(results["deployed"]["candidates"].as_array().map(Vec::len), Some(3), "{}", results["deployed"]);
-    assert!(report.contains("chosen on the dev half of the repeated documents"), "{report}");
+    let choice = report.lines().find(|l| l.starts_with("- The sinks are dropped in mode")).expect("the choice");
+    assert!(choice.contains("`drop-sinks-plain`") && choice.contains("`drop-sinks-matched`"), "{choice}");
     // Two seeds: every number of the main table is a mean ± its 95 % interval (the two closures:
     // none for the standard model itself).
     let standard = report.lines().find(|l| l.starts_with("| standard |")).unwrap();

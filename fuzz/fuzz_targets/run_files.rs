@@ -28,11 +28,11 @@ fn cache() -> &'static TokenCache {
         .1
 }
 
-/// The layout of a study's cached stage file (`memsinks_study::stages`).
+/// The layout of a study's cached stage file (its key is a `memsinks_study::StageKey`).
 #[derive(serde::Deserialize)]
 struct Cached<T> {
     #[allow(dead_code)]
-    key: String,
+    key: serde_json::Value,
     value: T,
     #[allow(dead_code)]
     seconds: f64,

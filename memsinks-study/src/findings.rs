@@ -67,9 +67,14 @@ fn deployed_scale(s: &mut String, results: &Results, deployed: &MlpMode) {
                 format!("`{name}` {:.1} % at {:.3}×", 100.0 * c.dev_closure, c.l_val_ratio)
             })
             .collect();
+        let rule = if choice.candidates.iter().any(|c| c.l_val_ratio <= L_VAL_TOLERANCE) {
+            format!("chosen on the dev half of the repeated documents: the highest mean dev-half closure among the scales whose mean L_val is within {L_VAL_TOLERANCE}× standard")
+        } else {
+            format!("the reference code's scale: no scale keeps the mean L_val within {L_VAL_TOLERANCE}× standard, so the dev half had nothing to choose among")
+        };
         let _ = writeln!(
             s,
-            "- The sinks are dropped in mode **`{}`**, chosen on the dev half of the repeated documents: the highest mean dev-half closure among the scales whose mean L_val is within {L_VAL_TOLERANCE}× standard ({}); the numbers below are that mode's, the closure on the test half.",
+            "- The sinks are dropped in mode **`{}`**, {rule} (dev-half closure and L_val ÷ standard: {}); the numbers below are that mode's, the closure on the test half.",
             deployed.name(),
             seen.join("; ")
         );
