@@ -21,11 +21,6 @@ pub fn default_backend() -> BackendName {
     BackendName::ALL.into_iter().find(|&b| is_compiled(b)).unwrap_or(BackendName::Flex)
 }
 
-/// Parses `--backend` (clap's value parser): an unknown name lists the allowed ones.
-pub fn parse_backend(name: &str) -> Result<BackendName, String> {
-    BackendName::parse(name)
-}
-
 /// The backend a command runs on: `--backend NAME`, or the default.
 #[derive(Clone, Copy, Debug)]
 pub struct BackendChoice {

@@ -37,7 +37,7 @@ pub struct MatmulBenchArgs {
     #[arg(long, default_value_t = 5)]
     reps: usize,
     /// Backend.
-    #[arg(long, value_parser = crate::backend::parse_backend)]
+    #[arg(long, value_parser = memsinks_study::BackendName::parse)]
     backend: Option<memsinks_study::BackendName>,
 }
 
@@ -70,7 +70,7 @@ pub struct TrainBenchArgs {
     #[arg(long)]
     seq: Option<usize>,
     /// Backend: flex, ndarray, cuda, wgpu (those compiled in).
-    #[arg(long, value_parser = crate::backend::parse_backend)]
+    #[arg(long, value_parser = memsinks_study::BackendName::parse)]
     backend: Option<memsinks_study::BackendName>,
     /// Float precision: f32, or mixed precision computing in f16 (cuda, wgpu, flex) / bf16 (cuda, flex).
     #[arg(long, value_enum, default_value = "f32")]

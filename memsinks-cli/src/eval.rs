@@ -46,7 +46,7 @@ pub struct EvalArgs {
     #[arg(long, visible_alias = "m", default_value_t = 32)]
     extract_continuation: usize,
     /// Backend.
-    #[arg(long, value_parser = crate::backend::parse_backend)]
+    #[arg(long, value_parser = memsinks_study::BackendName::parse)]
     backend: Option<memsinks_study::BackendName>,
     /// Replace an existing RUN/eval.json.
     #[arg(long)]

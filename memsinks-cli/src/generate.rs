@@ -56,7 +56,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Backend.
-    #[arg(long, value_parser = crate::backend::parse_backend)]
+    #[arg(long, value_parser = memsinks_study::BackendName::parse)]
     backend: Option<memsinks_study::BackendName>,
 }
 

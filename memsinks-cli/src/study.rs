@@ -38,7 +38,7 @@ pub struct ReproduceArgs {
     #[arg(long)]
     force: bool,
     /// Backend.
-    #[arg(long, value_parser = crate::backend::parse_backend)]
+    #[arg(long, value_parser = memsinks_study::BackendName::parse)]
     backend: Option<memsinks_study::BackendName>,
 }
 

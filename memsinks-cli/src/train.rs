@@ -32,7 +32,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Backend: flex, ndarray, cuda, wgpu (those compiled in).
-    #[arg(long, value_parser = crate::backend::parse_backend)]
+    #[arg(long, value_parser = memsinks_study::BackendName::parse)]
     pub backend: Option<memsinks_study::BackendName>,
     /// First GPU index (GPU backends); `train.devices` consecutive devices are used.
     #[arg(long, default_value_t = 0)]

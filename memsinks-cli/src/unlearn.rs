@@ -46,7 +46,7 @@ pub struct UnlearnArgs {
     #[arg(long)]
     list: bool,
     /// Backend.
-    #[arg(long, value_parser = crate::backend::parse_backend)]
+    #[arg(long, value_parser = memsinks_study::BackendName::parse)]
     backend: Option<memsinks_study::BackendName>,
 }
 

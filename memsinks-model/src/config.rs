@@ -102,9 +102,9 @@ impl ModelConfig {
         self.d_hidden - self.num_general()
     }
 
-    /// The general neurons' factor when the sinks are dropped with rescaling.
-    pub fn drop_scale(&self) -> f64 {
-        crate::mlp::drop_scale(self.p_gen, self.p_mem, self.num_sink())
+    /// The general neurons' factor when the sinks are dropped with `scale`.
+    pub fn drop_factor(&self, scale: crate::DropScale) -> f64 {
+        scale.factor(self.p_gen, self.p_mem, self.num_sink())
     }
 
     /// The sink pool the masks are drawn from.

@@ -212,19 +212,7 @@ impl DropScale {
     }
 }
 
-/// The reference code's factor ([`DropScale::Reference`]), `(p_gen + p_mem) / p_gen`; 1 when
-/// there are no sinks.
-pub fn drop_scale(p_gen: f64, p_mem: f64, num_sink: usize) -> f64 {
-    DropScale::Reference.factor(p_gen, p_mem, num_sink)
-}
-
 impl SinkGeometry {
-    /// The general neurons' factor when the sinks are dropped with the reference code's
-    /// rescaling ([`drop_scale`]).
-    pub fn drop_scale(&self) -> f64 {
-        drop_scale(self.p_gen, self.p_mem, self.pool.len())
-    }
-
     /// The general neurons' factor when the sinks are dropped with `scale`.
     pub fn drop_factor(&self, scale: DropScale) -> f64 {
         scale.factor(self.p_gen, self.p_mem, self.pool.len())

@@ -96,7 +96,7 @@ fn model_card(run: &FinishedRun, trained: &ModelConfig, exported: &ModelConfig, 
     let removal = if !request.drop_sinks {
         "The model was trained without sinks; the weights are exported as trained.".to_string()
     } else {
-        let factor = request.scale.factor(trained.p_gen, trained.p_mem, trained.num_sink());
+        let factor = trained.drop_factor(request.scale);
         format!(
             "Exported with its **sinks dropped**: of the {} hidden units per MLP, the {} sink neurons were removed and \
              the first {} general neurons kept{}. This is `memsinks generate --mode {}`: the model without the \

@@ -59,6 +59,11 @@ pub enum MethodSpec {
     },
 }
 
+/// The scale a `DropSinks` spec asks for: the old two-scale `rescale` flag where a file has it.
+fn drop_scale_read(scale: DropScale, rescale: Option<bool>) -> DropScale {
+    rescale.map_or(scale, |r| if r { DropScale::Reference } else { DropScale::Plain })
+}
+
 /// One method file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,7 +248,7 @@ pub fn run_method<B: TrainBackend>(
             (prune_sweep(&model, &probe, cfg, &deployed, keep_at, device), deployed, probe)
         }
         MethodSpec::DropSinks { scale, rescale, eval_docs, batch_size } => {
-            let scale = rescale.map_or(*scale, |r| if r { DropScale::Reference } else { DropScale::Plain });
+            let scale = drop_scale_read(*scale, *rescale);
             if !has_sinks {
                 return Err(UnlearnError::NoSinks);
             }
@@ -361,9 +366,7 @@ mod tests {
     #[test]
     fn the_drop_scale_is_read_in_both_spellings() {
         let scale_of = |file: MethodFile| match file.spec {
-            MethodSpec::DropSinks { scale, rescale: None, .. } => scale,
-            MethodSpec::DropSinks { rescale: Some(true), .. } => DropScale::Reference,
-            MethodSpec::DropSinks { rescale: Some(false), .. } => DropScale::Plain,
+            MethodSpec::DropSinks { scale, rescale, .. } => drop_scale_read(scale, rescale),
             other => panic!("{other:?}"),
         };
         let (_, file) = load_method("drop-sinks", &[]).unwrap();
