@@ -9,9 +9,10 @@ mod support;
 use burn::backend::Flex;
 use memsinks_model::io::{load_model, named_tensors};
 use memsinks_study::report::load_results;
-use memsinks_study::{load_eval, StudyDir};
-use memsinks_train::metrics::read_evals;
+use memsinks_study::StudyDir;
+use memsinks_train::metric_log::read_evals;
 use memsinks_train::RunDir;
+use memsinks_unlearn::load_eval;
 use memsinks_unlearn::ForgetSet;
 use support::kill_when_exists;
 

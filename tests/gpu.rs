@@ -24,7 +24,9 @@
 //!   [`F16_TOLERANCE`] nats (half-precision rounding of activations and gradients over 25 steps);
 //! - two devices vs one with the same global batch, and two-device runs killed and resumed on two
 //!   devices and on one: every evaluation loss within [`TWO_DEVICE_TOLERANCE`] nats (the same
-//!   micro-batches make each step; only the order of float sums may differ).
+//!   micro-batches make each step; only the order of float sums may differ);
+//! - the training-memory estimate with the allocator's reserve against the device memory measured:
+//!   at least it, and within [`ESTIMATE_SLACK`] of it.
 //!
 //! One file of over 500 lines on purpose: the test binary is the unit `experiments/gpu/check.sh`
 //! copies to a GPU machine, and its two halves (tensor parity, the binary on the GPU) share the
@@ -45,7 +47,7 @@ use memsinks_data::LmBatch;
 use memsinks_model::io::{load_model, named_tensors, save_model};
 use memsinks_model::{DropScale, MemSinkLm, MlpMode, ModelConfig, SeqLayout};
 use memsinks_study::report::load_results;
-use memsinks_train::metrics::read_evals;
+use memsinks_train::metric_log::read_evals;
 use memsinks_train::RunDir;
 use support::kill_when_exists;
 
@@ -513,6 +515,50 @@ fn two_devices_train_like_one_with_the_same_global_batch_and_resume_on_either() 
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("global batch") && !stderr.contains("panicked"), "{stderr}");
     assert!(!run("three").exists(), "a refused run leaves no directory");
+}
+
+/// How far above the measured device memory the estimate on the device may lie: it decides whether
+/// a run starts, so it errs high, but an estimate this many times the measurement would refuse
+/// runs that fit.
+const ESTIMATE_SLACK: f64 = 2.0;
+
+/// `bench train` on the GPU reports the device memory its allocator reserved over a few training
+/// steps in a fresh process (its pools do not shrink, so that is at least the peak) beside the
+/// estimate of the bytes in use; with the allocator's reserve (`DEVICE_RESERVE`, what
+/// `train.device_memory_gib` is checked against) the estimate is at least the measurement and
+/// within [`ESTIMATE_SLACK`] of it, at shapes where rows, context and width differ.
+#[test]
+fn the_training_memory_estimate_bounds_the_device_memory_measured() {
+    let _serial = serial();
+    if !gpu_available() {
+        return;
+    }
+    let config = smoke().with_file_name("ts-quick.ron");
+    // 512 tokens each (the software adapter is slow): long rows, short rows, a narrower model.
+    let shapes: [&[&str]; 3] = [
+        &["--preset", "ts-cpu", "--batch", "2", "--seq", "256"],
+        &["--preset", "ts-cpu", "--batch", "8", "--seq", "64"],
+        &["--config", config.to_str().unwrap(), "--batch", "4"],
+    ];
+    for shape in shapes {
+        let out = run_ok(bin().args(["bench", "train", "--backend", GPU, "--steps", "1", "--warmup", "1"]).args(shape));
+        let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let in_use = line["estimated_memory_mb"].as_f64().unwrap();
+        let estimate = in_use * memsinks_model::memory::DEVICE_RESERVE;
+        let measured = line["device_memory_mb"].as_f64().expect("a GPU backend reports its device memory");
+        let what = format!("{} at {} x {}", line["preset"], line["batch"], line["seq"]);
+        report(&format!(
+            "{what}: estimate {in_use:.0} MiB in use, {estimate:.0} MiB on the device; measured {measured:.0} MiB reserved \
+             ({:.2}x)",
+            estimate / measured
+        ));
+        assert!(measured > 0.0);
+        assert!(estimate >= measured, "{what}: the estimate {estimate:.0} MiB is below the {measured:.0} MiB measured");
+        assert!(
+            estimate <= ESTIMATE_SLACK * measured,
+            "{what}: the estimate {estimate:.0} MiB is over {ESTIMATE_SLACK}x the {measured:.0} MiB measured"
+        );
+    }
 }
 
 #[test]

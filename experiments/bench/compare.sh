@@ -1,23 +1,32 @@
 #!/usr/bin/env bash
 # Side-by-side training-speed comparison: memsinks (each CPU backend) against the PyTorch
-# reference, run alternately in one session so machine noise hits both alike.
+# reference, eager and with torch.compile, run alternately in one session so machine noise hits
+# all alike.
 #
-#   experiments/bench/compare.sh [--install] [--preset ts-cpu] [--steps 10] [--rounds 3] [--backends "flex ndarray"] [--out FILE]
+#   experiments/bench/compare.sh [--install] [--shapes "ts-cpu ts-quick"] [--steps 6] [--rounds 3] [--backends flex] [--out FILE]
+#
+# Shapes: `ts-cpu` (the preset: vocab 4096, d 256, 4 layers, I 1024, context 256, batch 16) and
+# `ts-quick` (the model the default study trains, from experiments/ts-quick.ron: d 128, I 512,
+# vocab 1024, context 128, batch 16). Every round times, for each shape and method (memsinks,
+# standard), each memsinks backend, PyTorch eager and PyTorch with the forward compiled
+# (torch.compile; its compilation falls in the untimed warm-up steps, reported as warmup_s).
 #
 # --install creates a virtualenv with PyTorch from the package registry (large: ~5 GB with its CUDA
 # libraries). This is a benchmark step, never a CI step. Prints every run as a JSON line, then one
-# JSON line per (backend, method) with the ratio of median tokens/s, ours / PyTorch. --out FILE
-# also writes all of those lines to FILE (a new file: an existing one is not overwritten), the
-# results file RESULTS.md quotes.
+# JSON line per (shape, method, backend) with the median tokens/s, its range over the rounds, and
+# the ratios of medians to PyTorch eager and to torch.compile. --out FILE also writes all of those
+# lines to FILE (a new file: an existing one is not overwritten), the results file RESULTS.md
+# quotes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 venv="${MEMSINKS_BENCH_VENV:-$HOME/.cache/memsinks-bench-venv}"
-preset=ts-cpu steps=10 rounds=3 backends="flex ndarray" install=0 threads="$(nproc)" out=""
+shapes="ts-cpu ts-quick" steps=6 rounds=3 backends="flex" install=0 threads="$(nproc)" out=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --install) install=1 ;;
-    --preset) preset="$2"; shift ;;
+    --shapes) shapes="$2"; shift ;;
+    --preset) shapes="$2"; shift ;;
     --steps) steps="$2"; shift ;;
     --rounds) rounds="$2"; shift ;;
     --backends) backends="$2"; shift ;;
@@ -34,7 +43,7 @@ if [ -n "$out" ] && [ -e "$out" ]; then
 fi
 if [ "$install" = 1 ] && [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet torch
+  "$venv/bin/pip" install --quiet torch numpy
 fi
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   echo "PyTorch not found in $venv: rerun with --install" >&2
@@ -52,14 +61,22 @@ fi
 export RAYON_NUM_THREADS="$threads"
 results="$(mktemp)"
 for round in $(seq "$rounds"); do
-  # The single-precision matmul ceiling of this machine with these threads (flex's gemm).
+  # The single-precision matmul ceiling of the machine running the benchmark, with these threads (flex's gemm).
   "$bin" bench matmul --size 2048 --reps 5 --backend flex | tee -a "$results"
-  for method in memsinks standard; do
-    for backend in $backends; do
-      "$bin" bench train --preset "$preset" --method "$method" --steps "$steps" --backend "$backend" | tee -a "$results"
+  for shape in $shapes; do
+    case "$shape" in
+      ts-quick) ours=(--config experiments/ts-quick.ron) ;;
+      *) ours=(--preset "$shape") ;;
+    esac
+    for method in memsinks standard; do
+      for backend in $backends; do
+        "$bin" bench train "${ours[@]}" --method "$method" --steps "$steps" --backend "$backend" | tee -a "$results"
+      done
+      for compile in "" --compile; do
+        "$venv/bin/python" experiments/bench/torch_reference.py --preset "$shape" --method "$method" \
+          --steps "$steps" --threads "$threads" $compile | tee -a "$results"
+      done
     done
-    "$venv/bin/python" experiments/bench/torch_reference.py --preset "$preset" --method "$method" \
-      --steps "$steps" --threads "$threads" | tee -a "$results"
   done
 done
 
@@ -70,23 +87,28 @@ lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 ceilings = [r["gflops"] for r in lines if "size" in r and "method" not in r]
 ceiling = statistics.median(ceilings) if ceilings else None
 runs = [r for r in lines if "method" in r]
-def median(backend, method, key="tokens_per_s"):
-    return statistics.median(r[key] for r in runs if r["backend"] == backend and r["method"] == method)
-torch_name = next(r["backend"] for r in runs if r["backend"].startswith("torch"))
-for method in ("memsinks", "standard"):
-    ref = median(torch_name, method)
-    ref_rss = median(torch_name, method, "peak_rss_mb")
-    for backend in sorted({r["backend"] for r in runs} - {torch_name}):
-        print(json.dumps({
-            "summary": True, "backend": backend, "method": method,
-            "tokens_per_s": round(median(backend, method), 1), "torch_tokens_per_s": round(ref, 1),
-            "ratio_vs_torch": round(median(backend, method) / ref, 3),
-            "rss_ratio_vs_torch": round(median(backend, method, "peak_rss_mb") / ref_rss, 3),
-            "mask_share": round(median(backend, method, "mask_share"), 5),
-            "model_gflops": round(median(backend, method, "model_gflops"), 1),
-            "sgemm_ceiling_gflops": round(ceiling, 1) if ceiling else None,
-            "share_of_ceiling": round(median(backend, method, "model_gflops") / ceiling, 3) if ceiling else None,
-        }))
+def values(shape, backend, method, key="tokens_per_s"):
+    return [r[key] for r in runs if r["preset"] == shape and r["backend"] == backend and r["method"] == method]
+for shape in sorted({r["preset"] for r in runs}):
+    for method in ("memsinks", "standard"):
+        eager = statistics.median(values(shape, "torch-cpu", method))
+        compiled = statistics.median(values(shape, "torch-cpu-compile", method))
+        for backend in sorted({r["backend"] for r in runs if r["preset"] == shape}):
+            tps = values(shape, backend, method)
+            row = {
+                "summary": True, "shape": shape, "backend": backend, "method": method, "rounds": len(tps),
+                "tokens_per_s": round(statistics.median(tps), 1),
+                "tokens_per_s_min": round(min(tps), 1), "tokens_per_s_max": round(max(tps), 1),
+                "ratio_vs_eager": round(statistics.median(tps) / eager, 3),
+                "ratio_vs_compile": round(statistics.median(tps) / compiled, 3),
+                "peak_rss_mb": round(statistics.median(values(shape, backend, method, "peak_rss_mb")), 1),
+            }
+            if not backend.startswith("torch"):
+                gflops = statistics.median(values(shape, backend, method, "model_gflops"))
+                row["model_gflops"] = round(gflops, 1)
+                row["sgemm_ceiling_gflops"] = round(ceiling, 1) if ceiling else None
+                row["share_of_ceiling"] = round(gflops / ceiling, 3) if ceiling else None
+            print(json.dumps(row))
 PY
 cat "$summary"
 if [ -n "$out" ]; then

@@ -1,9 +1,8 @@
 //! Run-time choice among the backends compiled in (cargo features `flex`, `ndarray`, `wgpu`,
 //! `cuda`). Everything below the CLI is generic; this is the one place that names backends.
 
-use anyhow::{bail, Result};
-use memsinks_study::{BackendName, BackendTask, DeviceRange, Runner};
 use memsinks_train::config::Precision;
+use memsinks_train::{BackendError, BackendName, BackendTask, DeviceRange, Runner};
 
 /// Whether `backend` was compiled into this binary.
 pub fn is_compiled(backend: BackendName) -> bool {
@@ -39,7 +38,7 @@ impl Runner for BackendChoice {
         self.backend
     }
 
-    fn run<T: BackendTask>(&self, precision: Precision, devices: DeviceRange, task: T) -> Result<T::Output> {
+    fn run<T: BackendTask>(&self, precision: Precision, devices: DeviceRange, task: T) -> Result<T::Output, T::Error> {
         run_on(self.backend, precision, devices, task)
     }
 }
@@ -56,6 +55,9 @@ pub const WGPU_MULTI_DEVICE: &str = "wgpu trains on one device: burn 0.21 copies
     through a server-to-server transfer that the wgpu runtime does not implement (the first copy panics \
     and training hangs); use --devices 1, or cuda for data-parallel training";
 
+/// Why the CPU backends train on one device.
+const CPU_ONE_DEVICE: &str = "the CPU backends have one device; use cuda for data-parallel training";
+
 /// Runs `task` on `backend` in `precision` on `devices` (GPU backends; the CPU backends have one
 /// device).
 fn run_on<T: BackendTask>(
@@ -63,19 +65,21 @@ fn run_on<T: BackendTask>(
     precision: Precision,
     devices: DeviceRange,
     task: T,
-) -> Result<T::Output> {
+) -> Result<T::Output, T::Error> {
     let DeviceRange { first, count } = devices;
     if precision != Precision::F32 && backend == BackendName::Ndarray {
-        bail!(
-            "precision {} (mixed precision) needs half-precision tensors, which ndarray lacks; use flex, cuda or wgpu, or f32",
-            precision.name()
-        );
+        return Err(BackendError::Precision {
+            backend,
+            precision: precision.name(),
+            why: "mixed precision needs half-precision tensors, which ndarray lacks; use flex, cuda or wgpu, or f32",
+        }
+        .into());
     }
     if !is_compiled(backend) {
-        bail!("backend `{backend}` is not compiled into this binary; rebuild with `--features {backend}`");
+        return Err(BackendError::NotCompiled(backend).into());
     }
     if count > 1 && backend.is_cpu() {
-        bail!("{count} devices requested: the CPU backends have one device; use cuda for data-parallel training");
+        return Err(BackendError::Devices { count, why: CPU_ONE_DEVICE }.into());
     }
     // Device indices of cuda (wgpu trains on one device: WGPU_MULTI_DEVICE).
     #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
@@ -91,20 +95,25 @@ fn run_on<T: BackendTask>(
         BackendName::Cuda => {
             use burn::backend::{cuda::CudaDevice, Cuda};
             let devices: Vec<CudaDevice> = indices.map(CudaDevice::new).collect();
-            run_checked::<Cuda, T>("cuda", precision, devices, task)
+            run_checked::<Cuda, T>(backend, precision, devices, task)
         }
         #[cfg(feature = "wgpu")]
         BackendName::Wgpu => {
             use burn::backend::{wgpu::WgpuDevice, Wgpu};
             if precision == Precision::Bf16 {
                 // burn's `wgpu` backend compiles WGSL shaders, and WGSL has no bf16 type.
-                bail!("wgpu has no bf16 (its WGSL shaders have no bf16 type); use --precision f16 or f32, or the cuda backend");
+                return Err(BackendError::Precision {
+                    backend,
+                    precision: precision.name(),
+                    why: "its WGSL shaders have no bf16 type; use --precision f16 or f32, or the cuda backend",
+                }
+                .into());
             }
             if count > 1 {
-                bail!("{WGPU_MULTI_DEVICE}");
+                return Err(BackendError::Devices { count, why: WGPU_MULTI_DEVICE }.into());
             }
             let device = if first == 0 { WgpuDevice::DefaultDevice } else { WgpuDevice::DiscreteGpu(first) };
-            run_checked::<Wgpu, T>("wgpu", precision, vec![device], task)
+            run_checked::<Wgpu, T>(backend, precision, vec![device], task)
         }
         #[allow(unreachable_patterns)]
         _ => unreachable!("checked above: {backend} is compiled in"),
@@ -138,11 +147,11 @@ compile_error!(
 /// tensor, so nothing may be allocated before the task chooses its backend.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 fn run_checked<G: GpuKernels, T: BackendTask>(
-    name: &str,
+    backend: BackendName,
     precision: Precision,
     devices: Vec<G::Device>,
     task: T,
-) -> Result<T::Output> {
+) -> Result<T::Output, T::Error> {
     let dtype: burn::tensor::DType = match precision.compute_dtype() {
         Some(half) => half.into(),
         None => <G::FloatElem as burn::tensor::Element>::dtype(),
@@ -151,13 +160,13 @@ fn run_checked<G: GpuKernels, T: BackendTask>(
     // panic hook is silenced for the probe so that neither their message nor a backtrace shows.
     match memsinks_core::catch_library_panic(|| G::supports_dtype(&devices[0], dtype)).ok_or(()) {
         Err(()) => {
-            let hint = match name {
-                "wgpu" => "install a Vulkan driver (on Debian: apt-get install mesa-vulkan-drivers libvulkan1) or pick another --backend",
+            let hint = match backend {
+                BackendName::Wgpu => "install a Vulkan driver (on Debian: apt-get install mesa-vulkan-drivers libvulkan1) or pick another --backend",
                 _ => "check the NVIDIA driver and CUDA installation (nvidia-smi) or pick another --backend",
             };
-            bail!("no usable {name} device: {hint}")
+            Err(BackendError::NoDevice { backend, hint }.into())
         }
-        Ok(false) => bail!("this {name} adapter does not support {dtype:?} arithmetic; use --precision f32"),
+        Ok(false) => Err(BackendError::DType { backend, dtype: format!("{dtype:?}") }.into()),
         Ok(true) => task.run::<burn::backend::Autodiff<G>>(devices),
     }
 }

@@ -4,9 +4,9 @@
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use memsinks_study::bench::{MatmulBench, SinkOverrides, TrainBench};
-use memsinks_study::{DeviceRange, Runner};
 use memsinks_train::config::Precision;
 use memsinks_train::Method;
+use memsinks_train::{DeviceRange, Runner};
 
 use crate::backend::BackendChoice;
 
@@ -37,8 +37,8 @@ pub struct MatmulBenchArgs {
     #[arg(long, default_value_t = 5)]
     reps: usize,
     /// Backend.
-    #[arg(long, value_parser = memsinks_study::BackendName::parse)]
-    backend: Option<memsinks_study::BackendName>,
+    #[arg(long, value_parser = memsinks_train::BackendName::parse)]
+    backend: Option<memsinks_train::BackendName>,
 }
 
 /// Training-step throughput on random data.
@@ -70,8 +70,8 @@ pub struct TrainBenchArgs {
     #[arg(long)]
     seq: Option<usize>,
     /// Backend: flex, ndarray, cuda, wgpu (those compiled in).
-    #[arg(long, value_parser = memsinks_study::BackendName::parse)]
-    backend: Option<memsinks_study::BackendName>,
+    #[arg(long, value_parser = memsinks_train::BackendName::parse)]
+    backend: Option<memsinks_train::BackendName>,
     /// Float precision: f32, or mixed precision computing in f16 (cuda, wgpu, flex) / bf16 (cuda, flex).
     #[arg(long, value_enum, default_value = "f32")]
     precision: Precision,

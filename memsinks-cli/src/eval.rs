@@ -6,9 +6,11 @@ use anyhow::{bail, Result};
 use clap::Args;
 use memsinks_core::files::{is_empty_dir, DirLock};
 use memsinks_model::{DropScale, MlpMode};
-use memsinks_study::{load_eval, DeviceRange, EvalRequest, ExportRequest, Runner};
+use memsinks_study::ExportRequest;
 use memsinks_train::config::Precision;
 use memsinks_train::RunDir;
+use memsinks_train::{DeviceRange, Runner};
+use memsinks_unlearn::{load_eval, EvalFile, EvalRequest};
 
 use crate::backend::BackendChoice;
 
@@ -46,8 +48,8 @@ pub struct EvalArgs {
     #[arg(long, visible_alias = "m", default_value_t = 32)]
     extract_continuation: usize,
     /// Backend.
-    #[arg(long, value_parser = memsinks_study::BackendName::parse)]
-    backend: Option<memsinks_study::BackendName>,
+    #[arg(long, value_parser = memsinks_train::BackendName::parse)]
+    backend: Option<memsinks_train::BackendName>,
     /// Replace an existing RUN/eval.json.
     #[arg(long)]
     force: bool,
@@ -89,6 +91,14 @@ pub fn run_eval(args: &EvalArgs, out: &mut impl std::io::Write) -> Result<()> {
     };
     let file = BackendChoice::chosen(args.backend).run(Precision::F32, DeviceRange::ONE, request)?;
     file.write(&args.run)?;
+    print_modes(&file, out)?;
+    print_closures(&file, out)?;
+    writeln!(out, "wrote {}", target.display())?;
+    Ok(())
+}
+
+/// The eval's table: one row per mode.
+fn print_modes(file: &EvalFile, out: &mut impl std::io::Write) -> Result<()> {
     writeln!(
         out,
         "{:<18} {:>8} {:>8} {:>8} {:>7} {:>9} {:>8} {:>9} {:>7}",
@@ -120,6 +130,11 @@ pub fn run_eval(args: &EvalArgs, out: &mut impl std::io::Write) -> Result<()> {
             cell(val && rep, r.mia_auc, 7, 3)
         )?;
     }
+    Ok(())
+}
+
+/// The eval's closures, specificity and source removal, when it has them.
+fn print_closures(file: &EvalFile, out: &mut impl std::io::Write) -> Result<()> {
     if let Some(c) = file.gap_closure_vs_sinks_on {
         writeln!(out, "gap closure vs the same model with sinks on: {:.1} %", 100.0 * c)?;
     }
@@ -154,7 +169,6 @@ pub fn run_eval(args: &EvalArgs, out: &mut impl std::io::Write) -> Result<()> {
             writeln!(out, "  closes {:.1} % of the gap between the removed and the held-out sources", 100.0 * c)?;
         }
     }
-    writeln!(out, "wrote {}", target.display())?;
     Ok(())
 }
 

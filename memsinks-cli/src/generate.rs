@@ -10,9 +10,9 @@ use memsinks_data::corpus::sequence_id;
 use memsinks_data::rng::SplitMix64;
 use memsinks_model::generate::{generate, Generation, Sampling};
 use memsinks_model::MlpMode;
-use memsinks_study::{BackendTask, DeviceRange, Runner};
 use memsinks_train::config::Precision;
 use memsinks_train::run::FinishedRun;
+use memsinks_train::{BackendTask, DeviceRange, Runner};
 
 use crate::backend::BackendChoice;
 
@@ -56,8 +56,8 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Backend.
-    #[arg(long, value_parser = memsinks_study::BackendName::parse)]
-    backend: Option<memsinks_study::BackendName>,
+    #[arg(long, value_parser = memsinks_train::BackendName::parse)]
+    backend: Option<memsinks_train::BackendName>,
 }
 
 struct GenerateTask {
@@ -74,6 +74,7 @@ struct Generated {
 
 impl BackendTask for GenerateTask {
     type Output = Generated;
+    type Error = anyhow::Error;
 
     fn run<B: TrainBackend>(self, devices: Vec<B::Device>) -> Result<Generated> {
         let args = &self.args;

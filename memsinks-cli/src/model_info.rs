@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use memsinks_model::memory::gib;
+use memsinks_model::memory::{gib, DEVICE_RESERVE};
 use memsinks_model::{ModelConfig, PRESET_NAMES};
 
 /// Print a model preset as RON with its parameter count and sink split.
@@ -78,21 +78,23 @@ fn memory(args: &ModelArgs, c: &ModelConfig, out: &mut impl std::io::Write) -> R
     }
     let device = (args.device_gib * (1u64 << 30) as f64) as u64;
     let e = c.training_memory(args.batch, context);
-    let fits = |rows: usize| c.training_memory(rows, context).total() <= device;
+    let fits = |rows: usize| c.training_memory(rows, context).on_device() <= device;
     let largest = (1..=4096).take_while(|&rows| fits(rows)).last();
     writeln!(
         out,
-        "{}: {} rows x {context} tokens per device, f32 (an estimate that errs high)",
+        "{}: {} rows x {context} tokens per device, f32 (an estimate of the bytes in use)",
         args.preset, args.batch
     )?;
     writeln!(
         out,
-        "  weights {}, gradients + AdamW moments {}, activations {} (attention scores and probabilities {}), total {}",
+        "  weights {}, gradients + AdamW moments {}, activations {} (attention scores and probabilities {}), total {}; \
+         on a GPU with its allocator's reserve ({DEVICE_RESERVE}x) {}",
         gib(e.weights),
         gib(e.optimizer),
         gib(e.activations),
         gib(e.attention_scores),
-        gib(e.total())
+        gib(e.total()),
+        gib(e.on_device())
     )?;
     let verdict = match largest {
         Some(rows) => {

@@ -38,8 +38,8 @@ pub struct ReproduceArgs {
     #[arg(long)]
     force: bool,
     /// Backend.
-    #[arg(long, value_parser = memsinks_study::BackendName::parse)]
-    backend: Option<memsinks_study::BackendName>,
+    #[arg(long, value_parser = memsinks_train::BackendName::parse)]
+    backend: Option<memsinks_train::BackendName>,
 }
 
 /// Redraw `report.md` and the plots of a reproduction from its `results.json`.

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use memsinks_study::{DeviceRange, TrainTask};
 use memsinks_train::run::load_run_config;
 use memsinks_train::ExperimentConfig;
+use memsinks_train::{DeviceRange, TrainTask};
 
 use crate::backend::BackendChoice;
 
@@ -32,8 +32,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Backend: flex, ndarray, cuda, wgpu (those compiled in).
-    #[arg(long, value_parser = memsinks_study::BackendName::parse)]
-    pub backend: Option<memsinks_study::BackendName>,
+    #[arg(long, value_parser = memsinks_train::BackendName::parse)]
+    pub backend: Option<memsinks_train::BackendName>,
     /// First GPU index (GPU backends); `train.devices` consecutive devices are used.
     #[arg(long, default_value_t = 0)]
     pub device: usize,

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use memsinks_core::files::write_atomic;
-use memsinks_study::{DeviceRange, MethodTask, Runner};
 use memsinks_train::config::Precision;
 use memsinks_train::RunDir;
+use memsinks_train::{DeviceRange, Runner};
+use memsinks_unlearn::MethodTask;
 use memsinks_unlearn::{builtin_names, load_method, ForgetSet};
 
 use crate::backend::BackendChoice;
@@ -46,8 +47,8 @@ pub struct UnlearnArgs {
     #[arg(long)]
     list: bool,
     /// Backend.
-    #[arg(long, value_parser = memsinks_study::BackendName::parse)]
-    backend: Option<memsinks_study::BackendName>,
+    #[arg(long, value_parser = memsinks_train::BackendName::parse)]
+    backend: Option<memsinks_train::BackendName>,
 }
 
 /// Runs the subcommand.

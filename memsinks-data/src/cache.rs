@@ -87,7 +87,7 @@ impl CacheWriter {
         let path = self.tmp.join(&meta.file);
         for &t in tokens {
             if t as usize >= self.vocab_size {
-                return Err(DataError::Config(format!("token {t} is outside the vocabulary ({})", self.vocab_size)));
+                return Err(DataError::Invalid(format!("token {t} is outside the vocabulary ({})", self.vocab_size)));
             }
             let res = if self.bytes_per_token == 2 {
                 w.write_all(&(t as u16).to_le_bytes())

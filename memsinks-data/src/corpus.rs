@@ -345,14 +345,14 @@ impl PreparedCorpus {
     pub fn source(&self, key: &str) -> Result<(usize, &SourceEntry), DataError> {
         let sources = &self.manifest.sources;
         if sources.is_empty() {
-            return Err(DataError::Config(format!(
+            return Err(DataError::Invalid(format!(
                 "the corpus in {} has no source keys: prepare it with data.source_key",
                 self.dir.display()
             )));
         }
         sources.iter().enumerate().find(|(_, s)| s.key == key).ok_or_else(|| {
             let some: Vec<&str> = sources.iter().take(8).map(|s| s.key.as_str()).collect();
-            DataError::Config(format!(
+            DataError::Invalid(format!(
                 "no source `{key}` in the corpus in {}; its {} sources include {}",
                 self.dir.display(),
                 sources.len(),
@@ -383,11 +383,12 @@ impl PreparedCorpus {
     /// for a deduplicated schedule of a corpus prepared before it stopped holding the fresh fill.
     pub fn schedule(&self, kind: ScheduleKind) -> Result<Vec<u32>, DataError> {
         if kind != ScheduleKind::Full && self.manifest.schema_version < DEDUP_WITHOUT_FILL_VERSION {
-            return Err(DataError::Config(format!(
-                "{} was prepared by an older memsinks whose deduplicated schedule holds fresh stories: \
-                 prepare the corpus again into a new directory to train a deduplicated model",
-                self.dir.display()
-            )));
+            return Err(DataError::CorpusMismatch {
+                dir: self.dir.clone(),
+                reason: "was prepared by an older memsinks whose deduplicated schedule holds fresh stories: \
+                         prepare the corpus again into a new directory to train a deduplicated model"
+                    .into(),
+            });
         }
         read_schedule(&self.dir.join(kind.file()), self.cache.num_docs())
     }
@@ -435,7 +436,7 @@ pub fn open_source(
                     _ if by_file => Some("synthetic".to_string()),
                     (Some(_), Some(a)) => Some(author_key(a)),
                     (Some(_), None) => {
-                        return Err(DataError::Config(
+                        return Err(DataError::Invalid(
                             "data.source_key: these synthetic stories have no authors; set data.source.authors".into(),
                         ))
                     }

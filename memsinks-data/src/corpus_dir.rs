@@ -54,29 +54,33 @@ pub(crate) fn inspect(
                 return Err(e.into());
             }
         }
-        return Err(DataError::Config(format!(
-            "{} is not empty and holds no memsinks corpus: choose a new or empty directory for the corpus",
-            out.display()
-        )));
+        return Err(DataError::CorpusMismatch {
+            dir: out.to_path_buf(),
+            reason: "is not empty and holds no memsinks corpus: choose a new or empty directory for the corpus".into(),
+        });
     }
     let Some(manifest) = manifest else { return Ok(Existing::Rebuild("an interrupted build".into())) };
     if manifest.config_hash != config_hash {
         let changed = describe_config_change(&manifest.config, cfg);
-        return Err(DataError::Config(format!(
-            "{} holds the corpus of another data configuration ({changed}); a prepared corpus is never \
-             rebuilt in place, because runs trained on it would silently change: choose another --data \
-             directory (or --out), or delete {} yourself",
-            out.display(),
-            out.display()
-        )));
+        return Err(DataError::CorpusMismatch {
+            dir: out.to_path_buf(),
+            reason: format!(
+                "holds the corpus of another data configuration ({changed}); a prepared corpus is never \
+                 rebuilt in place, because runs trained on it would silently change: choose another --data \
+                 directory (or --out), or delete {} yourself",
+                out.display()
+            ),
+        });
     }
     if !manifest.source_fingerprint.is_empty() && manifest.source_fingerprint != fingerprint {
-        return Err(DataError::Config(format!(
-            "{} was prepared from {}, which has changed since (size or modification time differ); a \
-             prepared corpus is never rebuilt in place: prepare into another directory",
-            out.display(),
-            source_name(&cfg.source)
-        )));
+        return Err(DataError::CorpusMismatch {
+            dir: out.to_path_buf(),
+            reason: format!(
+                "was prepared from {}, which has changed since (size or modification time differ); a \
+                 prepared corpus is never rebuilt in place: prepare into another directory",
+                source_name(&cfg.source)
+            ),
+        });
     }
     match PreparedCorpus::open(out) {
         Ok(corpus) => {

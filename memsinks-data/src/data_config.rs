@@ -239,9 +239,10 @@ impl DataConfig {
         (self.reshuffle_each_pass && self.ordering == Ordering::Shuffled).then_some(self.seed ^ 0x5EED_9A55)
     }
 
-    /// Checks value ranges.
+    /// Checks value ranges: a flat list of independent checks, one per rule, each naming its key
+    /// (longer than most functions because there are that many rules).
     pub fn validate(&self) -> Result<(), DataError> {
-        let bad = |m: String| Err(DataError::Config(m));
+        let bad = |m: String| Err(DataError::Invalid(m));
         if self.context < 2 {
             return bad(format!("data.context {} must be at least 2", self.context));
         }

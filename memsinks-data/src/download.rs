@@ -60,7 +60,6 @@ pub fn download_file(
                 .into(),
         });
     }
-    let err = |message: String| DataError::Download { url: url.to_string(), message };
     let mut part_name = dest.as_os_str().to_owned();
     part_name.push(".part");
     let part = PathBuf::from(part_name);
@@ -70,73 +69,13 @@ pub fn download_file(
     let bar = crate::corpus::progress_bar(show_progress, 0, &format!("downloading {}", file_name(dest)));
     let mut last_error = String::new();
     for _attempt in 0..=retries {
-        let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
-        let mut request = ureq::get(url);
-        if have > 0 {
-            request = request.header("Range", &format!("bytes={have}-"));
-        }
-        let mut response = match request.call() {
-            Ok(r) => r,
-            Err(e) => {
-                last_error = e.to_string();
-                continue;
-            }
-        };
-        let status = response.status().as_u16();
-        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        // The full size: from Content-Range on a partial answer, Content-Length otherwise.
-        let (start, total) = match status {
-            206 => {
-                let range = header("content-range").ok_or_else(|| err("206 without Content-Range".into()))?;
-                let total = range.rsplit('/').next().and_then(|t| t.parse::<u64>().ok());
-                (have, total)
-            }
-            200 => (0, header("content-length").and_then(|l| l.parse::<u64>().ok())),
-            other => return Err(err(format!("unexpected HTTP status {other}"))),
-        };
-        if let Some(total) = total {
-            bar.set_length(total);
-        }
-        bar.set_position(start);
-        // Never through a link planted under the partial file's name.
-        let file = if start > 0 {
-            memsinks_core::files::open_in_place(&part, true)
-        } else {
-            memsinks_core::files::create_new_file(&part)
-        };
-        let mut file = file.map_err(|e| DataError::io(&part, e))?;
-        let mut reader = response.body_mut().as_reader();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut written = start;
-        let outcome = loop {
-            match reader.read(&mut buf) {
-                Ok(0) => break Ok(()),
-                Ok(n) => {
-                    file.write_all(&buf[..n]).map_err(|e| DataError::io(&part, e))?;
-                    written += n as u64;
-                    bar.set_position(written);
-                }
-                Err(e) => break Err(e.to_string()),
-            }
-        };
-        file.sync_all().map_err(|e| DataError::io(&part, e))?;
-        match (outcome, total) {
-            (Ok(()), total) if total.is_none_or(|t| written == t) => {
-                let digest = file_sha256(&part)?;
-                if let Some(pinned) = sha256.filter(|p| p.trim().to_ascii_lowercase() != digest) {
-                    // A complete transfer with the wrong content: resuming it cannot help.
-                    let _ = std::fs::remove_file(&part);
-                    return Err(err(format!("SHA-256 {digest} differs from the pinned {pinned}; nothing was kept")));
-                }
-                write_checksum(dest, &digest)?;
-                std::fs::rename(&part, dest).map_err(|e| DataError::io(dest, e))?;
+        match transfer(url, &part, &bar)? {
+            Ok(()) => {
+                keep_if_pinned(url, &part, dest, sha256)?;
                 bar.finish_and_clear();
                 return Ok(dest.to_path_buf());
             }
-            (Ok(()), total) => {
-                last_error = format!("connection closed after {written} of {} bytes", total.unwrap_or(written))
-            }
-            (Err(e), _) => last_error = e,
+            Err(why) => last_error = why,
         }
     }
     bar.abandon();
@@ -144,7 +83,86 @@ pub fn download_file(
         Ok(m) if m.len() > 0 => format!(" ({} bytes kept in {}; rerun to resume)", m.len(), part.display()),
         _ => String::new(),
     };
-    Err(err(format!("{last_error}{kept}")))
+    Err(download_error(url, format!("{last_error}{kept}")))
+}
+
+fn download_error(url: &str, message: String) -> DataError {
+    DataError::Download { url: url.to_string(), message }
+}
+
+/// One try: fetches `url` from where `part` ends (a Range request when it holds bytes) and
+/// appends to it. `Ok(Ok(()))` when the transfer is complete, `Ok(Err(why))` when the connection
+/// failed or dropped (another try resumes it), `Err` for what another try cannot fix.
+fn transfer(url: &str, part: &Path, bar: &indicatif::ProgressBar) -> Result<Result<(), String>, DataError> {
+    let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    let mut request = ureq::get(url);
+    if have > 0 {
+        request = request.header("Range", &format!("bytes={have}-"));
+    }
+    let mut response = match request.call() {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let status = response.status().as_u16();
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    // The full size: from Content-Range on a partial answer, Content-Length otherwise.
+    let (start, total) = match status {
+        206 => {
+            let range =
+                header("content-range").ok_or_else(|| download_error(url, "206 without Content-Range".into()))?;
+            let total = range.rsplit('/').next().and_then(|t| t.parse::<u64>().ok());
+            (have, total)
+        }
+        200 => (0, header("content-length").and_then(|l| l.parse::<u64>().ok())),
+        other => return Err(download_error(url, format!("unexpected HTTP status {other}"))),
+    };
+    if let Some(total) = total {
+        bar.set_length(total);
+    }
+    bar.set_position(start);
+    // Never through a link planted under the partial file's name.
+    let file = if start > 0 {
+        memsinks_core::files::open_in_place(part, true)
+    } else {
+        memsinks_core::files::create_new_file(part)
+    };
+    let mut file = file.map_err(|e| DataError::io(part, e))?;
+    let mut reader = response.body_mut().as_reader();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut written = start;
+    let outcome = loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                file.write_all(&buf[..n]).map_err(|e| DataError::io(part, e))?;
+                written += n as u64;
+                bar.set_position(written);
+            }
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    file.sync_all().map_err(|e| DataError::io(part, e))?;
+    Ok(match (outcome, total) {
+        (Ok(()), total) if total.is_none_or(|t| written == t) => Ok(()),
+        (Ok(()), total) => Err(format!("connection closed after {written} of {} bytes", total.unwrap_or(written))),
+        (Err(e), _) => Err(e),
+    })
+}
+
+/// Moves a complete `part` to `dest` with its recorded digest, unless its digest differs from the
+/// pinned one: then nothing is kept (resuming a complete transfer with the wrong content cannot
+/// help).
+fn keep_if_pinned(url: &str, part: &Path, dest: &Path, sha256: Option<&str>) -> Result<(), DataError> {
+    let digest = file_sha256(part)?;
+    if let Some(pinned) = sha256.filter(|p| p.trim().to_ascii_lowercase() != digest) {
+        let _ = std::fs::remove_file(part);
+        return Err(download_error(
+            url,
+            format!("SHA-256 {digest} differs from the pinned {pinned}; nothing was kept"),
+        ));
+    }
+    write_checksum(dest, &digest)?;
+    std::fs::rename(part, dest).map_err(|e| DataError::io(dest, e))
 }
 
 fn file_name(p: &Path) -> String {

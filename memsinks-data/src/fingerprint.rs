@@ -164,12 +164,14 @@ impl CorpusFingerprint {
         if changed.is_empty() {
             return Ok(());
         }
-        Err(DataError::Config(format!(
-            "the corpus in {} is not the one {user} was trained on: {} changed since; its numbers would \
-             be silently wrong. Point the run at its own corpus again, or train a new run on this one",
-            corpus.dir.display(),
-            changed.join(", ")
-        )))
+        Err(DataError::CorpusMismatch {
+            dir: corpus.dir.clone(),
+            reason: format!(
+                "is not the one {user} was trained on: {} changed since; its numbers would be silently \
+                 wrong. Point the run at its own corpus again, or train a new run on this one",
+                changed.join(", ")
+            ),
+        })
     }
 }
 

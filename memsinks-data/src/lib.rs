@@ -70,9 +70,37 @@ pub enum DataError {
         /// What is missing.
         what: String,
     },
-    /// A bad configuration value.
+    /// A configuration value out of range or inconsistent with the data (the message names the
+    /// key and what would fit).
     #[error("{0}")]
-    Config(String),
+    Invalid(String),
+    /// A configuration file or `--set` override that cannot be read or applied.
+    #[error(transparent)]
+    Settings(memsinks_core::ConfigError),
+    /// A configuration the model refuses.
+    #[error(transparent)]
+    Model(memsinks_model::ModelError),
+    /// A directory holds another corpus than the one asked for, or one changed since a run
+    /// trained on it; it is never rebuilt in place.
+    #[error("{} {reason}", dir.display())]
+    CorpusMismatch {
+        /// The corpus directory.
+        dir: PathBuf,
+        /// What differs, and what to do.
+        reason: String,
+    },
+    /// Two documents (or two sources) hash to the same ID.
+    #[error("{kind} ID collision: {first} and {second} both hash to {id}; change data.seed or drop one")]
+    IdCollision {
+        /// "sequence" or "source".
+        kind: &'static str,
+        /// The first document or source.
+        first: String,
+        /// The second.
+        second: String,
+        /// The shared ID.
+        id: i64,
+    },
     /// A tokenizer failure.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -113,9 +141,7 @@ impl From<memsinks_core::ConfigError> for DataError {
         match e {
             memsinks_core::ConfigError::Io { path, cause } => DataError::Io { path, cause },
             memsinks_core::ConfigError::Format { path, message } => DataError::Format { path, message },
-            memsinks_core::ConfigError::Override(message) | memsinks_core::ConfigError::Invalid(message) => {
-                DataError::Config(message)
-            }
+            other => DataError::Settings(other),
         }
     }
 }
@@ -126,7 +152,7 @@ impl From<memsinks_model::ModelError> for DataError {
         match e {
             memsinks_model::ModelError::Io { path, cause } => DataError::Io { path, cause },
             memsinks_model::ModelError::File(f) => f.into(),
-            other => DataError::Config(other.to_string()),
+            other => DataError::Model(other),
         }
     }
 }

@@ -53,8 +53,7 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
         return Ok(*corpus);
     }
     let _lock = memsinks_core::files::DirLock::acquire(out, "data prepare")?;
-    // Another process may have finished it while we waited for nothing (the lock is not
-    // blocking, but it may have completed between the check above and the lock).
+    // Another process may have finished it between the check above and the lock.
     match inspect(cfg, out, &config_hash, &fingerprint)? {
         Existing::Reusable(corpus) => return Ok(*corpus),
         Existing::Rebuild(why) => {
@@ -67,7 +66,19 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
     }
     write_atomic(&out.join(CORPUS_MARKER), config_hash.as_bytes())?;
     remove_stale_temporaries(out);
+    build(cfg, out, config_hash, fingerprint, show_progress)
+}
 
+/// Builds the corpus into `out` (locked, claimed): the five steps in order, then the manifest.
+/// The steps share the reader (documents are read once, in order) and the random stream, so they
+/// are called from one place.
+fn build(
+    cfg: &DataConfig,
+    out: &Path,
+    config_hash: String,
+    fingerprint: String,
+    show_progress: bool,
+) -> Result<PreparedCorpus, DataError> {
     let mut rng = SplitMix64::new(cfg.seed ^ 0xC0_4B05);
     let main = open_source(&cfg.source, cfg.invalid_utf8, cfg.source_key.as_ref())?;
     let mut reader = DistinctReader { main: Some(main), ..Default::default() };
@@ -79,8 +90,6 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
     let canaries = draw_canaries(cfg.canary.docs, cfg.canary.length, &tokenizer, &mut rng)?;
     let held_out_canaries = draw_canaries(cfg.canary.held_out_docs(), cfg.canary.length, &tokenizer, &mut rng)?;
 
-    // Tokenize into the cache: repeated, canary, validation, then unique documents streamed in
-    // chunks.
     let key = CacheKey {
         source_hash: fingerprint.clone(),
         tokenizer_hash: tokenizer.fingerprint().to_string(),
@@ -88,42 +97,15 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
     };
     let writer = TokenCache::writer(&out.join("cache"), tokenizer.vocab_size(), key)?;
     let mut cache = CacheBuilder::new(writer, cfg, reader.held_out.clone());
-    for (doc, tokens) in repeated_docs.iter().zip(encode(&tokenizer, &repeated_docs)?) {
-        cache.add(&tokens, Split::Repeated, cfg.repeated.repetitions, doc)?;
-    }
-    for (i, tokens) in canaries.iter().enumerate() {
-        cache.add(
-            tokens,
-            Split::Canary,
-            cfg.canary.repetitions,
-            &Document::new(String::new(), format!("canary#{i}")),
-        )?;
-    }
-    for (doc, tokens) in validation_docs.iter().zip(encode(&tokenizer, &validation_docs)?) {
-        cache.add(&tokens, Split::Validation, 0, doc)?;
-    }
-    for (i, tokens) in held_out_canaries.iter().enumerate() {
-        let origin = format!("canary-held-out#{i}");
-        cache.add(tokens, Split::CanaryHeldOut, 0, &Document::new(String::new(), origin))?;
-    }
-    let streamed = Streamed { reader: &mut reader, tokenizer: &tokenizer, show_progress };
-    let (unique_count, spare_docs) = streamed.add(cfg, Split::Unique, unique_buffer, &mut cache)?;
-    let unique_tokens = cache.streamed_tokens;
-    let dedup_removed_tokens = removed_row_tokens(cfg, &cache.documents);
-    let fill_count = if cfg.dedup_fill && dedup_removed_tokens > 0 {
-        cache.streamed_tokens = 0;
-        cache.streamed_row_tokens = 0;
-        let streamed = Streamed { reader: &mut reader, tokenizer: &tokenizer, show_progress };
-        streamed.add(cfg, Split::DedupFill, spare_docs, &mut cache)?.0
-    } else {
-        0
+    let drawn = Drawn {
+        repeated: &repeated_docs,
+        canaries: &canaries,
+        validation: &validation_docs,
+        held_out_canaries: &held_out_canaries,
     };
-    let dedup_fill_tokens = if fill_count > 0 { cache.streamed_row_tokens } else { 0 };
-    if dedup_fill_tokens < dedup_removed_tokens && cfg.dedup_fill {
-        tracing::warn!(
-            "the source ran out: the dedup fill holds {dedup_fill_tokens} of the {dedup_removed_tokens} tokens of removed repetitions; the dedup + fresh data model will cycle its data more"
-        );
-    }
+    cache.add_drawn(cfg, &tokenizer, &drawn)?;
+    let streamed = Streamed { reader: &mut reader, tokenizer: &tokenizer, show_progress };
+    let counts = streamed.add_unique_and_fill(cfg, unique_buffer, &mut cache)?;
     let CacheBuilder { writer, mut documents, sources, .. } = cache;
     let cache = writer.finish()?;
     let sources_sha256 = match &sources {
@@ -134,8 +116,8 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
         }
         None => None,
     };
-
-    let (schedule, dedup) = write_schedules(cfg, out, &mut documents, (unique_count, fill_count), &mut rng)?;
+    let (schedule, dedup) =
+        write_schedules(cfg, out, &mut documents, (counts.unique_docs, counts.fill_docs), &mut rng)?;
     let manifest = Manifest {
         schema_version: crate::corpus::MANIFEST_SCHEMA,
         config_hash,
@@ -145,11 +127,11 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
         vocab_size: tokenizer.vocab_size(),
         end_of_text: tokenizer.end_of_text(),
         documents,
-        unique_docs: unique_count as u64,
-        unique_tokens,
-        dedup_fill_docs: fill_count as u64,
-        dedup_fill_tokens,
-        dedup_removed_tokens,
+        unique_docs: counts.unique_docs as u64,
+        unique_tokens: counts.unique_tokens,
+        dedup_fill_docs: counts.fill_docs as u64,
+        dedup_fill_tokens: counts.fill_tokens,
+        dedup_removed_tokens: counts.removed_tokens,
         near_duplicates_dropped: reader.near_duplicates,
         occurrences: schedule as u64,
         occurrences_dedup: dedup as u64,
@@ -164,6 +146,26 @@ pub fn prepare(cfg: &DataConfig, out: &Path, show_progress: bool) -> Result<Prep
     let source_of = sources.map(|t| std::sync::Arc::new(t.of_doc));
     let ids = DocIds::of(&manifest, source_of.as_ref());
     Ok(PreparedCorpus { manifest, cache, tokenizer, dir: out.to_path_buf(), source_of, ids })
+}
+
+/// The documents drawn before the unique stream: they go into the cache first, in this order.
+struct Drawn<'a> {
+    repeated: &'a [Document],
+    canaries: &'a [Vec<u32>],
+    validation: &'a [Document],
+    held_out_canaries: &'a [Vec<u32>],
+}
+
+/// What step 4 streamed into the cache after the drawn documents.
+struct StreamedCounts {
+    /// Unique documents, and their tokens.
+    unique_docs: usize,
+    unique_tokens: u64,
+    /// Dedup fill documents, and their tokens as training rows hold them.
+    fill_docs: usize,
+    fill_tokens: u64,
+    /// Tokens of the repetitions the deduplicated schedules remove.
+    removed_tokens: u64,
 }
 
 /// Step 2: the tokenizer, trained on training text only (never on validation documents), or
@@ -195,7 +197,7 @@ fn draw_canaries(
     rng: &mut SplitMix64,
 ) -> Result<Vec<Vec<u32>>, DataError> {
     if count * length > 0 && tokenizer.vocab_size() < 2 {
-        return Err(DataError::Config(format!(
+        return Err(DataError::Invalid(format!(
             "the tokenizer has {} token(s), none but the end-of-text token: canaries are drawn from the other \
              tokens; use a tokenizer with a vocabulary, or data.canary.docs = 0",
             tokenizer.vocab_size()
@@ -252,10 +254,12 @@ impl SourceTable {
         }
         let (i, id) = (self.entries.len() as u32, source_id(key));
         if let Some(&other) = self.ids.get(&id) {
-            return Err(DataError::Config(format!(
-                "source ID collision: sources `{key}` and `{}` both hash to {id}",
-                self.entries[other as usize].key
-            )));
+            return Err(DataError::IdCollision {
+                kind: "source",
+                first: format!("source `{key}`"),
+                second: format!("source `{}`", self.entries[other as usize].key),
+                id,
+            });
         }
         let held_out = self.held_out.contains(key);
         self.entries.push(SourceEntry { key: key.to_string(), id, held_out, docs: 0, tokens: 0 });
@@ -287,10 +291,30 @@ impl CacheBuilder {
         }
     }
 
+    /// Step 4's first part: the drawn documents, repeated, canary, validation, then held-out
+    /// canaries.
+    fn add_drawn(&mut self, cfg: &DataConfig, tokenizer: &TextTokenizer, drawn: &Drawn) -> Result<(), DataError> {
+        for (doc, tokens) in drawn.repeated.iter().zip(encode(tokenizer, drawn.repeated)?) {
+            self.add(&tokens, Split::Repeated, cfg.repeated.repetitions, doc)?;
+        }
+        for (i, tokens) in drawn.canaries.iter().enumerate() {
+            let origin = format!("canary#{i}");
+            self.add(tokens, Split::Canary, cfg.canary.repetitions, &Document::new(String::new(), origin))?;
+        }
+        for (doc, tokens) in drawn.validation.iter().zip(encode(tokenizer, drawn.validation)?) {
+            self.add(&tokens, Split::Validation, 0, doc)?;
+        }
+        for (i, tokens) in drawn.held_out_canaries.iter().enumerate() {
+            let origin = format!("canary-held-out#{i}");
+            self.add(tokens, Split::CanaryHeldOut, 0, &Document::new(String::new(), origin))?;
+        }
+        Ok(())
+    }
+
     fn add(&mut self, tokens: &[u32], split: Split, repetitions: usize, doc: &Document) -> Result<(), DataError> {
         let origin = &doc.origin;
         if tokens.is_empty() {
-            return Err(DataError::Config(format!("document {origin} tokenizes to nothing")));
+            return Err(DataError::Invalid(format!("document {origin} tokenizes to nothing")));
         }
         // Canaries have no source; natural documents have one exactly when keys are read.
         let source = match (&mut self.sources, doc.source.as_deref()) {
@@ -310,9 +334,12 @@ impl CacheBuilder {
         let id = shared_id.unwrap_or_else(|| sequence_id(tokens));
         if shared_id.is_none() {
             if let Some(&other) = self.ids.get(&id) {
-                return Err(DataError::Config(format!(
-                    "sequence ID collision: {origin} and document {other} both hash to {id}; change data.seed or drop one"
-                )));
+                return Err(DataError::IdCollision {
+                    kind: "sequence",
+                    first: origin.to_string(),
+                    second: format!("document {other}"),
+                    id,
+                });
             }
         }
         self.writer.push(tokens)?;
@@ -348,11 +375,38 @@ struct Streamed<'a> {
 }
 
 impl Streamed<'_> {
+    /// Step 4's stream: the unique documents (`buffer`, read for the tokenizer, first), then,
+    /// with `data.dedup_fill`, fresh documents for the removed repetitions.
+    fn add_unique_and_fill(
+        mut self,
+        cfg: &DataConfig,
+        buffer: Vec<Document>,
+        cache: &mut CacheBuilder,
+    ) -> Result<StreamedCounts, DataError> {
+        let (unique_docs, spare_docs) = self.add(cfg, Split::Unique, buffer, cache)?;
+        let unique_tokens = cache.streamed_tokens;
+        let removed_tokens = removed_row_tokens(cfg, &cache.documents);
+        let fill_docs = if cfg.dedup_fill && removed_tokens > 0 {
+            cache.streamed_tokens = 0;
+            cache.streamed_row_tokens = 0;
+            self.add(cfg, Split::DedupFill, spare_docs, cache)?.0
+        } else {
+            0
+        };
+        let fill_tokens = if fill_docs > 0 { cache.streamed_row_tokens } else { 0 };
+        if fill_tokens < removed_tokens && cfg.dedup_fill {
+            tracing::warn!(
+                "the source ran out: the dedup fill holds {fill_tokens} of the {removed_tokens} tokens of removed repetitions; the dedup + fresh data model will cycle its data more"
+            );
+        }
+        Ok(StreamedCounts { unique_docs, unique_tokens, fill_docs, fill_tokens, removed_tokens })
+    }
+
     /// Adds `split`'s documents, `buffer` first: `cfg.unique` unique documents, or dedup fill
     /// documents until their real tokens reach the removed repetitions' (as many as the source
     /// has). Returns how many, and the documents of `buffer` not needed.
     fn add(
-        self,
+        &mut self,
         cfg: &DataConfig,
         split: Split,
         mut buffer: Vec<Document>,

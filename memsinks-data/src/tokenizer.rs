@@ -42,7 +42,7 @@ impl TextTokenizer {
     ) -> Result<Self, DataError> {
         let min_vocab = ByteLevel::alphabet().len() + 1;
         if vocab_size < min_vocab {
-            return Err(DataError::Config(format!(
+            return Err(DataError::Invalid(format!(
                 "tokenizer vocab_size {vocab_size} is below the byte-level alphabet plus <|endoftext|> ({min_vocab})"
             )));
         }
@@ -144,7 +144,7 @@ impl TextTokenizer {
     /// Fails unless the tokenizer's vocabulary size equals the model's.
     pub fn check_model_vocab(&self, model_vocab: usize) -> Result<(), DataError> {
         if self.vocab_size() != model_vocab {
-            return Err(DataError::Config(format!(
+            return Err(DataError::Invalid(format!(
                 "tokenizer vocabulary ({}) differs from the model's vocab_size ({model_vocab}): set model.vocab_size to {} or use a matching tokenizer",
                 self.vocab_size(),
                 self.vocab_size()

@@ -77,12 +77,7 @@ impl ModelConfig {
             "smollm2-1.7b" => {
                 ModelConfig::new(49_152, 2048, 24, 32, 32, 8192, 2048).with_rope_theta(1.3e5).with_tie_embeddings(true)
             }
-            other => {
-                return Err(ModelError::Config(format!(
-                    "unknown preset `{other}`; allowed: {}",
-                    PRESET_NAMES.join(", ")
-                )))
-            }
+            other => return Err(ModelError::UnknownPreset(other.to_string())),
         };
         Ok(cfg)
     }
@@ -114,7 +109,7 @@ impl ModelConfig {
 
     /// Checks the shape constraints; every constructor path calls it.
     pub fn validate(&self) -> Result<(), ModelError> {
-        let bad = |msg: String| Err(ModelError::Config(msg));
+        let bad = |msg: String| Err(ModelError::Invalid(msg));
         if self.vocab_size == 0 || self.d_model == 0 || self.n_layers == 0 || self.d_hidden == 0 {
             return bad("vocab_size, d_model, n_layers and d_hidden must be positive".into());
         }
@@ -175,7 +170,7 @@ impl ModelConfig {
 
     /// Parses RON text and validates it.
     pub fn from_ron(text: &str) -> Result<Self, ModelError> {
-        let cfg: Self = ron::from_str(text).map_err(|e| ModelError::Config(format!("invalid model config: {e}")))?;
+        let cfg: Self = ron::from_str(text).map_err(|e| ModelError::Format(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -34,9 +34,35 @@ pub use model::{Attention, Block, HiddenHook, MemSinkLm, Rope};
 /// Errors of the model crate: bad configurations and unreadable or mismatched weight files.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    /// A configuration value is out of range or inconsistent.
+    /// A configuration value is out of range or inconsistent (the message names the key).
     #[error("{0}")]
-    Config(String),
+    Invalid(String),
+    /// A preset name that is none of [`PRESET_NAMES`].
+    #[error("unknown preset `{0}`; allowed: {list}", list = PRESET_NAMES.join(", "))]
+    UnknownPreset(String),
+    /// A model config file that is not RON of a [`ModelConfig`].
+    #[error("invalid model config: {0}")]
+    Format(String),
+    /// The work needs more memory than the host or device has.
+    #[error(
+        "{what} needs about {needed} {place}; {available} available ({limit}): {hint}",
+        needed = memory::gib(*needed),
+        available = memory::gib(*available)
+    )]
+    OutOfMemory {
+        /// The work, e.g. "one micro-batch of 16 rows x 128 tokens".
+        what: String,
+        /// Where: "of memory" on the host, "on the device".
+        place: &'static str,
+        /// What bounds the available memory.
+        limit: &'static str,
+        /// Bytes needed (estimated).
+        needed: u64,
+        /// Bytes available.
+        available: u64,
+        /// What would fit.
+        hint: String,
+    },
     /// Reading or writing a file failed.
     #[error("{path}: {cause}")]
     Io {

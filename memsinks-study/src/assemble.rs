@@ -4,7 +4,7 @@
 use anyhow::Result;
 use memsinks_data::{pass_order, Half, PreparedCorpus, Split};
 use memsinks_model::{DropScale, MlpMode};
-use memsinks_train::metrics::{read_evals, EvalRecord};
+use memsinks_train::metric_log::{read_evals, EvalRecord};
 use memsinks_train::{ExperimentConfig, Method};
 use memsinks_unlearn::metrics::gap_closure;
 use memsinks_unlearn::MethodResult;
@@ -14,8 +14,8 @@ use crate::results::{
     DeployedChoice, DropCandidate, Dynamics, DynamicsPoint, Forgetting, MainRow, Results, RowValues, SelectedStep,
     SourceRemovalRun, Timing, TrackedDoc, Versions, L_VAL_TOLERANCE, RESULTS_SCHEMA,
 };
-use crate::runner::BackendName;
 use crate::stages::Trained;
+use memsinks_train::BackendName;
 
 /// Tracked documents drawn per model in the forgetting plots (a readable number of curves).
 const PLOTTED_DOCS: usize = 4;

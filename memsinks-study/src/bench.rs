@@ -17,7 +17,7 @@ use memsinks_train::optim::{step, unscale_and_clip};
 use memsinks_train::{Method, OptimConfig};
 use serde::Serialize;
 
-use crate::runner::BackendTask;
+use memsinks_train::BackendTask;
 
 /// One benchmark run.
 #[derive(Clone, Debug)]
@@ -100,6 +100,14 @@ pub struct TrainBenchResult {
     pub mask_share: f64,
     /// Peak resident set size of the process.
     pub peak_rss_mb: f64,
+    /// The training-step memory [`ModelConfig::training_memory`] estimates for this batch and
+    /// context (what `train.device_memory_gib` is checked against).
+    pub estimated_memory_mb: f64,
+    /// On GPU backends, the device memory the allocator reserved by the end of the timed steps,
+    /// its free pages returned after the warm-up: at least the timed steps' peak (its pools do not
+    /// shrink on their own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_memory_mb: Option<f64>,
     /// Mean loss of the timed steps (a sanity check: near ln(vocab) on random tokens).
     pub loss: f64,
     /// Model FLOPs of one trained token: forward and backward (3×) of every matmul, the
@@ -150,6 +158,7 @@ pub struct MatmulBenchResult {
 
 impl BackendTask for MatmulBench {
     type Output = MatmulBenchResult;
+    type Error = anyhow::Error;
 
     fn run<B: TrainBackend>(self, devices: Vec<B::Device>) -> Result<MatmulBenchResult> {
         let device = devices.into_iter().next().expect("one device");
@@ -184,25 +193,11 @@ impl BackendTask for MatmulBench {
 
 impl BackendTask for TrainBench {
     type Output = TrainBenchResult;
+    type Error = anyhow::Error;
 
     fn run<B: TrainBackend>(self, devices: Vec<B::Device>) -> Result<TrainBenchResult> {
         let device = devices.into_iter().next().expect("one device");
-        let mut cfg = match &self.model {
-            Some(model) => model.clone(),
-            None => ModelConfig::preset(&self.preset)?,
-        };
-        let o = &self.sinks;
-        cfg.d_hidden = o.d_hidden.unwrap_or(cfg.d_hidden);
-        cfg.compact_below = o.compact_below.unwrap_or(cfg.compact_below);
-        match self.method {
-            Method::Standard => cfg.p_gen = 1.0,
-            Method::Memsinks => {
-                cfg.p_gen = o.p_gen.unwrap_or(cfg.p_gen);
-                cfg.p_mem = o.p_mem.unwrap_or(cfg.p_mem);
-            }
-            other => bail!("the benchmark times memsinks or standard steps, not {}", other.name()),
-        }
-        cfg.validate()?;
+        let cfg = self.model_config()?;
         if self.steps == 0 || self.batch == 0 {
             bail!("--steps and --batch must be positive");
         }
@@ -219,38 +214,11 @@ impl BackendTask for TrainBench {
                 "use a smaller preset, --batch or --seq",
             )?;
         }
-        B::seed(&device, self.seed);
-        let mut model = cfg.init::<B>(&device)?;
-        let optim_cfg = OptimConfig::default();
-        let mut optim = optim_cfg.init::<B, _>();
-        let mut rng = SplitMix64::new(self.seed ^ 0xBE4C);
-        let mut step_ms = Vec::with_capacity(self.steps);
-        let mut losses = Vec::with_capacity(self.steps);
-        let mut timed_mask = std::time::Duration::ZERO;
-        for i in 0..self.warmup + self.steps {
-            let batch = random_batch::<B>(&mut rng, self.batch, seq, cfg.vocab_size, ids_per_batch, &device);
-            let mask_before = mask_build_time();
-            let started = Instant::now();
-            let half = self.precision.compute_copy(&model);
-            let loss = lm_loss(half.as_ref().unwrap_or(&model), &batch, &MlpMode::Train);
-            let value: f64 = loss.clone().into_scalar().elem();
-            model = if self.precision.scales_loss() {
-                let mut grads = GradientsParams::from_grads((loss * BENCH_LOSS_SCALE).backward(), &model);
-                unscale_and_clip(&model, &mut grads, 1.0 / BENCH_LOSS_SCALE, optim_cfg.clip_norm.map(f64::from));
-                optim.step(1e-4, model, grads)
-            } else {
-                step(&mut optim, model, loss, 1e-4, &optim_cfg)
-            };
-            B::sync(&device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))?;
-            if i >= self.warmup {
-                step_ms.push(started.elapsed().as_secs_f64() * 1e3);
-                timed_mask += mask_build_time() - mask_before;
-                losses.push(value);
-            }
-        }
-        let total_s: f64 = step_ms.iter().sum::<f64>() / 1e3;
-        let mut sorted = step_ms.clone();
+        let timed = self.time_steps::<B>(&cfg, seq, ids_per_batch, &device)?;
+        let total_s: f64 = timed.step_ms.iter().sum::<f64>() / 1e3;
+        let mut sorted = timed.step_ms.clone();
         sorted.sort_by(f64::total_cmp);
+        let tokens = (self.steps * self.batch * seq) as f64;
         Ok(TrainBenchResult {
             backend: String::new(),
             preset: self.preset,
@@ -265,17 +233,103 @@ impl BackendTask for TrainBench {
             compact_below: cfg.compact_below,
             ids_per_batch,
             steps: self.steps,
-            tokens_per_s: (self.steps * self.batch * seq) as f64 / total_s,
+            tokens_per_s: tokens / total_s,
             step_ms_median: sorted[sorted.len() / 2],
-            mask_share: timed_mask.as_secs_f64() / total_s,
+            mask_share: timed.mask.as_secs_f64() / total_s,
             peak_rss_mb: peak_rss_mb(),
-            loss: losses.iter().sum::<f64>() / losses.len() as f64,
+            estimated_memory_mb: cfg.training_memory(self.batch, seq).total() as f64 / MB,
+            device_memory_mb: B::device_memory(&device).map(|m| m.reserved as f64 / MB),
+            loss: timed.losses.iter().sum::<f64>() / timed.losses.len() as f64,
             model_flops_per_token: train_flops_per_token(&cfg, seq),
-            model_gflops: train_flops_per_token(&cfg, seq) * (self.steps * self.batch * seq) as f64 / total_s / 1e9,
+            model_gflops: train_flops_per_token(&cfg, seq) * tokens / total_s / 1e9,
             mfu: None,
         })
     }
 }
+
+/// What the timed steps of [`TrainBench`] measured.
+struct TimedSteps {
+    /// Wall time of each timed step, in ms.
+    step_ms: Vec<f64>,
+    /// Each timed step's loss.
+    losses: Vec<f64>,
+    /// Time spent building sink masks during the timed steps.
+    mask: std::time::Duration,
+}
+
+impl TrainBench {
+    /// The model configuration benchmarked: the preset (or `--config`'s model) with the sink
+    /// overrides, all sinks off for the standard method.
+    fn model_config(&self) -> Result<ModelConfig> {
+        let mut cfg = match &self.model {
+            Some(model) => model.clone(),
+            None => ModelConfig::preset(&self.preset)?,
+        };
+        let o = &self.sinks;
+        cfg.d_hidden = o.d_hidden.unwrap_or(cfg.d_hidden);
+        cfg.compact_below = o.compact_below.unwrap_or(cfg.compact_below);
+        match self.method {
+            Method::Standard => cfg.p_gen = 1.0,
+            Method::Memsinks => {
+                cfg.p_gen = o.p_gen.unwrap_or(cfg.p_gen);
+                cfg.p_mem = o.p_mem.unwrap_or(cfg.p_mem);
+            }
+            other => bail!("the benchmark times memsinks or standard steps, not {}", other.name()),
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Trains `warmup` then `steps` optimizer steps on random batches, timing the latter; each
+    /// step ends with a device sync, so its time is the device's.
+    fn time_steps<B: TrainBackend>(
+        &self,
+        cfg: &ModelConfig,
+        seq: usize,
+        ids_per_batch: usize,
+        device: &B::Device,
+    ) -> Result<TimedSteps> {
+        B::seed(device, self.seed);
+        let mut model = cfg.init::<B>(device)?;
+        let optim_cfg = OptimConfig::default();
+        let mut optim = optim_cfg.init::<B, _>();
+        let mut rng = SplitMix64::new(self.seed ^ 0xBE4C);
+        let mut timed = TimedSteps {
+            step_ms: Vec::with_capacity(self.steps),
+            losses: Vec::with_capacity(self.steps),
+            mask: std::time::Duration::ZERO,
+        };
+        for i in 0..self.warmup + self.steps {
+            let batch = random_batch::<B>(&mut rng, self.batch, seq, cfg.vocab_size, ids_per_batch, device);
+            let mask_before = mask_build_time();
+            let started = Instant::now();
+            let half = self.precision.compute_copy(&model);
+            let loss = lm_loss(half.as_ref().unwrap_or(&model), &batch, &MlpMode::Train);
+            let value: f64 = loss.clone().into_scalar().elem();
+            model = if self.precision.scales_loss() {
+                let mut grads = GradientsParams::from_grads((loss * BENCH_LOSS_SCALE).backward(), &model);
+                unscale_and_clip(&model, &mut grads, 1.0 / BENCH_LOSS_SCALE, optim_cfg.clip_norm.map(f64::from));
+                optim.step(1e-4, model, grads)
+            } else {
+                step(&mut optim, model, loss, 1e-4, &optim_cfg)
+            };
+            B::sync(device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"))?;
+            if i + 1 == self.warmup {
+                // The device memory reported is then the timed steps' own.
+                B::device_memory_cleanup(device);
+            }
+            if i >= self.warmup {
+                timed.step_ms.push(started.elapsed().as_secs_f64() * 1e3);
+                timed.mask += mask_build_time() - mask_before;
+                timed.losses.push(value);
+            }
+        }
+        Ok(timed)
+    }
+}
+
+/// Bytes per MB as `peak_rss_mb` counts them (2^20).
+const MB: f64 = (1u64 << 20) as f64;
 
 /// The f16 benchmark's fixed loss scale (training's dynamic scale starts here too).
 const BENCH_LOSS_SCALE: f64 = 65536.0;

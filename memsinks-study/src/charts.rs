@@ -23,6 +23,18 @@ fn method_color(method: Method) -> usize {
 
 /// Every chart of the report, by plot file name.
 pub(crate) fn charts(results: &Results) -> Vec<(&'static str, Chart)> {
+    vec![
+        (PLOTS[0], dynamics(results)),
+        (PLOTS[1], tradeoff(results)),
+        (PLOTS[2], forgetting(results, Method::Standard)),
+        (PLOTS[3], forgetting(results, Method::Memsinks)),
+        (PLOTS[4], closure_trajectory(results)),
+    ]
+}
+
+/// Validation and repeated-set loss during training, per method (with sinks dropped too, when
+/// that differs).
+fn dynamics(results: &Results) -> Chart {
     let mut dynamics = Chart {
         title: "Loss during training".into(),
         x_label: "step".into(),
@@ -53,6 +65,12 @@ pub(crate) fn charts(results: &Results) -> Vec<(&'static str, Chart)> {
             });
         }
     }
+    dynamics
+}
+
+/// Every post-hoc method's trade-off curve (forget-set against validation loss increase) on the
+/// plotted seed, with the MemSinks drop as a point.
+fn tradeoff(results: &Results) -> Chart {
     let mut tradeoff = Chart {
         title: "Post-hoc removal: forgetting vs capability".into(),
         x_label: "increase of the forget-set loss (nats)".into(),
@@ -85,41 +103,38 @@ pub(crate) fn charts(results: &Results) -> Vec<(&'static str, Chart)> {
             });
         }
     }
-    let forgetting = |method: Method| {
-        let mut chart = Chart {
-            title: format!("Tracked repeated documents: {method}"),
-            x_label: "step".into(),
-            y_label: "loss (nats)".into(),
-            ..Default::default()
-        };
-        for f in results.forgetting.iter().filter(|f| f.method == method) {
-            for (i, d) in f.docs.iter().enumerate() {
-                chart.series.push(Series {
-                    label: format!("doc {}", d.doc),
-                    points: d.losses.iter().map(|&(s, with, _)| (s as f64, with)).collect(),
-                    color: i,
-                    style: Style::Line,
-                });
-                if d.losses.iter().any(|&(_, w, wo)| w != wo) {
-                    chart.series.push(Series {
-                        label: format!("doc {}, no sinks", d.doc),
-                        points: d.losses.iter().map(|&(s, _, without)| (s as f64, without)).collect(),
-                        color: i,
-                        style: Style::Dashed,
-                    });
-                }
-                chart.marks.extend(d.seen_at.iter().map(|&s| (s, i)));
-            }
-        }
-        chart
+    tradeoff
+}
+
+/// The tracked repeated documents' loss during training of `method`'s runs, with the steps at
+/// which each was seen.
+fn forgetting(results: &Results, method: Method) -> Chart {
+    let mut chart = Chart {
+        title: format!("Tracked repeated documents: {method}"),
+        x_label: "step".into(),
+        y_label: "loss (nats)".into(),
+        ..Default::default()
     };
-    vec![
-        (PLOTS[0], dynamics),
-        (PLOTS[1], tradeoff),
-        (PLOTS[2], forgetting(Method::Standard)),
-        (PLOTS[3], forgetting(Method::Memsinks)),
-        (PLOTS[4], closure_trajectory(results)),
-    ]
+    for f in results.forgetting.iter().filter(|f| f.method == method) {
+        for (i, d) in f.docs.iter().enumerate() {
+            chart.series.push(Series {
+                label: format!("doc {}", d.doc),
+                points: d.losses.iter().map(|&(s, with, _)| (s as f64, with)).collect(),
+                color: i,
+                style: Style::Line,
+            });
+            if d.losses.iter().any(|&(_, w, wo)| w != wo) {
+                chart.series.push(Series {
+                    label: format!("doc {}, no sinks", d.doc),
+                    points: d.losses.iter().map(|&(s, _, without)| (s as f64, without)).collect(),
+                    color: i,
+                    style: Style::Dashed,
+                });
+            }
+            chart.marks.extend(d.seen_at.iter().map(|&s| (s, i)));
+        }
+    }
+    chart
 }
 
 /// Gap closure against the standard model (solid; canaries: markers) and validation loss ÷ the

@@ -15,7 +15,7 @@ use memsinks_model::{DropScale, MlpMode, ModelConfig};
 use memsinks_train::run::FinishedRun;
 use memsinks_unlearn::fold_drop_sinks;
 
-use crate::runner::BackendTask;
+use memsinks_train::BackendTask;
 
 /// The end-of-text token's text in every tokenizer this toolkit makes or accepts.
 const END_OF_TEXT: &str = "<|endoftext|>";
@@ -44,6 +44,7 @@ pub struct Exported {
 
 impl BackendTask for ExportRequest {
     type Output = Exported;
+    type Error = anyhow::Error;
 
     fn run<B: TrainBackend>(self, devices: Vec<B::Device>) -> Result<Exported> {
         let device = &devices[0];

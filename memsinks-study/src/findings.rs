@@ -13,15 +13,9 @@ use crate::report::{estimate, l_val_ratio, row};
 use crate::results::{Results, RowValues, L_VAL_TOLERANCE};
 use crate::stats::{Estimate, Side};
 
-/// The verdict on "`what` is above `threshold`" from an estimate: called only when the whole 95 %
-/// interval is on one side.
+/// The verdict on "the estimate is above `threshold`" ([`Estimate::verdict`]).
 fn verdict(e: &Estimate, threshold: f64, above: &str, below: &str) -> String {
-    match e.side_of(threshold) {
-        Side::Above => above.to_string(),
-        Side::Below => below.to_string(),
-        Side::Straddles => "inconclusive: the 95 % interval contains the threshold".to_string(),
-        Side::NoInterval => "inconclusive: one seed gives no interval".to_string(),
-    }
+    e.verdict(threshold, above, below)
 }
 
 /// Per-seed differences `a - b` of two rows, paired by seed.

@@ -1,10 +1,9 @@
 //! # memsinks-study
 //!
 //! The study of the MemSinks paper as a library, under the `memsinks` command line:
-//! - work that runs on a backend chosen at run time ([`BackendTask`], [`Runner`], the names of
-//!   the backends [`BackendName`]), and the training and unlearning tasks ([`TrainTask`],
-//!   [`MethodTask`]);
-//! - [`evaluate`]: run-level evaluation in every MLP mode and its file, `eval.json`;
+//! - the study's own work on a backend chosen at run time (`memsinks_train::runner`): export and
+//!   the benchmarks;
+//! - run evals (`memsinks_unlearn::eval`, the `eval.json` of a run) as stages of the study;
 //! - [`reproduce()`]: the whole study from one experiment file, each stage cached in its output
 //!   directory ([`StudyDir`] names its files), and [`sweep`]s of variants;
 //! - [`results`]: `results.json`, the typed record of every number, which [`report`] and
@@ -16,7 +15,6 @@ mod assemble;
 pub mod bench;
 mod charts;
 pub mod config;
-pub mod evaluate;
 mod export;
 mod findings;
 pub mod plot;
@@ -25,7 +23,6 @@ mod relearning;
 pub mod report;
 mod reproduce;
 pub mod results;
-mod runner;
 mod source_removal;
 mod stages;
 mod stats;
@@ -33,11 +30,9 @@ mod study_dir;
 pub mod sweep;
 
 pub use config::{load_experiment, PosthocEntry, StudyConfig};
-pub use evaluate::{load_eval, EvalFile, EvalRequest};
 pub use export::{ExportRequest, Exported};
 pub use reproduce::{reproduce, reproduce_any, ReproduceRequest, Reproduced, DEFAULT_EXPERIMENT};
 pub use results::Results;
-pub use runner::{BackendName, BackendTask, DeviceRange, MethodTask, Runner, TrainTask};
 pub use stages::{Rerun, StageKey, TrainedInputs};
 pub use stats::{Estimate, Side};
 pub use study_dir::StudyDir;

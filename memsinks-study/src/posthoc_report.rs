@@ -138,12 +138,7 @@ pub(crate) fn entanglement_findings(results: &Results) -> String {
         );
         match Estimate::of(&diffs) {
             Some(d) => {
-                let verdict = match d.side_of(0.0) {
-                    Side::Above => "**yes**",
-                    Side::Below => "**no**, canaries cost more",
-                    Side::Straddles => "inconclusive: the interval contains 0",
-                    Side::NoInterval => "inconclusive: one seed",
-                };
+                let verdict = d.verdict(0.0, "**yes**", "**no**, canaries cost more");
                 let _ = writeln!(
                     s,
                     "- {name}: forgetting {at} nats costs ΔL_val {natural} for natural text vs {canaries} for canaries; difference {} (interval {}, paired by seed over {} seed(s) where both reach it): natural text costs more: {verdict}.",

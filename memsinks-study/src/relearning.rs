@@ -159,12 +159,7 @@ pub(crate) fn findings(results: &Results) -> String {
             let pair = Estimate::of(&paired_nats(&design, post, size.n));
             let other = sizes(post).into_iter().find(|p| p.n == size.n).and_then(|p| p.nats());
             if let (Some(pair), Some(other)) = (pair, other) {
-                let less = match pair.side_of(0.0) {
-                    Side::Below => "**yes**",
-                    Side::Above => "**no**, more comes back",
-                    Side::Straddles => "inconclusive: the interval contains 0",
-                    Side::NoInterval => "inconclusive: one run",
-                };
+                let less = pair.verdict(0.0, "**no**, more comes back", "**yes**");
                 let _ = write!(
                     s,
                     " After {} (from the same forgetting level): {} nats; less comes back after dropping the sinks (paired difference {}): {less}.",

@@ -18,10 +18,11 @@ use crate::assemble::{assemble, StudyOutputs};
 use crate::config::{load_experiment, PosthocEntry, StudyConfig};
 use crate::report;
 use crate::results::{Results, SourceRemovalRun, Timing};
-use crate::runner::{MethodTask, Runner};
 use crate::stages::{Rerun, Stages, Trained};
 use crate::study_dir::StudyDir;
 use crate::sweep::{reproduce_sweep, SweepResults};
+use memsinks_train::Runner;
+use memsinks_unlearn::MethodTask;
 
 /// The embedded default experiment (`experiments/ts-quick.ron`): synthetic stories, no download.
 pub const DEFAULT_EXPERIMENT: &str = include_str!("../../experiments/ts-quick.ron");

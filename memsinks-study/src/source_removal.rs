@@ -74,7 +74,8 @@ fn percent_cell(xs: &[f64]) -> String {
     Estimate::of(xs).map_or("—".into(), |e| e.format(1, 100.0))
 }
 
-/// The markdown section (empty when the study removed no source).
+/// The markdown section (empty when the study removed no source). Its length is the section's
+/// text: one table and the paragraphs that read it, in the order a reader meets them.
 pub fn section(results: &Results) -> String {
     let all = outcomes(results);
     if all.is_empty() {
@@ -111,12 +112,11 @@ pub fn section(results: &Results) -> String {
     // The claim: the removed source's loss rises far more than the retained sources'.
     let excess: Vec<f64> = all.iter().filter_map(|o| o.by_design.1.map(|r| o.by_design.0 - r)).collect();
     if let Some(e) = Estimate::of(&excess) {
-        let verdict = match e.side_of(0.0) {
-            Side::Above => "the removed source's loss rises more than the retained sources' (interval above 0)",
-            Side::Below => "the retained sources' loss rises more than the removed source's (interval below 0)",
-            Side::Straddles => "inconclusive (the interval includes 0)",
-            Side::NoInterval => "one seed: no interval, no verdict",
-        };
+        let verdict = e.verdict(
+            0.0,
+            "the removed source's loss rises more than the retained sources' (interval above 0)",
+            "the retained sources' loss rises more than the removed source's (interval below 0)",
+        );
         let _ = writeln!(s, "\nRemoved minus retained ΔL: {} — {verdict}.", e.format(3, 1.0));
     }
     // Selectivity against each post-hoc method, paired by seed at the same ΔL of the removed

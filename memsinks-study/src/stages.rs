@@ -15,10 +15,11 @@ use memsinks_unlearn::MethodResult;
 use serde::{Deserialize, Serialize};
 
 use crate::config::StudyConfig;
-use crate::evaluate::{EvalFile, EvalRequest};
 use crate::results::Timing;
-use crate::runner::{DeviceRange, MethodTask, Runner, TrainTask};
 use crate::study_dir::StudyDir;
+use memsinks_train::{DeviceRange, Runner, TrainTask};
+use memsinks_unlearn::MethodTask;
+use memsinks_unlearn::{EvalFile, EvalRequest};
 
 /// A cached stage's output with the key it was computed for. A file whose key does not parse
 /// as a [`StageKey`] (one written before keys were typed) is recomputed.
@@ -32,7 +33,7 @@ struct Cached<T> {
 /// What a cached stage's output was computed from: it is reused only for an equal key.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum StageKey {
-    /// Evaluating a trained run ([`crate::evaluate::EvalFile`]): a new `schema_version` of
+    /// Evaluating a trained run ([`EvalFile`]): a new `schema_version` of
     /// eval.json (another set of modes, say) recomputes it.
     Eval {
         /// The run.
@@ -266,7 +267,7 @@ impl Stages {
     ) -> Result<EvalFile> {
         let key = StageKey::Eval {
             run: trained_inputs(dir, &cfg.run_id())?,
-            eval_schema: crate::evaluate::EVAL_SCHEMA,
+            eval_schema: memsinks_unlearn::eval::EVAL_SCHEMA,
             eval_docs: s.eval_docs,
             extract_prompt: s.extract_prompt,
             extract_continuation: s.extract_continuation,
@@ -309,7 +310,7 @@ impl Stages {
         };
         let stage = format!("{} on {} seed {} ({})", task.name, on.method.name(), on.seed, forget.name());
         let path = study.posthoc(&task.name, on.method, Some(on.seed), &forget);
-        let result = self.cached(&path, &key, stage, || runner.run(Precision::F32, DeviceRange::ONE, task))?;
+        let result = self.cached(&path, &key, stage, || Ok(runner.run(Precision::F32, DeviceRange::ONE, task)?))?;
         Ok(MethodResult { seed: Some(on.seed), ..result })
     }
 }

@@ -36,6 +36,18 @@ pub enum Side {
 }
 
 impl Estimate {
+    /// The verdict on "the mean is above `threshold`" in words: `above` or `below` only when the
+    /// whole 95 % interval lies on that side; otherwise why there is no verdict. Every finding
+    /// and table of the reports draws its verdict here, so that no claim rests on a mean alone.
+    pub fn verdict(&self, threshold: f64, above: &str, below: &str) -> String {
+        match self.side_of(threshold) {
+            Side::Above => above.to_string(),
+            Side::Below => below.to_string(),
+            Side::Straddles => format!("inconclusive: the 95 % interval contains {threshold}"),
+            Side::NoInterval => "inconclusive: one seed gives no interval".to_string(),
+        }
+    }
+
     /// The estimate of the finite values of `xs` (counting the others), `None` when there are none.
     pub fn of(xs: &[f64]) -> Option<Self> {
         let non_finite = xs.iter().filter(|x| !x.is_finite()).count();

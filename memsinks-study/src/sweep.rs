@@ -17,9 +17,9 @@ use crate::config::StudyConfig;
 use crate::report::{estimate, l_val_ratio, row, write_report};
 use crate::reproduce::{reproduce, ReproduceRequest};
 use crate::results::Results;
-use crate::runner::Runner;
 use crate::source_removal::outcomes;
 use crate::stats::Estimate;
+use memsinks_train::Runner;
 
 /// The file a sweep writes beside its report.
 pub const SWEEP_FILE: &str = "sweep.json";

@@ -323,7 +323,7 @@ impl ExperimentConfig {
             data: DataConfig,
         }
         if let Some(other) = sets.iter().find(|s| !s.starts_with("data.")) {
-            return Err(TrainError::Config(format!(
+            return Err(TrainError::Invalid(format!(
                 "--set {other}: `data prepare` reads only the data section; set data.* keys here, the others with `train`"
             )));
         }
@@ -338,7 +338,7 @@ impl ExperimentConfig {
 
     fn resolve(cfg: Self, sets: &[String]) -> Result<Self, TrainError> {
         if let Some(set) = sets.iter().find(|s| s.starts_with("study.")) {
-            return Err(TrainError::Config(format!(
+            return Err(TrainError::Invalid(format!(
                 "--set {set}: training does not read the study section; set study.* keys with `memsinks reproduce`"
             )));
         }
@@ -347,11 +347,11 @@ impl ExperimentConfig {
         Ok(cfg)
     }
 
-    /// Checks values that serde cannot.
+    /// Checks values that serde cannot: a flat list of independent checks, each naming its key.
     pub fn validate(&self) -> Result<(), TrainError> {
         self.data.validate()?;
         let t = &self.train;
-        let bad = |m: &str| Err(TrainError::Config(m.to_string()));
+        let bad = |m: &str| Err(TrainError::Invalid(m.to_string()));
         if t.batch_size == 0 || t.grad_accumulation == 0 || t.eval_every == 0 || t.devices == 0 || t.log_every == 0 {
             return bad("train.batch_size, grad_accumulation, eval_every, log_every and devices must be positive");
         }
@@ -366,7 +366,7 @@ impl ExperimentConfig {
                     t.batch_size, t.devices
                 )
             };
-            return Err(TrainError::Config(format!(
+            return Err(TrainError::Invalid(format!(
                 "train.global_batch = {global}, but batch_size {} x grad_accumulation {} x devices {} = {} rows per \
                  optimizer step: {hint}",
                 t.batch_size,
@@ -391,7 +391,7 @@ impl ExperimentConfig {
             if ok && v.is_finite() {
                 Ok(())
             } else {
-                Err(TrainError::Config(format!("{key} = {v}: must be {allowed}")))
+                Err(TrainError::Invalid(format!("{key} = {v}: must be {allowed}")))
             }
         };
         if t.steps == Some(0) {
@@ -407,7 +407,7 @@ impl ExperimentConfig {
             range("train.clip_norm", c, c > 0.0, "positive (or None to disable clipping)")?;
         }
         t.loss_scale.validate()?;
-        ModelConfig::preset(&self.model.preset).map_err(|e| TrainError::Config(format!("model.preset: {e}")))?;
+        ModelConfig::preset(&self.model.preset)?;
         // The model's own checks (p_gen, p_mem, widths), before any corpus is built; the
         // vocabulary comes from the tokenizer later.
         self.model_config(MODEL_CHECK_VOCAB)?;

@@ -21,7 +21,7 @@ use memsinks_model::{DropScale, MemSinkLm, MlpMode};
 
 use crate::amp::{LossScale, LossScaleConfig, ScaleState, ScaleVerdict};
 use crate::config::Precision;
-use crate::metrics::EvalKey;
+use crate::metric_log::EvalKey;
 use crate::optim::{clip_global_norm, unscale_and_clip};
 use crate::run_state::RunState;
 use memsinks_model::loss::{lm_loss, token_nll};

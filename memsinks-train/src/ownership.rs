@@ -13,7 +13,7 @@ use crate::checkpoint::{latest_complete_checkpoint, remove_stale_checkpoint_file
 use crate::config::ExperimentConfig;
 use crate::run::load_run_config;
 use crate::run_dir::RunDir;
-use crate::TrainError;
+use crate::{RunDirProblem, TrainError};
 
 /// The corpus of a run, as recorded in `corpus.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -31,8 +31,8 @@ impl RunCorpus {
         let path = RunDir::new(run_dir).corpus_record();
         match std::fs::read_to_string(&path) {
             Ok(text) => {
-                let mut record: Self = serde_json::from_str(&text)
-                    .map_err(|e| TrainError::Config(format!("{}: corrupt: {e}", path.display())))?;
+                let mut record: Self =
+                    serde_json::from_str(&text).map_err(|e| TrainError::corrupt(&path, format!("corrupt: {e}")))?;
                 if record.dir.is_relative() {
                     record.dir = run_dir.join(&record.dir);
                 }
@@ -46,12 +46,7 @@ impl RunCorpus {
     /// Opens the recorded corpus and checks it is unchanged, as thoroughly as `verify` says.
     pub(crate) fn open(&self, run_dir: &Path, verify: Verify) -> Result<PreparedCorpus, TrainError> {
         if !self.dir.is_dir() {
-            return Err(TrainError::Config(format!(
-                "the run in {} trained on the corpus in {}, which is not there (moved or deleted): put it \
-                 back, or train a new run",
-                run_dir.display(),
-                self.dir.display()
-            )));
+            return Err(TrainError::run_dir(run_dir, RunDirProblem::CorpusMissing { corpus: self.dir.clone() }));
         }
         let corpus = PreparedCorpus::open(&self.dir)?;
         self.fingerprint.check(&corpus, &format!("the run in {}", run_dir.display()), verify)?;
@@ -71,35 +66,21 @@ enum Claim {
 /// Refuses every run directory `train` must not write into: a user's non-empty directory, another
 /// run, a finished run, an unfinished run without `--resume`, and `--resume` of a non-run.
 fn check_run_dir(cfg: &ExperimentConfig, run_dir: &Path, resume: bool) -> Result<Claim, TrainError> {
-    let dir = run_dir.display();
+    let refuse = |problem| Err(TrainError::run_dir(run_dir, problem));
     if is_empty_dir(run_dir)? {
-        return if resume {
-            Err(TrainError::Config(format!("{dir} holds no run to resume")))
-        } else {
-            Ok(Claim::Fresh)
-        };
+        return if resume { refuse(RunDirProblem::NoRunToResume) } else { Ok(Claim::Fresh) };
     }
     let Ok(recorded) = load_run_config(run_dir) else {
-        return Err(TrainError::Config(format!(
-            "{dir} is not empty and holds no memsinks run: choose a new or empty --out (nothing was written)"
-        )));
+        return refuse(RunDirProblem::NotARun);
     };
     if recorded.run_id() != cfg.run_id() {
-        return Err(TrainError::Config(format!(
-            "{dir} holds another run (id {}, this config is {}): choose another --out",
-            recorded.run_id(),
-            cfg.run_id()
-        )));
+        return refuse(RunDirProblem::OtherRun { found: recorded.run_id(), expected: cfg.run_id() });
     }
     if RunDir::new(run_dir).summary().exists() {
-        return Err(TrainError::Config(format!(
-            "{dir} holds this run, finished (train.json): nothing to train; evaluate it or choose another --out"
-        )));
+        return refuse(RunDirProblem::Finished);
     }
     if !resume && latest_complete_checkpoint(run_dir).is_some() {
-        return Err(TrainError::Config(format!(
-            "{dir} already holds this run, unfinished: resume it with --resume, or choose another --out"
-        )));
+        return refuse(RunDirProblem::Unfinished);
     }
     Ok(Claim::Own)
 }
@@ -138,12 +119,8 @@ fn open_run_corpus(
             let wanted = std::path::absolute(wanted).unwrap_or(wanted.to_path_buf());
             let recorded_dir = std::path::absolute(&recorded.dir).unwrap_or(recorded.dir.clone());
             if data_dir.is_some() && wanted != recorded_dir {
-                return Err(TrainError::Config(format!(
-                    "{} trained on the corpus in {}, not {}: resume without --data",
-                    run_dir.display(),
-                    recorded.dir.display(),
-                    wanted.display()
-                )));
+                let problem = RunDirProblem::CorpusElsewhere { recorded: recorded.dir.clone(), given: wanted };
+                return Err(TrainError::run_dir(run_dir, problem));
             }
             return recorded.open(run_dir, Verify::Full);
         }

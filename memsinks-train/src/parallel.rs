@@ -56,7 +56,7 @@ impl StepLayout {
         if devices == 0 || !micro.is_multiple_of(devices) {
             let fitting: Vec<String> =
                 (1..=micro).filter(|&d| micro.is_multiple_of(d)).map(|d| d.to_string()).collect();
-            return Err(TrainError::Config(format!(
+            return Err(TrainError::Invalid(format!(
                 "the config lays one optimizer step out as {} rows x {} accumulated micro-batch(es) x {} device(s) \
                  = {} rows; on {devices} device(s) no whole accumulation keeps that global batch: use {} device(s), \
                  or change train.batch_size, grad_accumulation or devices",
@@ -113,7 +113,7 @@ pub fn ddp_strategy<B: burn::tensor::backend::AutodiffBackend>(
         }
     }
     let _ = devices;
-    Err(TrainError::Config(format!(
+    Err(TrainError::Invalid(format!(
         "train.parallel = Ddp needs collective operations (an all-reduce), which burn implements for cuda \
          only, in a binary built with the `ddp` feature ({}): use train.parallel = MultiDevice on this \
          backend",

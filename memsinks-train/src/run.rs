@@ -20,12 +20,13 @@ use crate::checkpoint::{remove_stale_checkpoint_files, AtomicFileRecorder, Check
 use crate::config::{DedupBudget, ExperimentConfig, Method, TrainConfig};
 use crate::learner::{EvalDocs, LossKey, NamedLoss, QuietRenderer, TrainingLm};
 use crate::loader::{EvalLoader, TrainLoader};
-use crate::metrics::{truncate_metrics, DiscardMetrics, EvalKey, TRACKED_DOCS};
+use crate::metric_log::{truncate_metrics, DiscardMetrics, EvalKey, TRACKED_DOCS};
 use crate::optim::WarmupCosine;
 use crate::ownership::{set_up_run_dir, RunCorpus};
 use crate::parallel::{Parallel, StepLayout};
 use crate::run_dir::RunDir;
 use crate::run_state::{Progress, RunState, StepCounting};
+use crate::runner::BackendError;
 use crate::TrainError;
 
 /// The current `schema_version` of `train.json`.
@@ -139,7 +140,7 @@ impl Budget {
         let standard = training_batcher(&standard_cfg, corpus)?;
         let standard_pass = pass(&standard).batches;
         if t.steps.is_none() && micro_per_step > t.epochs as u64 * standard_pass {
-            return Err(TrainError::Config(format!(
+            return Err(TrainError::Invalid(format!(
                 "one optimizer step takes {micro_per_step} batches (train.grad_accumulation {} x {} \
                  device(s)), more than train.epochs {} pass(es) of the schedule hold ({} batches): the run \
                  would train on far more passes than asked; lower grad_accumulation or batch_size, or set \
@@ -181,7 +182,7 @@ impl Budget {
 /// it).
 fn training_batcher(cfg: &ExperimentConfig, corpus: &PreparedCorpus) -> Result<Batcher, TrainError> {
     if cfg.train.method == Method::DedupFresh && corpus.manifest.dedup_fill_docs == 0 {
-        return Err(TrainError::Config(format!(
+        return Err(TrainError::Invalid(format!(
             "train.method DedupFresh trains on fresh stories in place of removed repetitions, and the corpus \
              in {} holds none: prepare it with data.dedup_fill = true (and a source with stories to spare)",
             corpus.dir.display()
@@ -213,11 +214,11 @@ fn starting_cursor(files: &RunDir, batcher: &Batcher, round: Option<usize>) -> R
     let Some(r) = round else { return Ok((Cursor::default(), 0)) };
     let path = files.cursor(r);
     let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-    let cursor: Cursor = serde_json::from_str(&text)
-        .map_err(|e| TrainError::Config(format!("{}: corrupt cursor: {e}", path.display())))?;
-    batcher.check_cursor(&cursor).map_err(|e| {
-        TrainError::Config(format!("{}: the cursor does not fit this run's schedule: {e}", path.display()))
-    })?;
+    let cursor: Cursor =
+        serde_json::from_str(&text).map_err(|e| TrainError::corrupt(&path, format!("corrupt cursor: {e}")))?;
+    batcher
+        .check_cursor(&cursor)
+        .map_err(|e| TrainError::corrupt(&path, format!("the cursor does not fit this run's schedule: {e}")))?;
     Ok((cursor, r))
 }
 
@@ -238,7 +239,8 @@ pub fn train<B: TrainBackend>(
 ) -> Result<TrainSummary, TrainError> {
     let started = Instant::now();
     let files = RunDir::new(run_dir);
-    let device = devices.first().cloned().ok_or_else(|| TrainError::Config("no device".into()))?;
+    let device =
+        devices.first().cloned().ok_or(BackendError::Devices { count: 0, why: "train on at least one device" })?;
     cfg.validate()?;
     let t = &cfg.train;
     let layout = StepLayout::on(t, devices.len())?;
@@ -402,14 +404,14 @@ pub fn load_summary(run_dir: &Path) -> Result<TrainSummary, TrainError> {
     let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
     // A summary written with a checksum must still match it (older runs have none).
     if let memsinks_core::files::ChecksumCheck::Differs { .. } = memsinks_core::files::check_checksum(&path, None)? {
-        return Err(TrainError::Config(format!(
-            "{} does not match its checksum (train.json.sha256): it was edited or damaged, so what it says \
+        return Err(TrainError::corrupt(
+            &path,
+            "does not match its checksum (train.json.sha256): it was edited or damaged, so what it says \
              about the run cannot be trusted; retrain the run",
-            path.display()
-        )));
+        ));
     }
-    let summary: TrainSummary = serde_json::from_str(&text)
-        .map_err(|e| TrainError::Config(format!("{}: {e}; the run did not finish", path.display())))?;
+    let summary: TrainSummary =
+        serde_json::from_str(&text).map_err(|e| TrainError::corrupt(&path, format!("{e}; the run did not finish")))?;
     memsinks_core::files::check_schema(&path, summary.schema_version, TRAIN_SCHEMA)?;
     Ok(summary)
 }

@@ -14,7 +14,7 @@ use burn::train::Interrupter;
 use crate::amp::{ScaleState, ScaleVerdict};
 use crate::checkpoint::CheckpointBarrier;
 use crate::learner::{LossKey, StepOutput};
-use crate::metrics::{EvalKey, EvalRecord, MetricsLine, TrainRecord};
+use crate::metric_log::{EvalKey, EvalRecord, MetricsLine, TrainRecord};
 use crate::optim::WarmupCosine;
 
 /// State shared by the train step, the evaluation step and the loaders of one run: step count,

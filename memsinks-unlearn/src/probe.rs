@@ -62,11 +62,16 @@ impl ForgetSet {
     }
 }
 
-impl std::str::FromStr for ForgetSet {
-    type Err = String;
+/// A forget set that is none of `repeated`, `canary`, `source:KEY`.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}`: give repeated, canary or source:KEY")]
+pub struct UnknownForgetSet(pub String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::parse(s).ok_or_else(|| format!("`{s}`: give repeated, canary or source:KEY"))
+impl std::str::FromStr for ForgetSet {
+    type Err = UnknownForgetSet;
+
+    fn from_str(s: &str) -> Result<Self, UnknownForgetSet> {
+        Self::parse(s).ok_or_else(|| UnknownForgetSet(s.to_string()))
     }
 }
 
@@ -95,7 +100,7 @@ impl SourceDocs {
         let trained = [Split::Repeated, Split::Unique];
         let mut indices = Vec::new();
         for key in keys {
-            let (index, entry) = corpus.source(key).map_err(|e| UnlearnError::Method(e.to_string()))?;
+            let (index, entry) = corpus.source(key)?;
             if entry.held_out {
                 return Err(UnlearnError::Method(format!(
                     "source `{key}` is held out (data.held_out_sources): it was never trained on, so there is nothing to forget"

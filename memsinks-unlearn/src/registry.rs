@@ -211,12 +211,16 @@ pub fn load_method(name_or_path: &str, sets: &[String]) -> Result<(String, Metho
         .iter()
         .map(|s| if s.starts_with("about") || s.starts_with("relearn") { s.clone() } else { format!("spec.{s}") })
         .collect();
-    let file = apply_overrides(&file, &sets).map_err(|e| UnlearnError::Method(e.to_string()))?;
+    let file = apply_overrides(&file, &sets)?;
     file.validate().map_err(|e| UnlearnError::Method(format!("{origin}: {e}")))?;
     Ok((name, file))
 }
 
 /// Runs a method on a trained `model`, forgetting `forget`.
+///
+/// One function on purpose: it is the registry's dispatch, one arm per kind of method, each arm
+/// a few lines around the method's own module, and the arms share the set-up (the deployed and
+/// memorizing modes, the probe) and the result record.
 ///
 /// # Errors
 /// Empty sets, or `DropSinks` on a model without sinks.
@@ -321,13 +325,7 @@ impl MethodResult {
     /// # Errors
     /// Naming the first non-finite loss and what to change.
     pub fn check_finite(&self) -> Result<(), UnlearnError> {
-        let fail = |what: String| {
-            Err(UnlearnError::Method(format!(
-                "{} diverged: {what} is not finite; lower its learning rate or step count (nothing was \
-                 recorded)",
-                self.method
-            )))
-        };
+        let fail = |what: String| Err(UnlearnError::Diverged { method: self.method.clone(), what });
         for p in &self.curve {
             let values = [p.forget_loss, p.val_loss, p.delta_forget, p.delta_val];
             let retain = [p.retain_loss, p.delta_retain];

@@ -128,7 +128,7 @@ pub(super) fn select_held_out(
     left_over.retain(|d| !filter.hits(&d.text));
     reader.near_duplicates += (before - pool.len()) as u64;
     if pool.len() < cfg.repeated.docs {
-        return Err(DataError::Config(format!(
+        return Err(DataError::Invalid(format!(
             "only {} of {before} candidate repeated documents are not near-duplicates of the validation set (data.near_duplicates threshold {}); raise the threshold or use a larger source",
             pool.len(),
             nd.threshold
@@ -171,7 +171,7 @@ fn split_by_source(
     keys.sort();
     rng.shuffle(&mut keys);
     if keys.len() <= cfg.held_out_sources {
-        return Err(DataError::Config(format!(
+        return Err(DataError::Invalid(format!(
             "data.held_out_sources {} leaves no source to train on: the first {} documents of {} come from {} sources",
             cfg.held_out_sources,
             pool.len(),
@@ -191,7 +191,7 @@ fn split_by_source(
             None => reader.take(None, VALIDATION_CHUNK, true)?,
         };
         if chunk.is_empty() {
-            return Err(DataError::Config(format!(
+            return Err(DataError::Invalid(format!(
                 "the {} held-out sources of {} hold {} documents, fewer than data.validation {}: lower it or hold out more sources",
                 cfg.held_out_sources,
                 source_name(pool_source),
@@ -206,7 +206,7 @@ fn split_by_source(
     reader.held_out_skipped += (validation.len() - cfg.validation) as u64;
     validation.truncate(cfg.validation);
     if trained.len() < cfg.repeated.docs {
-        return Err(DataError::Config(format!(
+        return Err(DataError::Invalid(format!(
             "the trained sources hold {} of the first documents read, fewer than data.repeated.docs {}",
             trained.len(),
             cfg.repeated.docs

@@ -113,6 +113,14 @@ impl<B: Kernels> Backward<B, 3> for Attention {
 }
 
 impl<B: Kernels, C: CheckpointStrategy> Kernels for Autodiff<B, C> {
+    fn device_memory(device: &Self::Device) -> Option<crate::memory::DeviceMemory> {
+        B::device_memory(device)
+    }
+
+    fn device_memory_cleanup(device: &Self::Device) {
+        B::device_memory_cleanup(device)
+    }
+
     fn rope(
         x: FloatTensor<Self>,
         cos: FloatTensor<Self>,

@@ -41,6 +41,18 @@ pub trait Kernels: Backend {
     /// Whether the `fused_*` primitives exist: flex. Autodiff builds its fused ops on them.
     const FUSED: bool = false;
 
+    /// The memory of `device` this process holds, where the backend can say (the GPU backends;
+    /// `None` on the CPU, whose memory is the process's own). Not a kernel: the one query the
+    /// toolkit needs that burn does not offer across backends.
+    fn device_memory(_device: &Self::Device) -> Option<crate::memory::DeviceMemory> {
+        None
+    }
+
+    /// Returns the device memory the allocator holds but no tensor uses (its free pages), so that
+    /// [`Kernels::device_memory`] measures what comes after (warm-up and autotuning allocate pages
+    /// a training step does not need again). A no-op where there is no such allocator.
+    fn device_memory_cleanup(_device: &Self::Device) {}
+
     /// Per-row negative log-likelihood `[n]` of `targets` `[n]` under `logits` `[n, vocab]`.
     fn token_nll(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
         decomposed::token_nll::<Self>(logits, targets)
@@ -215,9 +227,25 @@ pub struct AdamWStep {
 #[cfg(feature = "ndarray")]
 impl Kernels for burn::backend::NdArray {}
 #[cfg(feature = "wgpu")]
-impl Kernels for burn::backend::Wgpu {}
+impl Kernels for burn::backend::Wgpu {
+    fn device_memory(device: &Self::Device) -> Option<crate::memory::DeviceMemory> {
+        crate::memory::cubecl_memory::<cubecl::wgpu::WgpuRuntime>(device)
+    }
+
+    fn device_memory_cleanup(device: &Self::Device) {
+        <cubecl::wgpu::WgpuRuntime as cubecl::Runtime>::client(device).memory_cleanup();
+    }
+}
 #[cfg(feature = "cuda")]
-impl Kernels for burn::backend::Cuda {}
+impl Kernels for burn::backend::Cuda {
+    fn device_memory(device: &Self::Device) -> Option<crate::memory::DeviceMemory> {
+        crate::memory::cubecl_memory::<cubecl::cuda::CudaRuntime>(device)
+    }
+
+    fn device_memory_cleanup(device: &Self::Device) {
+        <cubecl::cuda::CudaRuntime as cubecl::Runtime>::client(device).memory_cleanup();
+    }
+}
 
 fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
     t.into_primitive().tensor()

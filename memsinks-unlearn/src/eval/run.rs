@@ -1,24 +1,23 @@
-//! Run-level evaluation: a trained run measured in every MLP mode that applies, with its gap
+//! The eval of a whole trained run: measured in every MLP mode that applies, with its gap
 //! closures, written as the run's `eval.json` (the [`EvalFile`] that `memsinks eval` writes,
 //! the study reads and the tests parse).
 
 use memsinks_model::TrainBackend;
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use memsinks_core::files::write_atomic;
 use memsinks_model::{DropScale, MlpMode};
 use memsinks_train::run::FinishedRun;
+use memsinks_train::BackendTask;
 use memsinks_train::{Method, RunDir};
-use memsinks_unlearn::eval::{
+use serde::{Deserialize, Serialize};
+
+use super::{
     default_modes, evaluate_mode, exclusion_specificity, source_removal, EvalOptions, ModeReport, SourceRemoval,
     Specificity,
 };
-use memsinks_unlearn::metrics::gap_closure;
-use memsinks_unlearn::SourceDocs;
-use serde::{Deserialize, Serialize};
-
-use crate::runner::BackendTask;
+use crate::metrics::gap_closure;
+use crate::{SourceDocs, UnlearnError};
 
 /// Repeated documents whose sinks are switched off one at a time to measure specificity.
 const SPECIFICITY_DOCS: usize = 8;
@@ -86,8 +85,10 @@ impl EvalFile {
     ///
     /// # Errors
     /// When the file cannot be written.
-    pub fn write(&self, run: &Path) -> Result<()> {
-        Ok(write_atomic(&RunDir::new(run).eval(), &serde_json::to_vec_pretty(self)?)?)
+    pub fn write(&self, run: &Path) -> Result<(), UnlearnError> {
+        let path = RunDir::new(run).eval();
+        let json = serde_json::to_vec_pretty(self).map_err(|e| UnlearnError::corrupt(&path, e))?;
+        Ok(write_atomic(&path, &json)?)
     }
 }
 
@@ -95,10 +96,11 @@ impl EvalFile {
 ///
 /// # Errors
 /// When the run was not evaluated or the file is not an evaluation.
-pub fn load_eval(run: &Path) -> Result<EvalFile> {
+pub fn load_eval(run: &Path) -> Result<EvalFile, UnlearnError> {
     let path = RunDir::new(run).eval();
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: evaluate the run first", path.display()))?;
-    let file: EvalFile = serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| UnlearnError::corrupt(&path, format!("{e}: evaluate the run first")))?;
+    let file: EvalFile = serde_json::from_str(&text).map_err(|e| UnlearnError::corrupt(&path, e))?;
     memsinks_core::files::check_schema(&path, file.schema_version, EVAL_SCHEMA)?;
     Ok(file)
 }
@@ -127,45 +129,23 @@ pub struct EvalRequest {
 
 impl BackendTask for EvalRequest {
     type Output = EvalFile;
+    type Error = UnlearnError;
 
-    fn run<B: TrainBackend>(self, devices: Vec<B::Device>) -> Result<EvalFile> {
+    fn run<B: TrainBackend>(self, devices: Vec<B::Device>) -> Result<EvalFile, UnlearnError> {
         let device = &devices[0];
         let run = FinishedRun::open(&self.run)?;
         let (model, _) = run.model::<B::InnerBackend>(device)?;
         let FinishedRun { config: cfg, summary, corpus, .. } = run;
-        if !self.exclude.is_empty() {
-            // An ID that names no document would switch off sinks no document uses: a silent no-op.
-            let mut unknown: std::collections::BTreeSet<i64> = self.exclude.iter().copied().collect();
-            for d in 0..corpus.cache.num_docs() {
-                if unknown.is_empty() {
-                    break;
-                }
-                unknown.remove(&corpus.ids.id(d, &corpus.cache.doc(d)));
-            }
-            if !unknown.is_empty() {
-                anyhow::bail!(
-                    "--exclude: no document of the run's corpus has sequence ID {}; `memsinks mask` and \
-                     eval.json's exclusion_specificity list the IDs in use",
-                    unknown.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
-                );
-            }
-        }
+        check_sequence_ids(&corpus, &self.exclude)?;
         let mut exclude = self.exclude.clone();
         if !self.exclude_sources.is_empty() {
             exclude.extend(SourceDocs::of(&corpus, &self.exclude_sources, 0)?.ids);
         }
-        let modes = match self.mode {
+        let modes = match self.mode.clone() {
             Some(mode) => vec![mode],
             None => default_modes(&model),
         };
-        let modes: Vec<MlpMode> = modes
-            .into_iter()
-            .map(|mode| match mode {
-                MlpMode::All { .. } => MlpMode::All { exclude: exclude.clone() },
-                MlpMode::ActivateSeq { .. } => MlpMode::ActivateSeq { exclude: exclude.clone() },
-                other => other,
-            })
-            .collect();
+        let modes: Vec<MlpMode> = modes.into_iter().map(|mode| with_exclusions(mode, &exclude)).collect();
         let options = EvalOptions {
             max_docs: self.max_docs,
             extract_prompt: self.extract_prompt,
@@ -200,7 +180,11 @@ impl BackendTask for EvalRequest {
             .zip(file.gap_of(&MlpMode::ActivateSeq { exclude: vec![] }))
             .map(|(d, a)| gap_closure(d, a));
         if let Some(reference) = &self.reference {
-            let gap_ref = reference.modes.first().map(|r| r.gap).context("the reference eval.json has no modes")?;
+            let gap_ref = reference
+                .modes
+                .first()
+                .map(|r| r.gap)
+                .ok_or_else(|| UnlearnError::Method("the reference eval.json has no modes".into()))?;
             file.gap_closure_vs_reference = Some(
                 file.modes
                     .iter()
@@ -209,5 +193,34 @@ impl BackendTask for EvalRequest {
             );
         }
         Ok(file)
+    }
+}
+
+/// Refuses an excluded sequence ID that names no document of `corpus`: it would switch off
+/// sinks no document uses, a silent no-op.
+fn check_sequence_ids(corpus: &memsinks_data::PreparedCorpus, exclude: &[i64]) -> Result<(), UnlearnError> {
+    let mut unknown: std::collections::BTreeSet<i64> = exclude.iter().copied().collect();
+    for d in 0..corpus.cache.num_docs() {
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        unknown.remove(&corpus.ids.id(d, &corpus.cache.doc(d)));
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(UnlearnError::Method(format!(
+        "--exclude: no document of the run's corpus has sequence ID {}; `memsinks mask` and \
+         eval.json's exclusion_specificity list the IDs in use",
+        unknown.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+    )))
+}
+
+/// `mode` with `exclude`'s sinks off, for the modes that switch sinks on.
+fn with_exclusions(mode: MlpMode, exclude: &[i64]) -> MlpMode {
+    match mode {
+        MlpMode::All { .. } => MlpMode::All { exclude: exclude.to_vec() },
+        MlpMode::ActivateSeq { .. } => MlpMode::ActivateSeq { exclude: exclude.to_vec() },
+        other => other,
     }
 }

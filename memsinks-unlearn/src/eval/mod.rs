@@ -1,4 +1,11 @@
-//! Evaluation of a trained model in each MLP mode on the corpus's sets: the `eval.json` of a run.
+//! The eval of a trained model: its losses and memorization [`crate::metrics`] on the corpus's
+//! sets in each MLP mode ([`evaluate_mode`]), and of a whole run, the `eval.json` it writes
+//! ([`EvalRequest`], [`EvalFile`]). Training's periodic evals (`memsinks_train::metric_log`)
+//! measure the same losses on fewer documents while it runs.
+
+mod run;
+
+pub use run::{load_eval, EvalFile, EvalRequest, ModeClosure, EVAL_SCHEMA};
 
 use burn::tensor::backend::Backend;
 use memsinks_data::{DocRows, Half, PreparedCorpus, Split};

@@ -1,23 +1,67 @@
 //! Work that runs on a backend chosen at run time. Everything in this workspace is generic over
 //! burn's backend; the command line names the backends compiled into it and implements
-//! [`Runner`], and the study hands it [`BackendTask`]s.
+//! [`Runner`], and training ([`TrainTask`]), unlearning and the study hand it [`BackendTask`]s.
 
 use memsinks_model::TrainBackend;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::Result;
-use memsinks_train::config::Precision;
-use memsinks_train::run::FinishedRun;
-use memsinks_train::{train, ExperimentConfig, TrainSummary};
-use memsinks_unlearn::{load_method, run_method, ForgetSet, MethodFile, MethodResult};
+use crate::config::Precision;
+use crate::{train, ExperimentConfig, TrainError, TrainSummary};
 
 /// A piece of work that runs on any autodiff backend.
 pub trait BackendTask {
     /// What the work returns.
     type Output;
+    /// Its error, which also carries why the backend could not run it.
+    type Error: From<BackendError>;
     /// Runs on backend `B` (autodiff over one of the compiled backends) with `devices` (one
     /// for the CPU backends; the first is the main device).
-    fn run<B: TrainBackend>(self, devices: Vec<B::Device>) -> Result<Self::Output>;
+    ///
+    /// # Errors
+    /// The task's own.
+    fn run<B: TrainBackend>(self, devices: Vec<B::Device>) -> Result<Self::Output, Self::Error>;
+}
+
+/// Why a backend cannot run a task (before the task starts).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The backend is not a cargo feature of this binary.
+    #[error("backend `{0}` is not compiled into this binary; rebuild with `--features {0}`")]
+    NotCompiled(BackendName),
+    /// The backend cannot compute in the requested precision.
+    #[error("{backend} cannot train in precision {precision}: {why}")]
+    Precision {
+        /// The backend.
+        backend: BackendName,
+        /// The precision's name.
+        precision: &'static str,
+        /// Why, and what to use instead.
+        why: &'static str,
+    },
+    /// More devices than the backend trains on.
+    #[error("{count} devices requested: {why}")]
+    Devices {
+        /// Devices requested.
+        count: usize,
+        /// Why the backend trains on one, and what to use instead.
+        why: &'static str,
+    },
+    /// No adapter or driver answered.
+    #[error("no usable {backend} device: {hint}")]
+    NoDevice {
+        /// The backend.
+        backend: BackendName,
+        /// What to install or choose.
+        hint: &'static str,
+    },
+    /// The device lacks arithmetic in the float type the precision computes in.
+    #[error("this {backend} adapter does not support {dtype} arithmetic; use --precision f32")]
+    DType {
+        /// The backend.
+        backend: BackendName,
+        /// The float type, as burn names it.
+        dtype: String,
+    },
 }
 
 /// Devices a task runs on: `count` consecutive device indices from `first` (GPU backends; the
@@ -67,11 +111,8 @@ impl BackendName {
     ///
     /// # Errors
     /// An unknown name, with the allowed ones.
-    pub fn parse(name: &str) -> std::result::Result<Self, String> {
-        Self::ALL.into_iter().find(|b| b.name() == name).ok_or_else(|| {
-            let all: Vec<&str> = Self::ALL.iter().map(|b| b.name()).collect();
-            format!("unknown backend `{name}`; allowed: {}", all.join(", "))
-        })
+    pub fn parse(name: &str) -> Result<Self, UnknownBackend> {
+        Self::ALL.into_iter().find(|b| b.name() == name).ok_or_else(|| UnknownBackend(name.to_string()))
     }
 
     /// Whether it computes on the CPU (one device, host memory).
@@ -86,6 +127,19 @@ impl std::fmt::Display for BackendName {
     }
 }
 
+/// A backend name that is none of [`BackendName::ALL`].
+#[derive(Debug)]
+pub struct UnknownBackend(pub String);
+
+impl std::fmt::Display for UnknownBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let all: Vec<&str> = BackendName::ALL.iter().map(|b| b.name()).collect();
+        write!(f, "unknown backend `{}`; allowed: {}", self.0, all.join(", "))
+    }
+}
+
+impl std::error::Error for UnknownBackend {}
+
 /// Runs [`BackendTask`]s on the backend chosen at run time.
 pub trait Runner {
     /// The backend, as recorded in results.
@@ -93,8 +147,8 @@ pub trait Runner {
     /// Runs `task` in `precision` on `devices`.
     ///
     /// # Errors
-    /// When the backend, precision or devices are unusable, or the task fails.
-    fn run<T: BackendTask>(&self, precision: Precision, devices: DeviceRange, task: T) -> Result<T::Output>;
+    /// When the backend, precision or devices are unusable ([`BackendError`]), or the task fails.
+    fn run<T: BackendTask>(&self, precision: Precision, devices: DeviceRange, task: T) -> Result<T::Output, T::Error>;
 }
 
 /// Training one run.
@@ -112,11 +166,11 @@ pub struct TrainTask {
 impl TrainTask {
     /// Trains on `runner` in the precision of the config, on `devices` (default: the config's
     /// `train.devices`, from device 0). Another device count keeps the config's global batch
-    /// ([`memsinks_train::parallel`]).
+    /// ([`crate::parallel`]).
     ///
     /// # Errors
-    /// As [`memsinks_train::train`].
-    pub fn run_on(self, runner: &impl Runner, devices: Option<DeviceRange>) -> Result<TrainSummary> {
+    /// As [`train`], or the backend's.
+    pub fn run_on(self, runner: &impl Runner, devices: Option<DeviceRange>) -> Result<TrainSummary, TrainError> {
         let devices = devices.unwrap_or(DeviceRange { first: 0, count: self.cfg.train.devices });
         runner.run(self.cfg.train.precision, devices, self)
     }
@@ -124,42 +178,9 @@ impl TrainTask {
 
 impl BackendTask for TrainTask {
     type Output = TrainSummary;
+    type Error = TrainError;
 
-    fn run<B: TrainBackend>(self, devices: Vec<B::Device>) -> Result<TrainSummary> {
-        Ok(train::<B>(&self.cfg, &self.run_dir, self.data.as_deref(), self.resume, devices)?)
-    }
-}
-
-/// One removal method of the registry run on one trained run.
-pub struct MethodTask {
-    /// The run directory.
-    pub run: PathBuf,
-    /// The method's name: the registry name, or a method file's stem.
-    pub name: String,
-    /// Its file (hyperparameters).
-    pub file: MethodFile,
-    /// What to forget.
-    pub forget: ForgetSet,
-}
-
-impl MethodTask {
-    /// `method` (a registry name or method file, with `--set` overrides) on the run in `run`.
-    ///
-    /// # Errors
-    /// When the method is unknown or an override does not apply.
-    pub fn new(run: &Path, method: &str, sets: &[String], forget: ForgetSet) -> Result<Self> {
-        let (name, file) = load_method(method, sets)?;
-        Ok(Self { run: run.to_path_buf(), name, file, forget })
-    }
-}
-
-impl BackendTask for MethodTask {
-    type Output = MethodResult;
-
-    fn run<B: TrainBackend>(self, devices: Vec<B::Device>) -> Result<MethodResult> {
-        let device = &devices[0];
-        let run = FinishedRun::open(&self.run)?;
-        let (model, _) = run.model::<B>(device)?;
-        Ok(run_method(&self.name, &self.file, model, &run.corpus, self.forget, run.config.data.context, device)?)
+    fn run<B: TrainBackend>(self, devices: Vec<B::Device>) -> Result<TrainSummary, TrainError> {
+        train::<B>(&self.cfg, &self.run_dir, self.data.as_deref(), self.resume, devices)
     }
 }

@@ -1,5 +1,5 @@
-//! `metrics.jsonl`: the typed records a run appends during training, shared by the writer
-//! ([`crate::run_state::RunState`]) and every reader (the study, the tests).
+//! The metric log, `metrics.jsonl`: the typed records a run appends during training (its losses and
+//! periodic evals), shared by the writer ([`crate::run_state::RunState`]) and every reader.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -198,9 +198,8 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>, TrainError> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| {
-                TrainError::Config(format!("{} line {}: not a metrics record: {e}", path.display(), i + 1))
-            })
+            serde_json::from_str(l)
+                .map_err(|e| TrainError::corrupt(path, format!("line {}: not a metrics record: {e}", i + 1)))
         })
         .collect()
 }
